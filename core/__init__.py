@@ -1,0 +1,1 @@
+"""The launcher core (placeholder API; filled in by the launcher commit)."""

@@ -1,0 +1,106 @@
+"""SystemConfig and LauncherConfig: the seed's configuration API, validated."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ExecutorName = Literal["multiprocessing", "mpi"]
+CommName = Literal["multiprocessing", "zmq"]
+_UNSUPPORTED = {"dragon": "DragonHPC is not supported by this build"}
+
+
+def _available_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+class SystemConfig(BaseModel):
+    """What one node offers: its CPUs and GPUs.
+
+    ``cpus`` and ``gpus`` list the ids that tasks may use; each CPU id is one *slot*. Repeating a
+    GPU id (``gpus=['0', '0', '1']``) oversubscribes it. Empty lists mean "all": every CPU this
+    process may run on, and ``ngpus`` GPUs numbered from 0.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "local"
+    ncpus: int = Field(default_factory=lambda: len(_available_cpus()), ge=1)
+    ngpus: int = Field(default=0, ge=0)
+    cpus: list[int] = Field(default_factory=list)
+    gpus: list[str | int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fill_ids(self) -> SystemConfig:
+        if not self.cpus:
+            self.cpus = _available_cpus()[: self.ncpus] or list(range(self.ncpus))
+            if len(self.cpus) < self.ncpus:
+                self.cpus = list(range(self.ncpus))
+        else:
+            if len(set(self.cpus)) != len(self.cpus):
+                raise ValueError(f"cpus has duplicate ids: {self.cpus}")
+            self.ncpus = len(self.cpus)
+        if not self.gpus:
+            self.gpus = [str(i) for i in range(self.ngpus)]
+        else:
+            self.gpus = [str(g) for g in self.gpus]
+            self.ngpus = len(self.gpus)
+        return self
+
+
+class LauncherConfig(BaseModel):
+    """How the launcher runs: executors, transport, tree depth, logging.
+
+    ``child_executor_name`` starts workers and sub-masters (``multiprocessing``: local
+    processes; ``mpi``: through ``mpiexec``). ``comm_name`` is the ZeroMQ transport between them
+    (``multiprocessing``: ``ipc://`` sockets on one node; ``zmq``: ``tcp://``).
+    ``nlevels`` is the number of master levels below the client (0: the client dispatches to the
+    workers itself). ``prefetch`` caps the tasks queued per slot beyond the running one
+    (it adapts to task duration up to this cap).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    child_executor_name: ExecutorName = "multiprocessing"
+    task_executor_name: ExecutorName = "multiprocessing"
+    comm_name: CommName = "multiprocessing"
+    report_interval: float = Field(default=10.0, gt=0)
+    nlevels: int = Field(default=1, ge=0, le=3)
+    return_stdout: bool = False
+    worker_logs: bool = False
+    master_logs: bool = False
+    nchildren: int | None = Field(default=None, ge=1)
+    profile: Literal["basic", "timeline"] | None = None
+    gpu_selector: str = "ZE_AFFINITY_MASK"
+    prefetch: int = Field(default=64, ge=0, le=4096)
+    tail_bytes: int = Field(default=64 * 1024, ge=256)
+    log_dir: str = "logs"
+    bind_host: str = "127.0.0.1"
+    mpiexec: str = "mpiexec"
+
+    @field_validator("child_executor_name", "task_executor_name", "comm_name", mode="before")
+    @classmethod
+    def _known_name(cls, value: object) -> object:
+        if isinstance(value, str) and value in _UNSUPPORTED:
+            raise ValueError(f"{value!r}: {_UNSUPPORTED[value]}; use 'multiprocessing', "
+                             "'mpi' (executors) or 'zmq' (comm)")
+        return value
+
+    @classmethod
+    def auto(cls, nnodes: int = 1) -> LauncherConfig:
+        """The configuration chosen when none is given: the seed's rule for ``nlevels``."""
+        if nnodes <= 1:
+            return cls(nlevels=0)
+        nlevels = 1 if nnodes <= 64 else 2 if nnodes <= 2048 else 3
+        return cls(nlevels=nlevels, child_executor_name="mpi", comm_name="zmq")
+
+
+def hostname() -> str:
+    """This node's short host name."""
+    return socket.gethostname().split(".")[0]

@@ -1,0 +1,30 @@
+"""ensemble-mcp: one MCP tool call runs an ensemble of HPC tasks.
+
+``Server`` is the MCP server with ``ensemble_tool``; ``start_tunnel``/``stop_tunnel`` forward its
+port over SSH. Names load lazily, so that using the tunnel does not import the MCP stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ("Server", "Tunnel", "TunnelError", "start_tunnel", "stop_tunnel")
+
+_HOME = {
+    "Server": "ensemble_mcp.server",
+    "Tunnel": "ensemble_mcp.tunnel",
+    "TunnelError": "ensemble_mcp.tunnel",
+    "start_tunnel": "ensemble_mcp.tunnel",
+    "stop_tunnel": "ensemble_mcp.tunnel",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'ensemble_mcp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian machine: system packages, a virtual environment, test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    need=()
+    command -v mpiexec.openmpi >/dev/null || need+=(openmpi-bin)
+    command -v mpiexec.mpich >/dev/null || need+=(mpich)
+    [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+    if [ ${#need[@]} -gt 0 ]; then
+        apt-get update -qq
+        apt-get install -y -q "${need[@]}" >/dev/null
+    fi
+    mkdir -p /run/sshd
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import core, ensemble_mcp" 
