@@ -1,0 +1,432 @@
+"""Let an LLM drive the ensemble tools of an MCP server through an OpenAI-compatible endpoint.
+
+Run the example server first (``python examples/agents/server.py``), then::
+
+    export OPENAI_BASE_URL=http://127.0.0.1:8080/v1   # any OpenAI-compatible chat endpoint
+    export OPENAI_API_KEY=anything                    # sent as a bearer token
+    export OPENAI_MODEL=...                           # optional when the endpoint serves one model
+    python examples/agents/agent.py "flame speed at 1, 2 and 5 atm, all at 300 K"
+
+The agent lists the server's tools, offers them to the model as OpenAI function tools and runs the
+calls the model makes. Small local models rarely fill the API's ``tool_calls`` field; they write the
+call as JSON in the message text, so both forms are accepted. A failed call (bad arguments, an
+unknown tool, malformed JSON) is explained back to the model, which gets a bounded number of
+retries. Decoding is greedy (temperature 0). Parsing lives in small pure functions above ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+DEFAULT_MCP_URL = "http://127.0.0.1:9276/mcp"
+OPENAI_URL = "https://api.openai.com/v1"
+SYSTEM_PROMPT = (
+    "You are a research assistant with tools. Use a tool to compute what the user asks; never "
+    "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
+    'object {"name": "<tool>", "arguments": {...}}. When the results arrive, answer the user '
+    "briefly with the numbers."
+)
+NUDGE_AFTER_ERROR = (
+    "The tool call failed and nothing ran. Call the tool again with arguments corrected as the "
+    "error message says."
+)
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts: tool schemas, tool-call parsing, result rendering.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call the model asked for."""
+
+    name: str
+    arguments: dict[str, Any]
+    call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CallProblem:
+    """A tool call the model tried to make but that cannot be run; ``message`` is for the model."""
+
+    message: str
+    call_id: str | None = None
+
+
+Parsed = ToolCall | CallProblem
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z_]*)[ \t]*\n?(.*?)```", re.DOTALL)
+_TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_LOOKS_LIKE_CALL = re.compile(r"""["']name["']\s*:""")
+_CALL_SHAPE = 'write it as {"name": "<tool>", "arguments": {...}} in valid JSON'
+
+
+def tool_to_openai(
+    name: str, description: str | None, input_schema: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the OpenAI ``tools`` entry (a function schema) for one MCP tool."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description or "",
+            "parameters": input_schema or {"type": "object", "properties": {}},
+        },
+    }
+
+
+def call_from_object(obj: Any, tool_names: Sequence[str], call_id: str | None = None) -> Parsed:
+    """Turn one decoded JSON value into a `ToolCall`, or a `CallProblem` saying what is wrong.
+
+    Accepts ``{"name", "arguments"}``, ``"parameters"`` as an alias of ``"arguments"``, arguments
+    given as a JSON string (the OpenAI wire form) and the nested ``{"function": {...}}`` shape.
+    """
+    if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
+        obj = obj["function"]
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return CallProblem(f'a tool call needs a string "name"; {_CALL_SHAPE}', call_id)
+    name = obj["name"]
+    arguments = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            problem = f"the arguments of {name!r} are not valid JSON ({exc}); {_CALL_SHAPE}"
+            return CallProblem(problem, call_id)
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        problem = f'"arguments" of {name!r} must be a JSON object, got {arguments!r}'
+        return CallProblem(problem, call_id)
+    if name not in tool_names:
+        known = ", ".join(tool_names) or "(none)"
+        return CallProblem(f"unknown tool {name!r}; the available tools are: {known}", call_id)
+    return ToolCall(name=name, arguments=arguments, call_id=call_id)
+
+
+def _calls_from_value(value: Any, tool_names: Sequence[str]) -> list[Parsed]:
+    items = value if isinstance(value, list) else [value]
+    return [call_from_object(item, tool_names) for item in items]
+
+
+def _is_call_value(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return bool(items) and all(
+        isinstance(i, dict) and {"name", "function"} & i.keys() for i in items
+    )
+
+
+def _bare_json_values(text: str) -> tuple[list[Any], bool]:
+    """Decode the top-level JSON objects/arrays in prose; also say if an undecodable one remains."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    failed = False
+    pos = 0
+    while (start := _next_open(text, pos)) != -1:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            failed = failed or bool(_LOOKS_LIKE_CALL.search(text, start))
+            pos = start + 1
+            continue
+        values.append(value)
+        pos = end
+    return values, failed
+
+
+def _next_open(text: str, pos: int) -> int:
+    found = [i for i in (text.find("{", pos), text.find("[", pos)) if i != -1]
+    return min(found) if found else -1
+
+
+def parse_text_tool_calls(text: str, tool_names: Sequence[str]) -> list[Parsed]:
+    """Find the tool calls a model wrote in its message text.
+
+    Fenced blocks (```json ... ```), ``<tool_call>`` tags and bare JSON objects in prose are all
+    understood; a block holding a list of calls gives several calls. JSON that is not a tool call
+    (say, a table of results) is ignored; JSON that tries to be one but does not decode becomes a
+    `CallProblem`. An empty list means the message is a plain answer.
+    """
+    blocks = [body for _, body in _FENCE.findall(text)] + _TAGGED.findall(text)
+    if not blocks:
+        values, failed = _bare_json_values(text)
+        calls = [c for v in values if _is_call_value(v) for c in _calls_from_value(v, tool_names)]
+        if not calls and failed:
+            return [CallProblem(f"the tool call in your message is not valid JSON; {_CALL_SHAPE}")]
+        return calls
+    parsed: list[Parsed] = []
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except json.JSONDecodeError as exc:
+            if _LOOKS_LIKE_CALL.search(block):
+                parsed.append(
+                    CallProblem(f"the tool call is not valid JSON ({exc}); {_CALL_SHAPE}")
+                )
+            continue
+        if _is_call_value(value):
+            parsed.extend(_calls_from_value(value, tool_names))
+    return parsed
+
+
+def parse_native_tool_calls(tool_calls: Sequence[Any], tool_names: Sequence[str]) -> list[Parsed]:
+    """Parse the ``tool_calls`` field of an OpenAI chat-completions message."""
+    parsed: list[Parsed] = []
+    for item in tool_calls:
+        call_id = item.get("id") if isinstance(item, dict) else None
+        parsed.append(call_from_object(item, tool_names, call_id=call_id))
+    return parsed
+
+
+def parse_reply(message: dict[str, Any], tool_names: Sequence[str]) -> list[Parsed]:
+    """Return the tool calls in an assistant message: native ``tool_calls`` first, else its text."""
+    if message.get("tool_calls"):
+        return parse_native_tool_calls(message["tool_calls"], tool_names)
+    return parse_text_tool_calls(message.get("content") or "", tool_names)
+
+
+def shorten(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def render_result(texts: Sequence[str], structured: Any, limit: int) -> str:
+    """Render a tool result for the model: its text content, else its structured content."""
+    body = "\n".join(texts) if texts else json.dumps(structured, separators=(",", ":"))
+    return shorten(body, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O: the chat endpoint, the MCP session and the loop.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    """Where and how to reach the chat-completions API."""
+
+    base_url: str
+    api_key: str | None
+    model: str | None
+
+
+class EndpointMissing(Exception):
+    """No chat endpoint is configured in the environment."""
+
+
+def endpoint_from_env(env: dict[str, str]) -> Endpoint:
+    """Read ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_MODEL``."""
+    base_url = env.get("OPENAI_BASE_URL") or (OPENAI_URL if env.get("OPENAI_API_KEY") else "")
+    if not base_url:
+        raise EndpointMissing(
+            "no chat endpoint configured: set OPENAI_BASE_URL (an OpenAI-compatible /v1 URL, e.g. "
+            "http://127.0.0.1:8080/v1 for llama-server) and OPENAI_API_KEY (any string for a local "
+            "server); OPENAI_MODEL is optional when the endpoint serves one model"
+        )
+    return Endpoint(base_url.rstrip("/"), env.get("OPENAI_API_KEY"), env.get("OPENAI_MODEL"))
+
+
+@dataclass
+class Record:
+    """What happened in one run, for the transcript and for ``--record``."""
+
+    request: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    retries: int = 0
+    answer: str | None = None
+
+
+class ChatModel(Protocol):
+    """What the loop needs from a model: one assistant message per conversation state."""
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> dict[str, Any]: ...
+
+
+class Chat:
+    """A minimal chat-completions client over httpx2 (the HTTP library the MCP SDK ships)."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float) -> None:
+        import httpx2
+
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        self._http = httpx2.AsyncClient(
+            base_url=endpoint.base_url, headers=headers, timeout=timeout_s
+        )
+        self._model = endpoint.model
+
+    async def __aenter__(self) -> Chat:
+        if self._model is None:
+            self._model = await self._only_model()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def _only_model(self) -> str:
+        response = await self._http.get("/models")
+        response.raise_for_status()
+        ids = [m.get("id") for m in response.json().get("data", [])]
+        if len(ids) != 1 or not isinstance(ids[0], str):
+            raise EndpointMissing(f"the endpoint serves {len(ids)} models; set OPENAI_MODEL to one")
+        return ids[0]
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Return the assistant message for ``messages`` (greedy decoding)."""
+        payload = {"model": self._model, "messages": messages, "tools": tools, "temperature": 0}
+        response = await self._http.post("/chat/completions", json=payload)
+        if response.is_error:
+            raise RuntimeError(
+                f"chat endpoint answered {response.status_code}: {response.text[:500]}"
+            )
+        message: dict[str, Any] = response.json()["choices"][0]["message"]
+        return message
+
+
+async def run_agent(
+    request: str,
+    server: Any,
+    chat: ChatModel,
+    out: TextIO,
+    max_retries: int = 3,
+    max_rounds: int = 8,
+) -> Record:
+    """Let the model answer ``request`` with the server's tools; print a transcript to ``out``.
+
+    ``server`` is what ``mcp.Client`` accepts: the server's URL, or a server object in tests.
+    """
+    from mcp import Client
+
+    record = Record(request=request)
+    print(f"USER: {request}", file=out)
+    async with Client(server) as session:
+        tools = (await session.list_tools()).tools
+        names = [t.name for t in tools]
+        schemas = [tool_to_openai(t.name, t.description, t.input_schema) for t in tools]
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": request},
+        ]
+        last_failed = False
+        for _ in range(max_rounds):
+            reply = await chat.complete(messages, schemas)
+            messages.append(_history_entry(reply))
+            parsed = parse_reply(reply, names)
+            if not parsed:
+                if last_failed and record.retries < max_retries:
+                    record.retries += 1
+                    print(f"NUDGE: {NUDGE_AFTER_ERROR}", file=out)
+                    messages.append({"role": "user", "content": NUDGE_AFTER_ERROR})
+                    continue
+                record.answer = (reply.get("content") or "").strip()
+                print(f"ANSWER: {record.answer}", file=out)
+                return record
+            last_failed = False
+            feedback: list[str] = []
+            for item in parsed:
+                ok, text = await _run_one(session, item, record, out)
+                last_failed = last_failed or not ok
+                if item.call_id is not None:
+                    messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
+                else:
+                    feedback.append(text)
+            if feedback:
+                messages.append({"role": "user", "content": "\n\n".join(feedback)})
+            if last_failed:
+                if record.retries >= max_retries:
+                    print(f"GAVE UP: still failing after {max_retries} retries", file=out)
+                    return record
+                record.retries += 1
+    print(f"GAVE UP: no answer after {max_rounds} model turns", file=out)
+    return record
+
+
+def _history_entry(reply: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": "assistant", "content": reply.get("content") or ""}
+    if reply.get("tool_calls"):
+        entry["tool_calls"] = reply["tool_calls"]
+    return entry
+
+
+async def _run_one(session: Any, item: Parsed, record: Record, out: TextIO) -> tuple[bool, str]:
+    """Run one parsed call; return (succeeded, text for the model)."""
+    if isinstance(item, CallProblem):
+        record.problems.append(item.message)
+        print(f"BAD CALL: {item.message}", file=out)
+        return False, f"Your tool call was not run: {item.message}"
+    print(f"CALL: {item.name}({json.dumps(item.arguments)})", file=out)
+    result = await session.call_tool(item.name, item.arguments)
+    texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+    text = render_result(texts, result.structured_content, limit=4000)
+    status = "error" if result.is_error else "ok"
+    record.calls.append({"name": item.name, "arguments": item.arguments, "status": status})
+    print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
+    prefix = "Error" if result.is_error else "Result"
+    return not result.is_error, f"{prefix} of {item.name}:\n{text}"
+
+
+def _describe(exc: BaseException) -> str:
+    inner = getattr(exc, "exceptions", None)  # an exception group (builtin only from 3.11)
+    if isinstance(inner, tuple) and inner:
+        return "; ".join(_describe(e) for e in inner)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    import anyio
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("request", help="what to ask the model, in plain words")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("ENSEMBLE_MCP_URL", DEFAULT_MCP_URL),
+        help="MCP server URL (env ENSEMBLE_MCP_URL; default %(default)s)",
+    )
+    parser.add_argument("--max-retries", type=int, default=3, help="retries after failed calls")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model reply")
+    parser.add_argument("--record", help="write a JSON record of the run to this file")
+    args = parser.parse_args(argv)
+    try:
+        endpoint = endpoint_from_env(dict(os.environ))
+    except EndpointMissing as exc:
+        print(f"agent.py: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> Record:
+        async with Chat(endpoint, args.timeout) as chat:
+            return await run_agent(args.request, args.url, chat, sys.stdout, args.max_retries)
+
+    try:
+        record = anyio.run(go)
+    except EndpointMissing as exc:
+        print(f"agent.py: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # top level: say what failed instead of a task-group traceback
+        print(
+            f"agent.py: {_describe(exc)} (MCP server {args.url}, chat endpoint "
+            f"{endpoint.base_url})",
+            file=sys.stderr,
+        )
+        return 1
+    if args.record:
+        with open(args.record, "w", encoding="utf-8") as fh:
+            json.dump(record.__dict__, fh, indent=2)
+    return 0 if record.answer is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

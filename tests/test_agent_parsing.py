@@ -1,0 +1,321 @@
+"""The example agent's tool-call parsing and retry loop, without a model.
+
+No LLM can run in the test suite, so the model is replaced by a scripted `ChatModel` (the one
+boundary faked here); the MCP side is a real in-process server reached through `mcp.Client`.
+"""
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+_PATH = Path(__file__).resolve().parents[1] / "examples" / "agents" / "agent.py"
+_SPEC = importlib.util.spec_from_file_location("example_agent", _PATH)
+assert _SPEC is not None and _SPEC.loader is not None
+agent = importlib.util.module_from_spec(_SPEC)
+sys.modules["example_agent"] = agent
+_SPEC.loader.exec_module(agent)
+
+ToolCall = agent.ToolCall
+CallProblem = agent.CallProblem
+TOOLS = ["flame_speed", "ensemble_status"]
+ARGS = {"pressure": [1, 2, 5], "temperature": [300, 400, 500]}
+
+
+def test_fenced_json_block_is_one_call() -> None:
+    text = f'```json\n{{"name": "flame_speed", "arguments": {json.dumps(ARGS)}}}\n```'
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_fence_without_language_tag_is_one_call() -> None:
+    text = f'```\n{{"name": "flame_speed", "arguments": {json.dumps(ARGS)}}}\n```'
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_bare_json_object_is_one_call() -> None:
+    text = json.dumps({"name": "flame_speed", "arguments": ARGS})
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_call_inside_prose_is_found() -> None:
+    call = json.dumps({"name": "flame_speed", "arguments": ARGS})
+    text = f"Sure! I will compute all three points at once:\n{call}\nThe results will follow."
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_fenced_call_inside_prose_is_found() -> None:
+    call = json.dumps({"name": "flame_speed", "arguments": ARGS}, indent=2)
+    text = f"To answer, I call the tool.\n\n```json\n{call}\n```\n\nWait for the result."
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_parameters_is_an_alias_of_arguments() -> None:
+    text = json.dumps({"name": "flame_speed", "parameters": ARGS})
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_arguments_given_as_a_json_string_are_decoded() -> None:
+    text = json.dumps({"name": "flame_speed", "arguments": json.dumps(ARGS)})
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_qwen_tool_call_tags_are_understood() -> None:
+    text = f'<tool_call>\n{{"name": "flame_speed", "arguments": {json.dumps(ARGS)}}}\n</tool_call>'
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
+def test_malformed_fenced_call_is_a_problem_that_says_how_to_write_it() -> None:
+    text = '```json\n{"name": "flame_speed", "arguments": {"pressure": [1, 2]\n```'
+    [problem] = agent.parse_text_tool_calls(text, TOOLS)
+    assert isinstance(problem, CallProblem)
+    assert "not valid JSON" in problem.message
+    assert '{"name": "<tool>", "arguments": {...}}' in problem.message
+
+
+def test_malformed_bare_call_is_a_problem() -> None:
+    text = "Calling: {'name': 'flame_speed', 'arguments': {'pressure': [1]}}"
+    [problem] = agent.parse_text_tool_calls(text, TOOLS)
+    assert isinstance(problem, CallProblem)
+    assert "not valid JSON" in problem.message
+
+
+def test_unknown_tool_is_a_problem_listing_the_tools() -> None:
+    text = json.dumps({"name": "flamespeed", "arguments": ARGS})
+    [problem] = agent.parse_text_tool_calls(text, TOOLS)
+    assert problem == CallProblem(
+        "unknown tool 'flamespeed'; the available tools are: flame_speed, ensemble_status"
+    )
+
+
+def test_arguments_that_are_not_an_object_are_a_problem() -> None:
+    text = json.dumps({"name": "flame_speed", "arguments": [1, 2]})
+    [problem] = agent.parse_text_tool_calls(text, TOOLS)
+    assert problem == CallProblem(
+        "\"arguments\" of 'flame_speed' must be a JSON object, got [1, 2]"
+    )
+
+
+def test_two_fenced_blocks_are_two_calls_in_order() -> None:
+    first = json.dumps(
+        {"name": "flame_speed", "arguments": {"pressure": [1], "temperature": [300]}}
+    )
+    second = json.dumps({"name": "ensemble_status", "arguments": {}})
+    text = f"```json\n{first}\n```\nand then\n```json\n{second}\n```"
+    assert agent.parse_text_tool_calls(text, TOOLS) == [
+        ToolCall("flame_speed", {"pressure": [1], "temperature": [300]}),
+        ToolCall("ensemble_status", {}),
+    ]
+
+
+def test_a_json_list_of_calls_is_several_calls() -> None:
+    text = json.dumps(
+        [
+            {"name": "flame_speed", "arguments": {"pressure": [1], "temperature": [300]}},
+            {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [400]}},
+        ]
+    )
+    calls = agent.parse_text_tool_calls(text, TOOLS)
+    assert [c.arguments["pressure"] for c in calls] == [[1], [2]]
+
+
+def test_plain_answer_has_no_calls() -> None:
+    text = "The flame speeds are 0.38, 0.41 and 0.47 m/s at 1, 2 and 5 atm."
+    assert agent.parse_text_tool_calls(text, TOOLS) == []
+
+
+def test_json_that_is_not_a_call_is_ignored() -> None:
+    text = 'Results:\n```json\n{"result": [0.38, 0.41]}\n```\nand bare {"pressure": [1, 2]}.'
+    assert agent.parse_text_tool_calls(text, TOOLS) == []
+
+
+def test_native_tool_calls_are_parsed_with_their_ids() -> None:
+    tool_calls = [
+        {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "flame_speed", "arguments": json.dumps(ARGS)},
+        },
+        {
+            "id": "c2",
+            "type": "function",
+            "function": {"name": "ensemble_status", "arguments": "{}"},
+        },
+    ]
+    assert agent.parse_native_tool_calls(tool_calls, TOOLS) == [
+        ToolCall("flame_speed", ARGS, "c1"),
+        ToolCall("ensemble_status", {}, "c2"),
+    ]
+
+
+def test_native_call_with_malformed_arguments_is_a_problem_keeping_its_id() -> None:
+    tool_calls = [{"id": "c9", "function": {"name": "flame_speed", "arguments": '{"pressure": ['}}]
+    [problem] = agent.parse_native_tool_calls(tool_calls, TOOLS)
+    assert isinstance(problem, CallProblem)
+    assert problem.call_id == "c9"
+    assert "the arguments of 'flame_speed' are not valid JSON" in problem.message
+
+
+def test_reply_with_native_calls_ignores_its_text() -> None:
+    message = {
+        "content": json.dumps({"name": "ensemble_status", "arguments": {}}),
+        "tool_calls": [{"id": "c1", "function": {"name": "flame_speed", "arguments": "{}"}}],
+    }
+    assert agent.parse_reply(message, TOOLS) == [ToolCall("flame_speed", {}, "c1")]
+
+
+def test_reply_without_content_or_calls_has_no_calls() -> None:
+    assert agent.parse_reply({"role": "assistant", "content": None}, TOOLS) == []
+
+
+def test_mcp_tool_becomes_an_openai_function_schema() -> None:
+    schema = {"type": "object", "properties": {"p": {"type": "array"}}, "required": ["p"]}
+    assert agent.tool_to_openai("flame_speed", "Flame speed.", schema) == {
+        "type": "function",
+        "function": {"name": "flame_speed", "description": "Flame speed.", "parameters": schema},
+    }
+
+
+def test_long_result_is_cut_with_a_count_of_what_was_left_out() -> None:
+    assert agent.shorten("abcdefghij", 4) == "abcd… (6 more characters)"
+    assert agent.render_result([], {"result": [1, 2]}, limit=100) == '{"result":[1,2]}'
+
+
+def test_missing_endpoint_names_the_variables_to_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    assert agent.main(["flame speed at 1 atm"]) == 2
+    err = capsys.readouterr().err
+    assert "OPENAI_BASE_URL" in err and "OPENAI_API_KEY" in err and "OPENAI_MODEL" in err
+
+
+def test_endpoint_is_read_from_the_environment() -> None:
+    endpoint = agent.endpoint_from_env(
+        {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1/", "OPENAI_API_KEY": "k", "OPENAI_MODEL": "m"}
+    )
+    assert (endpoint.base_url, endpoint.api_key, endpoint.model) == (
+        "http://127.0.0.1:8080/v1",
+        "k",
+        "m",
+    )
+
+
+class ScriptedModel:
+    """Stands in for the LLM: returns prepared replies and keeps what it was sent."""
+
+    def __init__(self, replies: list[dict[str, Any]]) -> None:
+        self.replies = replies
+        self.seen: list[list[dict[str, Any]]] = []
+
+    async def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        self.seen.append([dict(m) for m in messages])
+        return self.replies.pop(0)
+
+
+def _flame_server() -> MCPServer:
+    server = MCPServer("flames", log_level="WARNING")
+
+    @server.tool(description="Flame speed per (pressure, temperature) pair.")
+    def flame_speed(pressure: list[float], temperature: list[float]) -> list[float]:
+        if len(pressure) != len(temperature):
+            raise ToolError(
+                f"lengths differ: pressure {len(pressure)}, temperature {len(temperature)}"
+            )
+        return [p * t for p, t in zip(pressure, temperature, strict=True)]
+
+    return server
+
+
+def _text(value: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": value if isinstance(value, str) else json.dumps(value)}
+
+
+async def test_error_result_goes_back_to_the_model_which_retries_and_answers() -> None:
+    model = ScriptedModel(
+        [
+            _text({"name": "flame_speed", "arguments": {"pressure": [1, 2], "temperature": [300]}}),
+            _text(
+                {
+                    "name": "flame_speed",
+                    "arguments": {"pressure": [1, 2], "temperature": [300, 300]},
+                }
+            ),
+            _text("600 and 300."),
+        ]
+    )
+    out = io.StringIO()
+    record = await agent.run_agent("flame speed at 1 and 2 atm, 300 K", _flame_server(), model, out)
+    assert record.answer == "600 and 300."
+    assert record.retries == 1
+    assert [c["status"] for c in record.calls] == ["error", "ok"]
+    assert "lengths differ: pressure 2, temperature 1" in model.seen[1][-1]["content"]
+    assert "300.0" in model.seen[2][-1]["content"] and "600.0" in model.seen[2][-1]["content"]
+    transcript = out.getvalue()
+    assert transcript.startswith("USER: flame speed at 1 and 2 atm, 300 K\n")
+    assert "CALL: flame_speed(" in transcript and "RESULT (error)" in transcript
+    assert transcript.endswith("ANSWER: 600 and 300.\n")
+
+
+async def test_model_that_explains_an_error_instead_of_retrying_is_nudged_once() -> None:
+    model = ScriptedModel(
+        [
+            _text({"name": "flame_speed", "arguments": {"pressure": [1, 2], "temperature": [300]}}),
+            _text("The lists have different lengths."),
+            _text({"name": "flame_speed", "arguments": {"pressure": [1], "temperature": [300]}}),
+            _text("300."),
+        ]
+    )
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.answer == "300."
+    assert record.retries == 2
+    assert model.seen[2][-1] == {"role": "user", "content": agent.NUDGE_AFTER_ERROR}
+
+
+async def test_unknown_tool_is_reported_to_the_model_and_retries_are_bounded() -> None:
+    bad = _text({"name": "flamespeed", "arguments": {}})
+    model = ScriptedModel([bad, bad, bad])
+    out = io.StringIO()
+    record = await agent.run_agent("x", _flame_server(), model, out, max_retries=2)
+    assert record.answer is None
+    assert record.retries == 2
+    assert (
+        record.problems == ["unknown tool 'flamespeed'; the available tools are: flame_speed"] * 3
+    )
+    assert "unknown tool 'flamespeed'" in model.seen[1][-1]["content"]
+    assert out.getvalue().endswith("GAVE UP: still failing after 2 retries\n")
+
+
+async def test_native_call_result_is_sent_as_a_tool_message() -> None:
+    model = ScriptedModel(
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {
+                            "name": "flame_speed",
+                            "arguments": '{"pressure": [2], "temperature": [3]}',
+                        },
+                    }
+                ],
+            },
+            _text("6."),
+        ]
+    )
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.answer == "6."
+    sent = model.seen[1][-1]
+    assert (sent["role"], sent["tool_call_id"]) == ("tool", "c1")
+    assert "6.0" in sent["content"]
