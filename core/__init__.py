@@ -1,1 +1,48 @@
-"""The launcher core (placeholder API; filled in by the launcher commit)."""
+"""The launcher core: run ensembles of Python callables and commands on slots of this node.
+
+::
+
+    EnsembleLauncher ─► core.ensemble (JSON/dict ─► Task) ─► Launcher.submit_tasks ─► Batch
+                                                               │
+             manager thread: Master (Scheduler) ◄──────────────┘
+                    │  ROUTER (ipc:// 0700 dir, or tcp:// + CURVE/ZAP)
+        ┌───────────┴───────────┐            nlevels >= 1: sub-master processes in between
+     Worker (slot cpu 0)   Worker (slot cpu 1) ─ Python calls in-process, commands as children
+                    │ Results (batched) ─► Master ─► Batch futures / async stream ─► TaskResult
+"""
+
+from core.client import Batch, Launcher
+from core.config import LauncherConfig, SystemConfig
+from core.errors import (
+    ConfigError,
+    EnsembleError,
+    LauncherBroken,
+    LaunchError,
+    ProtocolError,
+    TaskCancelled,
+    TaskError,
+    TaskFailed,
+    TaskTimeout,
+)
+from core.result import TaskResult, TaskStatus, write_results_to_json
+from core.task import Task
+
+__all__ = (
+    "Batch",
+    "ConfigError",
+    "EnsembleError",
+    "LaunchError",
+    "Launcher",
+    "LauncherBroken",
+    "LauncherConfig",
+    "ProtocolError",
+    "SystemConfig",
+    "Task",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailed",
+    "TaskResult",
+    "TaskStatus",
+    "TaskTimeout",
+    "write_results_to_json",
+)

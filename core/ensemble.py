@@ -1,0 +1,543 @@
+"""Ensemble definitions: ``{"ensembles": {name: spec}}`` expanded into :class:`Task` lists.
+
+::
+
+    JSON file | dict ──_read_source──> {name: spec} ──_Ensemble──> sweep dimensions + fixed values
+                                                                     │ relation: zip | product
+                                                                     v
+                              {name: [Task, ...]} <──_Ensemble.tasks── command / run_dir templates
+
+A spec maps keys to values. The known keys are the Task settings (``nnodes``, ``ppn``,
+``ngpus_per_process``, ``cpu_affinity``, ``gpu_affinity``, ``env``, ``run_dir``, ``timeout``,
+``shell``) plus ``cmd_template`` and ``relation``; every other key is a parameter. A list or a
+generator string (see :mod:`core.generators`) makes a key a sweep dimension; ``env`` never is.
+``one-to-one`` zips the dimensions, using a 1-element list for every task (broadcast);
+``many-to-many`` takes their product, the last key varying fastest. ``{key}`` placeholders in
+``cmd_template`` are replaced by shell-quoted values, so each value is one argv element.
+The reference with examples is ``docs/ensembles.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import string
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from pydantic import ValidationError
+
+from core.errors import ConfigError
+from core.generators import parse_generator
+from core.task import Task
+
+__all__ = ("MAX_TASKS", "RELATIONS", "TASKS_GROUP", "Source", "Task", "expand_tasks",
+           "load_ensembles")
+
+Source: TypeAlias = str | os.PathLike[str] | Mapping[str, Any]
+RELATIONS = ("one-to-one", "many-to-many")
+MAX_TASKS = 1_000_000
+"""Default cap on the tasks one source may expand to (checked before any Task is built)."""
+TASKS_GROUP = "tasks"
+"""The group name :func:`load_ensembles` gives to a source that is a dict of Task objects."""
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
+_AFFINITY = ("cpu_affinity", "gpu_affinity")
+_NOT_SWEPT = ("cmd_template", "relation", "env")
+_NOT_ALLOWED = {
+    "task_id": "task ids are generated as '<ensemble>-<index>'",
+    "executable": "give the command line as cmd_template",
+    "args": "an ensemble runs commands; put arguments in cmd_template",
+    "kwargs": "an ensemble runs commands; put arguments in cmd_template",
+}
+_Piece: TypeAlias = str | tuple[int, list[str]]
+"""A compiled template piece: literal text, or (dimension index, rendered value per index)."""
+
+
+def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, list[Task]]:
+    """Expand every ensemble of ``source`` into its tasks, keyed by ensemble name in file order.
+
+    ``source`` is a JSON file path, a dict ``{"ensembles": {name: spec}}``, or a dict of
+    :class:`Task` objects keyed by their ids (returned as is, under :data:`TASKS_GROUP`).
+
+    Example:
+        >>> spec = {"cmd_template": "./exe -a {a}", "a": "linspace(0, 1, 3)"}
+        >>> [t.executable for t in load_ensembles({"ensembles": {"s": spec}})["s"]]
+        ['./exe -a 0.0', './exe -a 0.5', './exe -a 1.0']
+
+    Raises:
+        ConfigError: the source cannot be read, or a spec is invalid; the message names the
+            ensemble, the key and the problem. Nothing is half-expanded.
+    """
+    top = _read_source(source)
+    if all(isinstance(value, Task) for value in top.values()):
+        return {TASKS_GROUP: _checked_tasks(top)}
+    specs = top["ensembles"]
+    result: dict[str, list[Task]] = {}
+    total = 0
+    for name, spec in specs.items():
+        ensemble = _Ensemble(name, spec)
+        total += ensemble.count
+        if total > max_tasks:
+            raise ConfigError(f"ensemble {name!r}: the ensembles give {total:,} tasks so far, "
+                              f"over the limit of {max_tasks:,}")
+        result[name] = ensemble.tasks()
+    return result
+
+
+def expand_tasks(source: Source, *, max_tasks: int = MAX_TASKS) -> list[Task]:
+    """All tasks of all ensembles of ``source``, in file order (see :func:`load_ensembles`)."""
+    groups = load_ensembles(source, max_tasks=max_tasks)
+    return [task for tasks in groups.values() for task in tasks]
+
+
+def _read_source(source: Source) -> Mapping[str, Any]:
+    if isinstance(source, (str, os.PathLike)):
+        top = _read_json(Path(source))
+    elif isinstance(source, Mapping):
+        top = source
+    else:
+        raise ConfigError(f"ensemble source must be a JSON file path or a dict, "
+                          f"got {type(source).__name__}")
+    if not isinstance(top, Mapping) or not top:
+        raise ConfigError('ensemble source must be {"ensembles": {name: spec}} or a dict of '
+                          f"Task objects, got {_brief(top)}")
+    if any(isinstance(value, Task) for value in top.values()):
+        if not all(isinstance(value, Task) for value in top.values()):
+            raise ConfigError("a dict of Task objects may hold only Task objects")
+        return top
+    if "ensembles" not in top:
+        raise ConfigError('ensemble source has no "ensembles" key: expected '
+                          '{"ensembles": {name: spec}} or a dict of Task objects; '
+                          f"got keys {', '.join(map(repr, top))}")
+    extra = [key for key in top if key != "ensembles"]
+    if extra:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(map(repr, extra))}; "
+                          'only "ensembles" is allowed')
+    specs = top["ensembles"]
+    if not isinstance(specs, Mapping) or not specs:
+        raise ConfigError('"ensembles" must be a non-empty object {name: spec}, '
+                          f"got {_brief(specs)}")
+    for name in specs:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(f"ensemble {name!r}: invalid name; use 1-128 letters, digits, "
+                              "'_', '.' or '-', starting with a letter, digit or '_'")
+    return top
+
+
+def _read_json(path: Path) -> Any:
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise ConfigError(f"ensemble file {str(path)!r}: duplicate key {key!r}")
+            result[key] = value
+        return result
+
+    def no_constant(name: str) -> Any:
+        raise ConfigError(f"ensemble file {str(path)!r}: {name} is not a valid JSON number")
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read ensemble file {str(path)!r}: {problem}") from None
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constant)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"ensemble file {str(path)!r} is not valid JSON: {exc.msg} "
+                          f"(line {exc.lineno}, column {exc.colno})") from None
+
+
+def _checked_tasks(tasks: Mapping[str, Any]) -> list[Task]:
+    seen: set[str] = set()
+    for key, task in tasks.items():
+        if key != task.task_id:
+            raise ConfigError(f"task {task.task_id!r} is stored under key {key!r}; "
+                              "key each task by its task_id")
+        if task.task_id in seen:  # a Mapping other than dict may repeat keys
+            raise ConfigError(f"task id {task.task_id!r} is used twice")
+        seen.add(task.task_id)
+    return list(tasks.values())
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+class _Ensemble:
+    """One validated spec: fixed values, sweep dimensions and compiled templates."""
+
+    def __init__(self, name: str, spec: Any) -> None:
+        self.name = name
+        self.where = f"ensemble {name!r}"
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{self.where}: the spec must be an object of keys, "
+                              f"got {_brief(spec)}")
+        self.relation = self._relation(spec.get("relation", "one-to-one"))
+        self.fixed: dict[str, Any] = {}
+        self.dims: list[tuple[str, list[Any]]] = []
+        for key, raw in spec.items():
+            if key not in ("cmd_template", "relation"):
+                self._add(key, raw)
+        if "cmd_template" not in spec:
+            raise self.error("cmd_template", 'missing; give the command line, e.g. '
+                             '"./exe -a {arg1}" with "arg1": [1, 2, 3]')
+        template = spec["cmd_template"]
+        if not isinstance(template, str) or not template.strip():
+            raise self.error("cmd_template", f"must be a non-empty command line string, "
+                             f"got {_brief(template)}")
+        fields = _placeholders(self, "cmd_template", template, quoted=True)
+        run_dir = self.fixed.get("run_dir")
+        dir_fields = _placeholders(self, "run_dir", run_dir, quoted=False) if run_dir else []
+        self._check_unused(spec, {key for key, _ in fields + dir_fields})
+        self.count = self._count()
+        self.command = self._compile(fields, quote=True)
+        self.run_dir = self._compile(dir_fields, quote=False) if run_dir else None
+        self.dir_varies = any(not isinstance(p, str) for p in self.run_dir or ())
+        if self.run_dir is not None and not self.dir_varies:
+            self._check_rendered_dir(_fill(self.run_dir, ()))
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """A ConfigError naming this ensemble and ``key``."""
+        return ConfigError(f"{self.where}, key {key!r}: {problem}")
+
+    def _relation(self, relation: Any) -> str:
+        if relation not in RELATIONS:
+            raise self.error("relation", f"unknown relation {relation!r}; use "
+                             f"{' or '.join(map(repr, RELATIONS))}")
+        return str(relation)
+
+    def _add(self, key: str, raw: Any) -> None:
+        if key in _NOT_ALLOWED:
+            raise self.error(key, f"not allowed in an ensemble spec: {_NOT_ALLOWED[key]}")
+        check = _CHECKS.get(key, _check_param)
+        if key == "env":
+            self.fixed[key] = self._checked(key, check, raw)
+            return
+        values = self._sweep(key, raw)
+        if values is None:
+            self.fixed[key] = self._checked(key, check, raw)
+            return
+        if not values:
+            raise self.error(key, "the list is empty; give at least one value")
+        checked = []
+        for index, value in enumerate(values):
+            checked.append(self._checked(key, check, value, index))
+        self.dims.append((key, checked))
+
+    def _sweep(self, key: str, raw: Any) -> list[Any] | None:
+        """The values of a sweep dimension, or None when ``raw`` is one value."""
+        try:
+            if key in _AFFINITY:
+                if isinstance(raw, str):
+                    ids = parse_generator(raw)
+                    return None if ids is None else [[i] for i in ids]
+                is_sweep = isinstance(raw, (list, tuple)) and any(
+                    isinstance(item, (list, tuple)) for item in raw)
+                return list(raw) if is_sweep else None
+            if isinstance(raw, (list, tuple)):
+                return list(raw)
+            if isinstance(raw, str) and key != "run_dir":
+                return parse_generator(raw)
+        except ConfigError as exc:
+            raise self.error(key, str(exc)) from None
+        return None
+
+    def _checked(self, key: str, check: Callable[[Any], Any], value: Any,
+                 index: int | None = None) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            at = "" if index is None else f"element {index}: "
+            raise self.error(key, f"{at}{exc}") from None
+
+    def _check_unused(self, spec: Mapping[str, Any], used: set[str]) -> None:
+        for key in spec:
+            if key in _CHECKS or key in ("cmd_template", "relation") or key in used:
+                continue
+            close = difflib.get_close_matches(key, [*_CHECKS, "cmd_template", "relation"], 1, 0.75)
+            if close:
+                raise self.error(key, f"unknown key, not a placeholder in cmd_template; "
+                                 f"did you mean {close[0]!r}?")
+
+    def _count(self) -> int:
+        lengths = [(key, len(values)) for key, values in self.dims]
+        if self.relation == "many-to-many":
+            return math.prod(n for _, n in lengths)
+        long = [(key, n) for key, n in lengths if n > 1]
+        for key, n in long:
+            if n != long[0][1]:
+                shown = ", ".join(f"{k}: {m}" for k, m in lengths)
+                raise self.error(key, f"lengths differ ({shown}); under one-to-one every list "
+                                 "longer than 1 must have the same length (a 1-element list is "
+                                 "used for every task); make them equal, or set \"relation\": "
+                                 "\"many-to-many\" for every combination "
+                                 f"({math.prod(m for _, m in lengths):,} tasks)")
+        return long[0][1] if long else 1
+
+    def _compile(self, fields: list[str | tuple[str, str]], *, quote: bool) -> list[_Piece]:
+        positions = {key: j for j, (key, _) in enumerate(self.dims)}
+        pieces: list[_Piece] = []
+        for field in fields:
+            if isinstance(field, str):
+                text: _Piece = field
+            else:
+                key, spec = field
+                render = self._renderer(key, spec, quote)
+                text = (render(self.fixed[key]) if key not in positions else
+                        (positions[key], [render(v) for v in self.dims[positions[key]][1]]))
+            if isinstance(text, str) and pieces and isinstance(pieces[-1], str):
+                pieces[-1] += text
+            else:
+                pieces.append(text)
+        return pieces
+
+    def _renderer(self, key: str, spec: str, quote: bool) -> Callable[[Any], str]:
+        def render(value: Any) -> str:
+            try:
+                text = format(value, spec) if spec else _render(value)
+            except (ValueError, TypeError) as exc:
+                raise self.error(key, f"format {{{key}:{spec}}} does not apply to "
+                                 f"{value!r}: {exc}") from None
+            return shlex.quote(text) if quote else text
+        return render
+
+    def _check_rendered_dir(self, path: str) -> None:
+        try:
+            _check_run_dir(path)
+        except ValueError as exc:
+            raise self.error("run_dir", str(exc)) from None
+
+    def _indices(self) -> Iterable[tuple[int, ...]]:
+        if self.relation == "many-to-many":
+            return itertools.product(*(range(len(values)) for _, values in self.dims))
+        if not self.dims:
+            return [()]
+        return zip(*(range(self.count) if len(values) > 1 else itertools.repeat(0, self.count)
+                     for _, values in self.dims))
+
+    def tasks(self) -> list[Task]:
+        """Build the tasks; ids are ``<name>-<index>``, zero-padded to the widest index."""
+        base = {key: value for key, value in self.fixed.items() if key in _CHECKS}
+        swept = [(j, key) for j, (key, _) in enumerate(self.dims) if key in _CHECKS]
+        values = [values for _, values in self.dims]
+        width = len(str(self.count - 1))
+        tasks = []
+        for number, idx in enumerate(self._indices()):
+            fields = dict(base)
+            for j, key in swept:
+                fields[key] = values[j][idx[j]]
+            fields["task_id"] = f"{self.name}-{number:0{width}d}"
+            fields["executable"] = _fill(self.command, idx)
+            if self.run_dir is not None:
+                fields["run_dir"] = _fill(self.run_dir, idx)
+                if self.dir_varies:
+                    self._check_rendered_dir(fields["run_dir"])
+            tasks.append(self._task(fields))
+        return tasks
+
+    def _task(self, fields: dict[str, Any]) -> Task:
+        try:
+            return Task(**fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = str(first["loc"][0]) if first["loc"] else "?"
+            raise self.error(key, f"{first['msg']} (got {first['input']!r})") from None
+
+
+def _fill(pieces: list[_Piece], idx: tuple[int, ...]) -> str:
+    if len(pieces) == 1 and isinstance(pieces[0], str):
+        return pieces[0]
+    return "".join([p if isinstance(p, str) else p[1][idx[p[0]]] for p in pieces])
+
+
+def _placeholders(ensemble: _Ensemble, key: str, template: str,
+                  *, quoted: bool) -> list[str | tuple[str, str]]:
+    """Split ``template`` into literal text and ``(key, format_spec)`` fields, checking each."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ensemble.error(key, f"{exc}; write '{{{{' and '}}}}' for literal braces") from None
+    pieces: list[str | tuple[str, str]] = []
+    quotes = _QuoteTracker()
+    for literal, field, spec, conversion in parsed:
+        if literal:
+            pieces.append(literal)
+            quotes.feed(literal)
+        if field is None:
+            continue
+        shown = "{" + field + (f"!{conversion}" if conversion else "") + \
+            (f":{spec}" if spec else "") + "}"
+        if not field:
+            raise ensemble.error(key, f"empty placeholder {shown}; name a key, e.g. {{arg1}}")
+        if conversion or (spec and "{" in spec):
+            raise ensemble.error(key, f"placeholder {shown}: only {{name}} and "
+                                 "{name:format} are supported")
+        if field in _NOT_SWEPT:
+            raise ensemble.error(key, f"{shown} cannot be a placeholder")
+        if field not in ensemble.fixed and all(field != k for k, _ in ensemble.dims):
+            given = ", ".join(k for k in [*ensemble.fixed, *(k for k, _ in ensemble.dims)]
+                              if k not in _NOT_SWEPT) or "none"
+            raise ensemble.error(key, f"placeholder {shown} has no value; add a key "
+                                 f"{field!r} to the ensemble (keys given: {given})")
+        if quoted and quotes.inside:
+            raise ensemble.error(key, f"placeholder {shown} is {quotes.inside}; remove the "
+                                 "quoting around it: values are shell-quoted for you")
+        pieces.append((field, spec or ""))
+    if quoted and quotes.state:
+        raise ensemble.error(key, f"unbalanced {quotes.state} quote in {template!r}")
+    return pieces
+
+
+class _QuoteTracker:
+    """Follows POSIX shell quoting through literal text, to find placeholders inside quotes."""
+
+    def __init__(self) -> None:
+        self.state = ""  # "", "single" or "double"
+        self.escaped = False
+
+    @property
+    def inside(self) -> str:
+        """Where the next character falls, in words, or "" outside quotes and escapes."""
+        if self.escaped:
+            return "after a backslash"
+        return f"inside {self.state} quotes" if self.state else ""
+
+    def feed(self, text: str) -> None:
+        """Advance the state over ``text``."""
+        for char in text:
+            if self.escaped:
+                self.escaped = False
+            elif self.state == "single":
+                self.state = "" if char == "'" else "single"
+            elif char == "\\":
+                self.escaped = True
+            elif self.state == "double":
+                self.state = "" if char == '"' else "double"
+            elif char in "'\"":
+                self.state = "single" if char == "'" else "double"
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _whole(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be a whole number >= {minimum}, got {value!r}")
+        return value
+    return check
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a number of seconds > 0 (or null for none), got {value!r}")
+    return float(value)
+
+
+def _check_shell(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _check_run_dir(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"must be a non-empty path without NUL bytes, got {value!r}")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} contains '..'; a run_dir may not climb out of its "
+                         "parent: give an absolute path instead")
+    return value
+
+
+def _check_env(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f'must be an object of strings, e.g. {{"OMP_NUM_THREADS": "4"}}, '
+                         f"got {_brief(value)}")
+    for name, text in value.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise ValueError(f"variable name {name!r} must be a non-empty string without '='")
+        if not isinstance(text, str) or "\0" in text:
+            hint = f' (write "{text}")' if isinstance(text, (int, float)) else ""
+            raise ValueError(f"value of {name!r} must be a string{hint}, got {text!r}")
+    return dict(value)
+
+
+def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[Any] | None]:
+    def check(value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ValueError(f"must be a comma-separated string or a list of {kind} ids, "
+                             f"got {value!r}")
+        try:
+            return [convert(item) for item in items]
+        except ValueError:
+            raise ValueError(f"{value!r} is not a list of {kind} ids; to give each task its "
+                             "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]") from None
+    return check
+
+
+def _cpu_id(item: Any) -> int:
+    if isinstance(item, str) and item.strip().isdigit():
+        return int(item)
+    if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        return item
+    raise ValueError(item)
+
+
+def _gpu_id(item: Any) -> str:
+    text = item.strip() if isinstance(item, str) else item
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return str(text)
+    if isinstance(text, str) and text and "," not in text and text.isprintable():
+        return text
+    raise ValueError(item)
+
+
+def _check_param(value: Any) -> str | int | float:
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError(f"{value!r} contains a NUL byte")
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    if isinstance(value, (int, float)):  # bool included: rendered as true / false
+        return value
+    raise ValueError(f"must be a string, a number or true/false, got {_brief(value)}")
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "nnodes": _whole(1),
+    "ppn": _whole(1),
+    "ngpus_per_process": _whole(0),
+    "cpu_affinity": _affinity("CPU", _cpu_id),
+    "gpu_affinity": _affinity("GPU", _gpu_id),
+    "env": _check_env,
+    "run_dir": _check_run_dir,
+    "timeout": _check_timeout,
+    "shell": _check_shell,
+}

@@ -1,0 +1,162 @@
+"""The only module that talks ZeroMQ: endpoints, sockets, CURVE keys and the ZAP allow-list."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth.thread
+
+from core.protocol import Message, decode, encode
+
+POLLIN = zmq.POLLIN
+Again = zmq.Again
+MAX_MESSAGE_BYTES = 1 << 31
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """One CURVE identity for the parent (server) and one shared by its children (clients)."""
+
+    server_public: bytes
+    server_secret: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def generate(cls) -> CurveKeys:
+        """Fresh keys; call before any zmq context exists (libzmq #4241)."""
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        return cls(server_public, server_secret, client_public, client_secret)
+
+
+def private_dir(prefix: str = "ensemble-mcp-") -> Path:
+    """A new 0700 directory: ipc:// sockets in it are reachable by this user only."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def new_context() -> zmq.Context[zmq.Socket[bytes]]:
+    """A ZeroMQ context for this process."""
+    return zmq.Context()
+
+
+class Channel:
+    """A ROUTER (parent side, bound) or DEALER (child side, connected) socket of typed messages."""
+
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
+        self.socket = socket
+
+    @classmethod
+    def bind_router(cls, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+                    keys: CurveKeys | None = None) -> Channel:
+        """Bind a ROUTER at ``endpoint`` (``ipc://path`` or ``tcp://host:port``; port 0 = any).
+
+        On tcp the socket is a CURVE server that admits only the children's key (ZAP).
+        """
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if endpoint.startswith("tcp://"):
+            if keys is None:
+                raise ValueError("a tcp:// endpoint needs CURVE keys")
+            _allow_only(ctx, keys.client_public)
+            sock.curve_secretkey = keys.server_secret
+            sock.curve_publickey = keys.server_public
+            sock.curve_server = True
+            if endpoint.endswith(":0"):
+                port = sock.bind_to_random_port(endpoint.rsplit(":", 1)[0])
+                return cls._bound(sock, f"{endpoint.rsplit(':', 1)[0]}:{port}")
+        sock.bind(endpoint)
+        return cls._bound(sock, endpoint)
+
+    @classmethod
+    def _bound(cls, sock: zmq.Socket[bytes], endpoint: str) -> Channel:
+        channel = cls(sock)
+        channel.endpoint = endpoint
+        return channel
+
+    endpoint: str = ""
+
+    @classmethod
+    def connect_dealer(cls, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: bytes,
+                       keys: CurveKeys | None = None) -> Channel:
+        """Connect a DEALER with ``identity`` to a parent's ROUTER."""
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if endpoint.startswith("tcp://"):
+            if keys is None:
+                raise ValueError("a tcp:// endpoint needs CURVE keys")
+            sock.curve_secretkey = keys.client_secret
+            sock.curve_publickey = keys.client_public
+            sock.curve_serverkey = keys.server_public
+        sock.connect(endpoint)
+        return cls._bound(sock, endpoint)
+
+    def send(self, message: Message, to: bytes | None = None) -> None:
+        """Send a message (to child ``to`` on a ROUTER)."""
+        frames = encode(message)
+        self.socket.send_multipart(frames if to is None else [to, *frames], copy=False)
+
+    def recv(self, block: bool = True) -> tuple[bytes | None, Message]:
+        """Receive ``(sender or None, message)``; raises ``Again`` when not blocking and empty."""
+        frames = self.socket.recv_multipart(0 if block else zmq.NOBLOCK)
+        if self.socket.type == zmq.ROUTER:
+            return frames[0], decode(frames[1:])
+        return None, decode(frames)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.socket.close(linger=0)
+
+
+_authenticators: dict[int, zmq.auth.thread.ThreadAuthenticator] = {}
+
+
+def _allow_only(ctx: zmq.Context[zmq.Socket[bytes]], client_public: bytes) -> None:
+    """Start this context's ZAP handler admitting only ``client_public`` (once per context)."""
+    if id(ctx) in _authenticators:
+        return
+    keydir = private_dir("ensemble-mcp-keys-")
+    (keydir / "children.key").write_text(
+        "metadata\ncurve\n    public-key = \"" + client_public.decode() + "\"\n")
+    auth = zmq.auth.thread.ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(keydir))
+    _authenticators[id(ctx)] = auth
+
+
+def stop_authenticator(ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """Stop the ZAP handler of ``ctx`` if one runs."""
+    auth = _authenticators.pop(id(ctx), None)
+    if auth is not None:
+        auth.stop()
+
+
+class Poller:
+    """Waits on channels and plain file descriptors (wake-up pipes, pidfds) together."""
+
+    def __init__(self) -> None:
+        self._poller = zmq.Poller()
+
+    def add(self, target: Channel | int) -> None:
+        """Watch a channel or a file descriptor for input."""
+        self._poller.register(target.socket if isinstance(target, Channel) else target, zmq.POLLIN)
+
+    def remove(self, target: Channel | int) -> None:
+        """Stop watching it."""
+        self._poller.unregister(target.socket if isinstance(target, Channel) else target)
+
+    def poll(self, timeout_ms: float | None) -> set[object]:
+        """The sockets and fds that are readable, waiting at most ``timeout_ms``."""
+        return {sock for sock, _ in self._poller.poll(timeout_ms)}
+
