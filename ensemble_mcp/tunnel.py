@@ -1,0 +1,716 @@
+"""Forward a local port to the MCP server on a compute node over SSH, with the host key verified.
+
+::
+
+    client --TCP--> listener (127.0.0.1:local_port)            one selector thread moves the bytes
+                      |  accept -> opener pool -> direct-tcpip channel
+                      v
+    _SshConnection (paramiko Transport, TCP_NODELAY, keepalive, pty session) --> sshd --> dest:port
+
+``start_tunnel`` returns a ``Tunnel``; ``stop_tunnel`` (or ``Tunnel.close``) frees the local port
+at once and leaves no thread or socket behind. A dropped SSH connection is re-made once per drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import ipaddress
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import paramiko
+
+__all__ = ("Tunnel", "TunnelError", "start_tunnel", "stop_tunnel")
+
+logger = logging.getLogger(__name__)
+
+_READ_SIZE = 256 * 1024
+# One SSH packet carries at most 32 KiB (OpenSSH's and paramiko's packet limit for TCP channels).
+_SEND_SLICE = 32 * 1024
+_TICK_S = 1.0
+_WINDOW_POLL_S = 0.001
+_PTY_COMMAND = "sleep 2147483647"
+_KNOWN_HOSTS = "~/.ssh/known_hosts"
+_GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
+_SSH_CONFIG = "~/.ssh/config"
+_BROKEN = (OSError, EOFError, paramiko.SSHException)
+
+
+class TunnelError(Exception):
+    """The tunnel could not be opened or kept up; the message says what failed and what to do."""
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where and how to log in, after ``~/.ssh/config`` has been applied."""
+
+    alias: str
+    host: str
+    port: int
+    user: str
+    key_files: tuple[str, ...]
+    known_hosts: tuple[Path, ...]
+    accept_new_host_key: bool
+    timeout_s: float
+    keepalive_s: float
+    pty_session: bool
+
+    @property
+    def key_name(self) -> str:
+        """The name this host has in known_hosts."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class _UnknownHostKeyError(paramiko.SSHException):  # type: ignore[misc]
+    def __init__(self, name: str, key: paramiko.PKey) -> None:
+        super().__init__(name)
+        self.key = key
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+    """Refuse unknown host keys, or with ``save_to`` accept and save them (OpenSSH accept-new)."""
+
+    def __init__(self, save_to: Path | None) -> None:
+        self.save_to = save_to
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        if self.save_to is None:
+            raise _UnknownHostKeyError(hostname, key)
+        self.save_to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.save_to, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        logger.warning("accepted new host key for %s (%s), saved to %s",
+                       hostname, key.fingerprint, self.save_to)
+
+
+class _SshConnection:
+    """One authenticated SSH connection, tuned for forwarding."""
+
+    def __init__(self, client: paramiko.SSHClient, transport: paramiko.Transport) -> None:
+        self.client = client
+        self.transport = transport
+
+    @property
+    def active(self) -> bool:
+        return bool(self.transport.is_active())
+
+    @classmethod
+    def open(cls, target: _Target) -> _SshConnection:
+        """Connect, verify the host key, log in; raise TunnelError saying what went wrong."""
+        sock = _dial(target)
+        client = paramiko.SSHClient()
+        for path in target.known_hosts:
+            if path.is_file():
+                client.get_host_keys().load(str(path))
+        save_to = target.known_hosts[0] if target.accept_new_host_key else None
+        client.set_missing_host_key_policy(_HostKeyPolicy(save_to))
+        try:
+            client.connect(
+                target.host, port=target.port, username=target.user, sock=sock,
+                key_filename=list(target.key_files) or None, allow_agent=True, look_for_keys=True,
+                timeout=target.timeout_s, banner_timeout=target.timeout_s,
+                auth_timeout=target.timeout_s, channel_timeout=target.timeout_s,
+            )
+        except BaseException as e:
+            client.close()
+            sock.close()
+            if isinstance(e, Exception):
+                raise _connect_error(target, e) from e
+            raise
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(max(1, round(target.keepalive_s)))
+        if target.pty_session:
+            _open_pty_session(transport, target)
+        return cls(client, transport)
+
+    def close(self) -> None:
+        """Close the connection and wait for paramiko's thread to end."""
+        self.client.close()
+        if self.transport is not threading.current_thread():
+            self.transport.join(10)
+
+
+def _dial(target: _Target) -> socket.socket:
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=target.timeout_s)
+    except socket.gaierror as e:
+        raise TunnelError(f"cannot resolve SSH host {target.host!r}: {e.strerror}; check the "
+                          f"name or the HostName of {target.alias!r} in {_SSH_CONFIG}") from e
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise TunnelError(f"SSH host {target.host}:{target.port} is unreachable ({reason}); check "
+                          "the host name, the port, and that you are on the right network") from e
+    # Small requests must not wait for Nagle's algorithm (~40 ms per round trip).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
+
+
+def _connect_error(target: _Target, e: Exception) -> TunnelError:
+    files = ", ".join(str(p) for p in target.known_hosts)
+    if isinstance(e, _UnknownHostKeyError):
+        return TunnelError(
+            f"unknown host key for {target.key_name} ({e.key.get_name()} {e.key.fingerprint}); "
+            f"it is not in {files}. Check the fingerprint with your site's documentation, then "
+            f"either log in once with `ssh -p {target.port} {target.user}@{target.host}` or add it "
+            f"with `ssh-keyscan -p {target.port} {target.host} >> {target.known_hosts[0]}`, or "
+            "pass accept_new_host_key=True (CLI: --accept-new-host-key) to trust and save it")
+    if isinstance(e, paramiko.BadHostKeyException):
+        return TunnelError(
+            f"host key for {target.key_name} has CHANGED: the server sent {e.key.get_name()} "
+            f"{e.key.fingerprint} but {files} pins {e.expected_key.fingerprint}. This may be an "
+            "attack; refusing to connect. If the host was really reinstalled, remove the old "
+            f"entry with `ssh-keygen -R '{target.key_name}' -f {target.known_hosts[0]}` and "
+            "accept the new key")
+    if isinstance(e, paramiko.AuthenticationException):
+        tried = [*target.key_files, "ssh-agent keys", "~/.ssh/id_* keys"]
+        return TunnelError(
+            f"authentication failed for {target.where} ({e}); tried: {', '.join(tried)}. Add your "
+            "public key to ~/.ssh/authorized_keys on the host, load it into ssh-agent, or pass "
+            "key_filename (CLI: -i KEY)")
+    if isinstance(e, paramiko.SSHException):
+        return TunnelError(f"SSH handshake with {target.where} failed: {e}")
+    return TunnelError(f"SSH connection to {target.where} failed during login: {e!r}")
+
+
+def _open_pty_session(transport: paramiko.Transport, target: _Target) -> None:
+    # OpenSSH's sshd leaves Nagle on for connections without an interactive session, which
+    # delays about one small reply in ten by ~40 ms; a pty session makes it set TCP_NODELAY.
+    try:
+        chan = transport.open_session(timeout=target.timeout_s)
+        chan.get_pty()
+        chan.exec_command(_PTY_COMMAND)
+    except _BROKEN as e:
+        logger.info("no pty session on %s (%s): small round trips may take ~40 ms more",
+                    target.where, e)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise TunnelError(
+                f"local port {port} on {host} is already in use; pass another local_port "
+                f"(CLI: --local-port; 0 picks a free one) or stop the program listening there "
+                f"(`ss -ltnp 'sport = :{port}'`)") from e
+        raise TunnelError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.setblocking(False)
+    return sock
+
+
+class _Link:
+    """One forwarded connection: a local socket, its channel, and bytes not yet delivered."""
+
+    __slots__ = ("chan", "chan_eof", "chan_fd", "chan_mask", "on_chan", "on_sock", "sock",
+                 "sock_eof", "sock_fd", "sock_mask", "to_chan", "to_sock")
+
+    def __init__(self, sock: socket.socket, chan: paramiko.Channel) -> None:
+        self.sock, self.chan = sock, chan
+        self.sock_fd, self.chan_fd = sock.fileno(), chan.fileno()
+        self.on_sock: Callable[[int], None] = _ignore
+        self.on_chan: Callable[[int], None] = _ignore
+        self.to_chan = memoryview(b"")
+        self.to_sock = memoryview(b"")
+        self.sock_eof = self.chan_eof = False
+        self.sock_mask = self.chan_mask = 0
+
+
+class Tunnel:
+    """A running port forward; close it with ``close()``, ``stop_tunnel`` or a ``with`` block.
+
+    Attributes:
+        local_host: Address the local listener is bound to.
+        local_port: Port of the local listener (the real one when 0 was asked).
+        remote_host: Destination host, as seen from the SSH server.
+        remote_port: Destination port on ``remote_host``.
+        ssh_host: The SSH host as given (an alias of ``~/.ssh/config`` or a name).
+        error: Why the tunnel stopped by itself, or None.
+    """
+
+    def __init__(self, listener: socket.socket, ssh: _SshConnection, target: _Target,
+                 remote_host: str, remote_port: int) -> None:
+        self.local_host, self.local_port = listener.getsockname()[:2]
+        self.remote_host, self.remote_port = remote_host, remote_port
+        self.ssh_host = target.alias
+        self.error: TunnelError | None = None
+        self._listener, self._ssh, self._target = listener, ssh, target
+        self._lock = threading.Lock()
+        self._ssh_lock = threading.Lock()
+        self._closing = False
+        self._closed = False
+        self._reconnect_queued = False
+        self._ready: list[_Link] = []
+        self._links: set[_Link] = set()
+        self._blocked: set[_Link] = set()
+        self._stopped = threading.Event()
+        self._waker, self._wake_end = socket.socketpair()
+        self._waker.setblocking(False)
+        self._wake_end.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(listener, selectors.EVENT_READ, self._on_accept)
+        self._sel.register(self._wake_end, selectors.EVENT_READ, self._on_wake)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunnel-open")
+        self._thread = threading.Thread(target=self._run, name=f"tunnel-{self.local_port}",
+                                        daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._stopped.is_set() else "open"
+        return (f"<Tunnel {self.local_host}:{self.local_port} -> {self.ssh_host} -> "
+                f"{self.remote_host}:{self.remote_port} {state}>")
+
+    def __enter__(self) -> Tunnel:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Tunnel]:
+        """Yield the tunnel itself, so the seed's ``stop_tunnel(*start_tunnel(...))`` works."""
+        return iter((self,))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the tunnel has stopped (closed, or broken: see ``error``); True if it has."""
+        return self._stopped.wait(timeout)
+
+    def close(self) -> None:
+        """Stop forwarding: free the local port, close every connection, end every thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = self._closing = True
+        self._wake()
+        self._thread.join()
+        with self._ssh_lock:
+            self._ssh.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for link in self._ready:
+            self._drop(link)
+        self._ready.clear()
+        self._sel.close()
+        self._waker.close()
+        self._wake_end.close()
+
+    # -- opener pool: SSH work that may block --------------------------------------------------
+
+    def _transport(self) -> paramiko.Transport:
+        with self._ssh_lock:
+            if self._ssh.active:
+                return self._ssh.transport
+            if self.error is not None:
+                raise self.error
+            if self._closing:
+                raise TunnelError("the tunnel is closed")
+            logger.warning("SSH connection to %s dropped; reconnecting once", self._target.where)
+            self._ssh.close()
+            try:
+                self._ssh = _SshConnection.open(self._target)
+            except TunnelError as e:
+                self._fail(TunnelError(f"SSH connection to {self._target.where} dropped and "
+                                       f"reconnecting failed: {e}"))
+                raise
+            return self._ssh.transport
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(TunnelError):
+            self._transport()
+        self._reconnect_queued = False
+
+    def _open(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        dest = (self.remote_host, self.remote_port)
+        chan = None
+        for attempt in (1, 2):
+            try:
+                chan = self._transport().open_channel("direct-tcpip", dest, peer,
+                                                      timeout=self._target.timeout_s)
+                break
+            except TunnelError:
+                break
+            except paramiko.ChannelException as e:
+                logger.warning("%s", _channel_error(e, self._target, dest))
+                break
+            except _BROKEN as e:
+                if attempt == 2:
+                    logger.warning("cannot open a channel to %s:%s: %r", *dest, e)
+        if chan is None:
+            sock.close()
+            return
+        chan.settimeout(0.0)
+        with self._lock:
+            if not self._closing:
+                self._ready.append(_Link(sock, chan))
+                chan = None
+        if chan is not None:
+            self._drop(_Link(sock, chan))
+        self._wake()
+
+    def _fail(self, error: TunnelError) -> None:
+        logger.error("%s", error)
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self._closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._waker.send(b"\0")
+
+    # -- selector thread: all byte moving ------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._closing:
+                timeout = _WINDOW_POLL_S if self._blocked else _TICK_S
+                for key, mask in self._sel.select(timeout):
+                    key.data(mask)
+                for link in [b for b in self._blocked if b.chan.send_ready()]:
+                    self._flush_to_chan(link)
+                if not self._ssh.active and not self._reconnect_queued and not self._closing:
+                    self._reconnect_queued = True
+                    self._pool.submit(self._reconnect)
+        except Exception:
+            logger.exception("tunnel %s failed", self)
+        finally:
+            self._sel.unregister(self._listener)
+            self._listener.close()
+            with self._lock:
+                self._closing = True
+                ready, self._ready = self._ready, []
+            for link in [*self._links, *ready]:
+                self._drop(link)
+            self._stopped.set()
+
+    def _on_wake(self, _: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_end.recv(4096)
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for link in ready:
+            link.on_sock = functools.partial(self._on_sock, link)
+            link.on_chan = functools.partial(self._on_chan, link)
+            self._links.add(link)
+            self._update(link)
+
+    def _on_accept(self, _: int) -> None:
+        while True:
+            try:
+                sock, peer = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                logger.warning("accept on %s:%s failed: %s", self.local_host, self.local_port, e)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._pool.submit(self._open, sock, peer[:2])
+
+    def _on_sock(self, link: _Link, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush_to_sock(link)
+        if mask & selectors.EVENT_READ and link in self._links and not link.to_chan:
+            try:
+                data = link.sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop(link)
+                return
+            if data:
+                link.to_chan = memoryview(data)
+                self._flush_to_chan(link)
+                return
+            link.sock_eof = True
+            with contextlib.suppress(*_BROKEN):
+                link.chan.shutdown_write()
+        self._update(link)
+
+    def _on_chan(self, link: _Link, _: int) -> None:
+        try:
+            data = link.chan.recv(_READ_SIZE)
+        except TimeoutError:
+            return
+        except _BROKEN:
+            self._drop(link)
+            return
+        if data:
+            link.to_sock = memoryview(data)
+            self._flush_to_sock(link)
+            return
+        link.chan_eof = True
+        with contextlib.suppress(OSError):
+            link.sock.shutdown(socket.SHUT_WR)
+        self._update(link)
+
+    def _flush_to_chan(self, link: _Link) -> None:
+        data = link.to_chan
+        while data:
+            try:
+                sent = link.chan.send(data[:_SEND_SLICE].tobytes())
+            except TimeoutError:
+                break
+            except _BROKEN:
+                self._drop(link)
+                return
+            if sent == 0:
+                self._drop(link)
+                return
+            data = data[sent:]
+        link.to_chan = data
+        if data:
+            self._blocked.add(link)
+        else:
+            self._blocked.discard(link)
+        self._update(link)
+
+    def _flush_to_sock(self, link: _Link) -> None:
+        data = link.to_sock
+        try:
+            while data:
+                data = data[link.sock.send(data):]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop(link)
+            return
+        link.to_sock = data
+        self._update(link)
+
+    def _update(self, link: _Link) -> None:
+        """Watch each side for what the link can take next; drop it once both sides are done."""
+        if link not in self._links:
+            return
+        pending = link.to_sock or link.to_chan
+        chan_gone = link.chan_eof and link.chan.closed
+        if not pending and ((link.sock_eof and link.chan_eof) or chan_gone):
+            self._drop(link)
+            return
+        sock_mask = (0 if link.sock_eof or link.to_chan else selectors.EVENT_READ) | (
+            selectors.EVENT_WRITE if link.to_sock else 0)
+        chan_mask = 0 if link.chan_eof or link.to_sock else selectors.EVENT_READ
+        link.sock_mask = self._watch(link.sock_fd, link.sock_mask, sock_mask, link.on_sock)
+        link.chan_mask = self._watch(link.chan_fd, link.chan_mask, chan_mask, link.on_chan)
+
+    def _watch(self, fd: int, old: int, new: int, callback: Callable[[int], None]) -> int:
+        if new == old:
+            return old
+        if old == 0:
+            self._sel.register(fd, new, callback)
+        elif new == 0:
+            self._sel.unregister(fd)
+        else:
+            self._sel.modify(fd, new, callback)
+        return new
+
+    def _drop(self, link: _Link) -> None:
+        self._links.discard(link)
+        self._blocked.discard(link)
+        for fd, mask in ((link.sock_fd, link.sock_mask), (link.chan_fd, link.chan_mask)):
+            if mask:
+                self._sel.unregister(fd)
+        link.sock_mask = link.chan_mask = 0
+        link.sock.close()
+        with contextlib.suppress(*_BROKEN):
+            link.chan.close()
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+def _channel_error(e: paramiko.ChannelException, target: _Target, dest: tuple[str, int]) -> str:
+    if e.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
+        return (f"remote port closed: nothing accepts connections on {dest[0]}:{dest[1]} as seen "
+                f"from {target.host}; start the server there or check remote_port/remote_dest_host")
+    if e.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+        return (f"the SSH server {target.host} refuses port forwarding to {dest[0]}:{dest[1]} "
+                "(sshd_config AllowTcpForwarding/PermitOpen); ask its administrators")
+    return f"the SSH server {target.host} refused a channel to {dest[0]}:{dest[1]}: {e.text}"
+
+
+def start_tunnel(
+    user_name: str | None,
+    compute_node_host: str,
+    local_port: int,
+    remote_port: int,
+    remote_dest_host: str = "localhost",
+    *,
+    key_filename: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    known_hosts: str | os.PathLike[str] | None = None,
+    port: int | None = None,
+    accept_new_host_key: bool = False,
+    bind_host: str = "127.0.0.1",
+    keepalive_s: float = 30.0,
+    timeout_s: float = 10.0,
+    check_remote: bool = True,
+    pty_session: bool = True,
+) -> Tunnel:
+    """Forward ``bind_host:local_port`` to ``remote_dest_host:remote_port`` seen from an SSH host.
+
+    Args:
+        user_name: Login name; None takes ``User`` from ``~/.ssh/config``, else the local user.
+        compute_node_host: SSH host name or ``~/.ssh/config`` alias (HostName, User, Port and
+            IdentityFile are honoured).
+        local_port: Local port to listen on; 0 picks a free one (see ``Tunnel.local_port``).
+        remote_port: Port of the server, on ``remote_dest_host``.
+        remote_dest_host: Destination as the SSH host sees it; ``localhost`` is the host itself.
+        key_filename: Private key file(s) to try before the ssh-agent and ``~/.ssh/id_*``.
+        known_hosts: known_hosts file to verify the host key against (default
+            ``~/.ssh/known_hosts`` plus ``/etc/ssh/ssh_known_hosts``).
+        port: SSH port; None takes ``Port`` from ``~/.ssh/config``, else 22.
+        accept_new_host_key: Trust an unknown host key and save it to known_hosts (OpenSSH's
+            ``accept-new``). A *changed* key is always refused.
+        bind_host: Local address to listen on; keep loopback unless others must reach it.
+        keepalive_s: Seconds between SSH keepalive packets.
+        timeout_s: Limit for connecting, logging in and opening each channel.
+        check_remote: Open one channel at start so a closed remote port fails here, not later.
+        pty_session: Hold a pty session so OpenSSH's sshd turns Nagle off (~1 ms instead of
+            ~40 ms per small round trip); turn off where sessions are not allowed.
+
+    Returns:
+        The running ``Tunnel``; use it in a ``with`` block or pass it to ``stop_tunnel``.
+
+    Raises:
+        TunnelError: The host is unreachable, its key is unknown or changed, login failed, the
+            local port is in use, or the remote port is closed.
+        ValueError: An argument is out of range.
+    """
+    _check_port("local_port", local_port, allow_zero=True)
+    _check_port("remote_port", remote_port)
+    if port is not None:
+        _check_port("port", port)
+    for name, value in (("compute_node_host", compute_node_host),
+                        ("remote_dest_host", remote_dest_host), ("bind_host", bind_host)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty host name, got {value!r}")
+    if not keepalive_s > 0 or not timeout_s > 0:
+        raise ValueError(f"keepalive_s and timeout_s must be > 0, got {keepalive_s}, {timeout_s}")
+    target = _resolve_target(user_name, compute_node_host, port, key_filename, known_hosts,
+                             accept_new_host_key, timeout_s, keepalive_s, pty_session)
+    if not _is_loopback(bind_host):
+        logger.warning("tunnel listens on %s: anyone who can reach it uses your SSH login",
+                       bind_host)
+    listener = _listen(bind_host, local_port)
+    try:
+        ssh = _SshConnection.open(target)
+    except BaseException:
+        listener.close()
+        raise
+    try:
+        if check_remote:
+            _probe(ssh.transport, target, (remote_dest_host, remote_port))
+        return Tunnel(listener, ssh, target, remote_dest_host, remote_port)
+    except BaseException:
+        listener.close()
+        ssh.close()
+        raise
+
+
+def stop_tunnel(tunnel: Tunnel) -> None:
+    """Close ``tunnel``: the local port is free and its threads have ended when this returns."""
+    if not isinstance(tunnel, Tunnel):
+        raise TypeError(f"stop_tunnel expects the Tunnel from start_tunnel, got {tunnel!r}")
+    tunnel.close()
+
+
+def _check_port(name: str, value: int, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+        raise ValueError(f"{name} must be an integer in {low}..65535, got {value!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _resolve_target(
+    user: str | None, alias: str, port: int | None,
+    key_filename: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    known_hosts: str | os.PathLike[str] | None, accept_new: bool, timeout_s: float,
+    keepalive_s: float, pty_session: bool,
+) -> _Target:
+    options: dict[str, object] = {}
+    config_path = Path(_SSH_CONFIG).expanduser()
+    if config_path.is_file():
+        try:
+            options = dict(paramiko.SSHConfig.from_path(str(config_path)).lookup(alias))
+        except Exception as e:
+            raise TunnelError(f"cannot read {config_path} for host {alias!r}: {e}") from e
+    if key_filename is None:
+        keys: list[str] = []
+    elif isinstance(key_filename, (str, os.PathLike)):
+        keys = [os.fspath(key_filename)]
+    else:
+        keys = [os.fspath(k) for k in key_filename]
+    config_keys = options.get("identityfile", [])
+    if not keys and isinstance(config_keys, list):
+        keys = [k for k in config_keys if Path(k).expanduser().is_file()]
+    for key in keys:
+        if not Path(key).expanduser().is_file():
+            raise ValueError(f"key_filename {key!r} does not exist")
+    if known_hosts is not None:
+        paths = [Path(known_hosts).expanduser()]
+    else:
+        configured = str(options.get("userknownhostsfile", _KNOWN_HOSTS)).split()
+        paths = [Path(p).expanduser() for p in configured] + [_GLOBAL_KNOWN_HOSTS]
+    return _Target(
+        alias=alias,
+        host=str(options.get("hostname", alias)),
+        port=port if port is not None else int(str(options.get("port", 22))),
+        user=user or str(options.get("user", "")) or _local_user(),
+        key_files=tuple(str(Path(k).expanduser()) for k in keys),
+        known_hosts=tuple(paths),
+        accept_new_host_key=accept_new,
+        timeout_s=timeout_s,
+        keepalive_s=keepalive_s,
+        pty_session=pty_session,
+    )
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _probe(transport: paramiko.Transport, target: _Target, dest: tuple[str, int]) -> None:
+    try:
+        chan = transport.open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
+                                      timeout=target.timeout_s)
+    except paramiko.ChannelException as e:
+        raise TunnelError(_channel_error(e, target, dest)) from e
+    except _BROKEN as e:
+        raise TunnelError(f"SSH connection to {target.where} failed while checking "
+                          f"{dest[0]}:{dest[1]}: {e!r}") from e
+    with contextlib.suppress(*_BROKEN):
+        chan.close()
