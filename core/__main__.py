@@ -8,8 +8,8 @@ import sys
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("worker", "master"):
-        print("usage: python -m core worker|master OPTIONS_FILE (started by the launcher)",
-              file=sys.stderr)
+        sys.stderr.write("usage: python -m core worker|master OPTIONS_FILE "
+                         "(started by the launcher)\n")
         return 2
     from core.spawn import load_options
 

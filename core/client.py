@@ -24,13 +24,14 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 from core.config import LauncherConfig, SystemConfig, hostname
-from core.errors import ConfigError, LaunchError, LauncherBroken
+from core.errors import ConfigError, LauncherBroken, LaunchError
 from core.master import Master, TreeOptions
 from core.protocol import Cancel, ResultItem, Shutdown, Submit, TaskItem
 from core.result import TaskResult, TaskStatus
@@ -109,11 +110,14 @@ class Batch:
         while seen < len(self):
             with self._cond:
                 left = None if deadline is None else deadline - time.monotonic()
-                if not self._cond.wait_for(lambda: len(self._order) > seen, left):
+                if not self._cond.wait_for(partial(self._more_than, seen), left):
                     raise TimeoutError(f"{len(self) - seen} tasks still run")
                 new = self._order[seen:]
             seen += len(new)
             yield from new
+
+    def _more_than(self, seen: int) -> bool:
+        return len(self._order) > seen
 
     async def stream(self) -> AsyncIterator[TaskResult]:
         """Yield results as tasks end (completion order), without blocking the event loop."""
@@ -259,7 +263,10 @@ class Launcher:
                 pin=self.pin_resources, return_stdout=cfg.return_stdout,
                 tail_bytes=cfg.tail_bytes, gpu_selector=cfg.gpu_selector,
                 prefetch=cfg.prefetch, report_interval_s=cfg.report_interval,
-                keys=CurveKeys.generate() if cfg.comm_name == "zmq" else None)
+                keys=CurveKeys.generate() if cfg.comm_name == "zmq" else None,
+                log_dir=os.path.abspath(cfg.log_dir) if cfg.worker_logs else None)
+            if cfg.worker_logs:
+                os.makedirs(cfg.log_dir, exist_ok=True)
             self._link = link = _ClientLink()
             self._thread = threading.Thread(target=self._manage, args=(tree, link),
                                             name="ensemble-mcp-manager", daemon=True)
@@ -387,7 +394,7 @@ class Launcher:
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None) -> Iterator[Any]:
         """Like ``Executor.map``: values in order; the first failure raises its TaskError."""
-        batch = self.map_tasks(fn, ((args, {}) for args in zip(*iterables)))
+        batch = self.map_tasks(fn, ((args, {}) for args in zip(*iterables, strict=False)))
 
         def values() -> Iterator[Any]:
             for result in batch.results(timeout):

@@ -49,6 +49,7 @@ class TreeOptions:
     prefetch: int = 64
     report_interval_s: float = 10.0
     keys: CurveKeys | None = None
+    log_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +140,15 @@ class Master:
             options = WorkerOptions(
                 endpoint=self.router.endpoint, identity=identity, node=tree.node, cpus=cpus,
                 gpu_selector=tree.gpu_selector, pin=tree.pin, return_stdout=tree.return_stdout,
-                tail_bytes=tree.tail_bytes, keys=tree.keys)
+                tail_bytes=tree.tail_bytes, keys=tree.keys,
+                report_interval_s=tree.report_interval_s if tree.log_dir else 0.0)
         else:
             sub = TreeOptions(**{**{f: getattr(tree, f) for f in tree.__slots__},
                                  "cpus": cpus, "levels_below": tree.levels_below - 1})
             options = SubMasterOptions(self.router.endpoint, identity, sub, tree.keys)
-        process = spawn_local("worker" if is_worker else "master", options, tree.run_dir,
-                              identity, tree.run_id)
+        role = "worker" if is_worker else "master"
+        log_path = Path(tree.log_dir) / f"{role}-{identity.decode()}.log" if tree.log_dir else None
+        process = spawn_local(role, options, tree.run_dir, identity, tree.run_id, log_path)
         self.children[identity] = _ChildState(process=process, is_worker=is_worker,
                                               slot_cpus=cpus)
         self.by_pidfd[process.pidfd] = identity
@@ -188,7 +191,7 @@ class Master:
         while True:
             try:
                 sender, message = self.router.recv(block=False)
-            except Exception as exc:  # noqa: BLE001 - zmq.Again ends the drain; others are logged
+            except Exception as exc:
                 if type(exc).__name__ != "Again":
                     log.exception("dropping a bad message from a child")
                     continue

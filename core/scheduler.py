@@ -95,7 +95,8 @@ class Scheduler:
         self._release(key)
         if duration_s is not None:
             mean = self.mean_duration_s
-            self.mean_duration_s = duration_s if mean is None else mean + _EWMA * (duration_s - mean)
+            self.mean_duration_s = (
+                duration_s if mean is None else mean + _EWMA * (duration_s - mean))
 
     def _release(self, key: int) -> None:
         self.wide.pop(key, None)

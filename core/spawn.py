@@ -44,7 +44,7 @@ class ChildProcess:
 
 
 def spawn_local(role: str, options: Any, run_dir: Path, identity: bytes, run_id: str,
-                extra_env: dict[str, str] | None = None) -> ChildProcess:
+                log_path: Path | None = None) -> ChildProcess:
     """Start ``python -m core <role> <options file>`` in its own session on this node.
 
     The options are pickled to a 0600 file in the run's 0700 directory (never on the command
@@ -56,10 +56,9 @@ def spawn_local(role: str, options: Any, run_dir: Path, identity: bytes, run_id:
     fd = os.open(options_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         pickle.dump(options, out)
-    log_path = run_dir / f"{name}.log"
+    log_path = log_path or run_dir / f"{name}.log"
     env = {**os.environ, RUN_MARKER: run_id, "PYTHONPATH": os.pathsep.join(
         p for p in sys.path if p)}
-    env.update(extra_env or {})
     log = log_path.open("ab")
     try:
         popen = subprocess.Popen(

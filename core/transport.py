@@ -158,5 +158,6 @@ class Poller:
 
     def poll(self, timeout_ms: float | None) -> set[object]:
         """The sockets and fds that are readable, waiting at most ``timeout_ms``."""
-        return {sock for sock, _ in self._poller.poll(timeout_ms)}
+        wait = None if timeout_ms is None else int(timeout_ms)
+        return {sock for sock, _ in self._poller.poll(wait)}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import pickle
 import signal
@@ -27,6 +28,7 @@ from core.protocol import Cancel, Register, ResultItem, Results, Shutdown, Submi
 from core.spawn import die_with_parent
 from core.transport import Channel, CurveKeys, Poller, new_context
 
+log = logging.getLogger("ensemble_mcp.worker")
 _FLUSH_EVERY = 32
 _FLUSH_AFTER_S = 0.005
 _KILL_GRACE_S = 2.0
@@ -47,6 +49,7 @@ class WorkerOptions:
     return_stdout: bool = False
     tail_bytes: int = 65536
     keys: CurveKeys | None = None
+    report_interval_s: float = 0.0
 
 
 _current_command: list[int] = []
@@ -101,8 +104,8 @@ class Worker:
         self.first_out = 0.0
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.ctl_poller = Poller()
-        self.ctl_poller.add(self.channel)
+        self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
+        self.next_report = time.monotonic() + options.report_interval_s
 
     def serve(self) -> None:
         """Register, then run tasks until told to shut down."""
@@ -154,6 +157,11 @@ class Worker:
         if not self.out:
             return
         items, self.out = self.out, []
+        for item in items:
+            self.counts[item.status] += 1
+        if self.options.report_interval_s and time.monotonic() >= self.next_report:
+            self.next_report = time.monotonic() + self.options.report_interval_s
+            log.info("status: %s", ", ".join(f"{n} {s}" for s, n in self.counts.items()))
         try:
             self.channel.send(Results(items=items))
         except Exception:  # noqa: BLE001 - some value cannot be pickled: send one by one
@@ -354,6 +362,8 @@ def main(options: WorkerOptions) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
     die_with_parent()
+    if options.report_interval_s:
+        logging.getLogger().setLevel(logging.INFO)
     if options.pin and options.cpus and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, options.cpus)

@@ -1,0 +1,41 @@
+"""Shared test helpers: a process oracle that scans /proc for an environment mark."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+
+def pids_with_env(mark: str) -> list[int]:
+    """Pids of live processes whose environment holds ``mark`` (``NAME=value``)."""
+    needle = mark.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as env:
+                if needle in env.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_gone(mark: str, timeout_s: float = 10.0) -> list[int]:
+    """Wait (bounded) until no process carries ``mark``; returns those still there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = pids_with_env(mark)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def mark() -> str:
+    """A unique ``NAME=value`` to put in a task's env, to find its processes later."""
+    return f"ENSEMBLE_MCP_TEST_MARK={uuid.uuid4().hex}"
