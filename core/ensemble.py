@@ -19,7 +19,9 @@ The reference with examples is ``docs/ensembles.md``.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import itertools
 import json
 import math
@@ -27,7 +29,7 @@ import os
 import re
 import shlex
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -56,6 +58,8 @@ _NOT_ALLOWED = {
     "args": "an ensemble runs commands; put arguments in cmd_template",
     "kwargs": "an ensemble runs commands; put arguments in cmd_template",
 }
+_new_task = Task.__new__
+_set = object.__setattr__
 _Piece: TypeAlias = str | tuple[int, list[str]]
 """A compiled template piece: literal text, or (dimension index, rendered value per index)."""
 
@@ -197,7 +201,7 @@ class _Ensemble:
         fields = _placeholders(self, "cmd_template", template, quoted=True)
         run_dir = self.fixed.get("run_dir")
         dir_fields = _placeholders(self, "run_dir", run_dir, quoted=False) if run_dir else []
-        self._check_unused(spec, {key for key, _ in fields + dir_fields})
+        self._check_unused(spec, {f[0] for f in fields + dir_fields if isinstance(f, tuple)})
         self.count = self._count()
         self.command = self._compile(fields, quote=True)
         self.run_dir = self._compile(dir_fields, quote=False) if run_dir else None
@@ -218,7 +222,7 @@ class _Ensemble:
     def _add(self, key: str, raw: Any) -> None:
         if key in _NOT_ALLOWED:
             raise self.error(key, f"not allowed in an ensemble spec: {_NOT_ALLOWED[key]}")
-        check = _CHECKS.get(key, _check_param)
+        check: Callable[[Any], Any] = _CHECKS.get(key, _check_param)
         if key == "env":
             self.fixed[key] = self._checked(key, check, raw)
             return
@@ -228,9 +232,10 @@ class _Ensemble:
             return
         if not values:
             raise self.error(key, "the list is empty; give at least one value")
-        checked = []
-        for index, value in enumerate(values):
-            checked.append(self._checked(key, check, value, index))
+        try:
+            checked = [check(value) for value in values]
+        except ValueError:  # find the culprit again, to name its index
+            checked = [self._checked(key, check, value, i) for i, value in enumerate(values)]
         self.dims.append((key, checked))
 
     def _sweep(self, key: str, raw: Any) -> list[Any] | None:
@@ -291,14 +296,23 @@ class _Ensemble:
                 text: _Piece = field
             else:
                 key, spec = field
-                render = self._renderer(key, spec, quote)
-                text = (render(self.fixed[key]) if key not in positions else
-                        (positions[key], [render(v) for v in self.dims[positions[key]][1]]))
+                if key in positions:
+                    j = positions[key]
+                    text = (j, self._rendered(key, spec, quote, self.dims[j][1]))
+                else:
+                    text = self._renderer(key, spec, quote)(self.fixed[key])
             if isinstance(text, str) and pieces and isinstance(pieces[-1], str):
                 pieces[-1] += text
             else:
                 pieces.append(text)
         return pieces
+
+    def _rendered(self, key: str, spec: str, quote: bool, values: list[Any]) -> list[str]:
+        kinds = set(map(type, values))
+        if not spec and kinds <= {int, float}:  # numbers need no shell quoting
+            return [repr(value) for value in values]
+        render = self._renderer(key, spec, quote)
+        return [render(value) for value in values]
 
     def _renderer(self, key: str, spec: str, quote: bool) -> Callable[[Any], str]:
         def render(value: Any) -> str:
@@ -322,26 +336,37 @@ class _Ensemble:
         if not self.dims:
             return [()]
         return zip(*(range(self.count) if len(values) > 1 else itertools.repeat(0, self.count)
-                     for _, values in self.dims))
+                     for _, values in self.dims), strict=True)
 
     def tasks(self) -> list[Task]:
-        """Build the tasks; ids are ``<name>-<index>``, zero-padded to the widest index."""
+        """Build the tasks; ids are ``<name>-<index>``, zero-padded to the widest index.
+
+        Each distinct combination of Task settings is validated by pydantic once; the other
+        tasks with that combination are copies differing in id, command and run_dir.
+        """
         base = {key: value for key, value in self.fixed.items() if key in _CHECKS}
         swept = [(j, key) for j, (key, _) in enumerate(self.dims) if key in _CHECKS]
         values = [values for _, values in self.dims]
         width = len(str(self.count - 1))
+        validated: dict[tuple[int, ...], _Copier] = {}
         tasks = []
-        for number, idx in enumerate(self._indices()):
-            fields = dict(base)
-            for j, key in swept:
-                fields[key] = values[j][idx[j]]
-            fields["task_id"] = f"{self.name}-{number:0{width}d}"
-            fields["executable"] = _fill(self.command, idx)
-            if self.run_dir is not None:
-                fields["run_dir"] = _fill(self.run_dir, idx)
-                if self.dir_varies:
-                    self._check_rendered_dir(fields["run_dir"])
-            tasks.append(self._task(fields))
+        with _gc_paused():
+            for number, idx in enumerate(self._indices()):
+                changes = {"task_id": f"{self.name}-{number:0{width}d}",
+                           "executable": _fill(self.command, idx)}
+                if self.run_dir is not None:
+                    changes["run_dir"] = _fill(self.run_dir, idx)
+                    if self.dir_varies:
+                        self._check_rendered_dir(changes["run_dir"])
+                combination = tuple([idx[j] for j, _ in swept])
+                copier = validated.get(combination)
+                if copier is None:
+                    fields = {**base, **{key: values[j][idx[j]] for j, key in swept}, **changes}
+                    task = self._task(fields)
+                    validated[combination] = _Copier(task, changes)
+                    tasks.append(task)
+                else:
+                    tasks.append(copier.copy(changes))
         return tasks
 
     def _task(self, fields: dict[str, Any]) -> Task:
@@ -351,6 +376,46 @@ class _Ensemble:
             first = exc.errors()[0]
             key = str(first["loc"][0]) if first["loc"] else "?"
             raise self.error(key, f"{first['msg']} (got {first['input']!r})") from None
+
+
+class _Copier:
+    """Copies a validated Task with some string fields replaced, skipping re-validation.
+
+    This is ``model_copy(update=changes)`` at a third of the cost (it matters at 50,000 tasks),
+    with lists and dicts copied so that no two tasks share mutable state.
+    """
+
+    def __init__(self, like: Task, changes: Iterable[str]) -> None:
+        self.state = like.__dict__
+        self.mutable = [key for key, value in self.state.items()
+                        if isinstance(value, (list, dict))]
+        self.fields_set = like.__pydantic_fields_set__ | set(changes)
+
+    def copy(self, changes: dict[str, Any]) -> Task:
+        """A new Task equal to the model with ``changes`` applied."""
+        state = self.state.copy()
+        for key in self.mutable:
+            state[key] = state[key].copy()
+        state.update(changes)
+        task = _new_task(Task)
+        _set(task, "__dict__", state)
+        _set(task, "__pydantic_fields_set__", set(self.fields_set))
+        _set(task, "__pydantic_extra__", None)
+        _set(task, "__pydantic_private__", None)
+        return task
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Building many small objects triggers collections that scan every live object; the
+    # expansion creates no cycles, so pausing the collector changes nothing but the time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _fill(pieces: list[_Piece], idx: tuple[int, ...]) -> str:
