@@ -1,0 +1,287 @@
+"""Task results -> the tool's structured output (typed, bounded) and its compact text rendering."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+
+from core.result import TaskResult, TaskStatus
+from ensemble_mcp.tools import EnsembleSpec, Plan
+
+StatusName = Literal["success", "failed", "timeout", "cancelled"]
+STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """Bounds on what one call returns.
+
+    ============================  ======================================================
+    ``text_chars=4000``           a string result, stdout or stderr keeps its last 4,000 chars
+    ``result_bytes=65536``        a non-string result larger than this (as JSON) is omitted
+    ``total_bytes=8_000_000``     results past this total are omitted (summary says so)
+    ``text_lines=20``             task lines in the text content before "... N more"
+    ============================  ======================================================
+    """
+
+    text_chars: int = 4000
+    result_bytes: int = 65536
+    total_bytes: int = 8_000_000
+    text_lines: int = 20
+
+
+_SUMMARY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "How the tasks were formed and how they ended.",
+    "properties": {
+        "tool": {"type": "string"},
+        "total": {"type": "integer", "description": "number of tasks"},
+        "relation": {"type": "string", "enum": ["one-to-one", "many-to-many"]},
+        "lengths": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "each list's length after broadcast"},
+        "broadcast": {"type": "array", "items": {"type": "string"},
+                      "description": "lists of one value used for every task"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "description": "tasks per status"},
+        "wall_time_s": {"type": "number"},
+        "note": {"type": "string"},
+    },
+    "required": ["tool", "total", "relation", "lengths", "broadcast", "counts", "wall_time_s"],
+}
+
+
+def output_schema(spec: EnsembleSpec) -> dict[str, Any]:
+    """The tool's output schema: ``summary`` plus one ``tasks`` entry per task, in order.
+
+    Written inline (no ``$ref``, no nullable ``anyOf``): clients validate every entry against
+    it, and that is what keeps a 10,000-task result cheap to check.
+    """
+    returns: dict[str, Any] = TypeAdapter(spec.returns).json_schema()
+    defs = returns.pop("$defs", None)
+    entry = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "params": {"type": "object", "description": "this task's arguments"},
+            "status": {"enum": list(STATUSES)},
+            "result": returns,
+            "error": {"type": "string", "description": "exception, or exit code and stderr"},
+            "duration_s": {"type": "number"},
+            "note": {"type": "string", "description": "why a result was cut or left out"},
+        },
+        "required": ["index", "params", "status"],
+    }
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"summary": _SUMMARY_SCHEMA, "tasks": {"type": "array", "items": entry}},
+        "required": ["summary", "tasks"],
+    }
+    if defs:
+        schema["$defs"] = defs
+    return schema
+
+
+class ResultConverter:
+    """Turns TaskResults of one tool into bounded, schema-valid entries."""
+
+    def __init__(self, spec: EnsembleSpec, limits: OutputLimits) -> None:
+        self.spec = spec
+        self.limits = limits
+        self._returns: TypeAdapter[list[Any]] = TypeAdapter(list[spec.returns])  # type: ignore[name-defined]
+
+    def entries(self, first_index: int, echoes: Sequence[dict[str, Any]],
+                results: Sequence[TaskResult | None]) -> tuple[list[dict[str, Any]], str | None]:
+        """Entries for consecutive tasks from ``first_index``; ``None`` results are pending.
+
+        Returns the entries and a note when some results were left out for the total bound.
+        """
+        values = self._check_returns(results)
+        out: list[dict[str, Any]] = []
+        budget = self.limits.total_bytes
+        omitted = 0
+        for k, (echo, res) in enumerate(zip(echoes, results, strict=True)):
+            entry: dict[str, Any] = {"index": first_index + k, "params": echo}
+            if res is None:
+                entry["status"] = "pending"
+            else:
+                entry["status"] = res.status.value
+                entry["duration_s"] = _round(res.duration_s)
+                value = values.get(k, _MISSING)
+                if isinstance(value, _Invalid):
+                    entry["status"], entry["error"] = "failed", value.message
+                elif value is not _MISSING:
+                    budget = self._put_result(entry, value, budget)
+                    omitted += entry.get("note") == _OMITTED_NOTE
+                else:
+                    entry["error"] = self._error(res)
+            out.append(entry)
+        note = None
+        if omitted:
+            note = (f"{omitted} results left out: the output passed {self.limits.total_bytes:,} "
+                    "bytes; page them with ensemble_results")
+        return out, note
+
+    def _check_returns(self, results: Sequence[TaskResult | None]) -> dict[int, Any]:
+        """Validate successful return values against the return annotation, all at once."""
+        ok = [k for k, r in enumerate(results) if r is not None and r.status is TaskStatus.SUCCESS]
+        raw = [self._value(results[k]) for k in ok]
+        try:
+            checked = self._returns.dump_python(self._returns.validate_python(raw), mode="json")
+            return dict(zip(ok, checked, strict=True))
+        except ValidationError as exc:
+            bad = {err["loc"][0]: err["msg"] for err in exc.errors(include_url=False)
+                   if err["loc"]}
+        values: dict[int, Any] = {}
+        single = TypeAdapter(self.spec.returns)
+        for pos, k in enumerate(ok):
+            if pos in bad:
+                values[k] = _Invalid(f"the task returned {_short(raw[pos])}, which does not match "
+                                     f"its return type {_type_name(self.spec.returns)}: "
+                                     f"{bad[pos]}")
+            else:
+                values[k] = single.dump_python(single.validate_python(raw[pos]), mode="json")
+        return values
+
+    def _value(self, res: TaskResult | None) -> Any:
+        assert res is not None
+        return (res.stdout or "") if self.spec.is_command else res.result
+
+    def _put_result(self, entry: dict[str, Any], value: Any, budget: int) -> int:
+        if isinstance(value, str):
+            value, cut = _tail(value, self.limits.text_chars)
+            if cut:
+                entry["note"] = f"result cut to its last {self.limits.text_chars:,} chars"
+            size = len(value)
+        elif isinstance(value, (int, float, bool)) or value is None:
+            size = 8
+        else:
+            size = len(json.dumps(value))
+            if size > self.limits.result_bytes:
+                entry["note"] = (f"result of {size:,} bytes (JSON) left out: above the "
+                                 f"{self.limits.result_bytes:,}-byte bound")
+                return budget
+        if size > budget:
+            entry["note"] = _OMITTED_NOTE
+            return budget
+        entry["result"] = value
+        return budget - size
+
+    def _error(self, res: TaskResult) -> str:
+        if res.status is TaskStatus.CANCELLED:
+            return "cancelled"
+        if res.status is TaskStatus.TIMEOUT:
+            return "timed out" + (f" after {res.duration_s:.3g} s" if res.duration_s else "")
+        if res.exception:
+            return _tail(_exception_head(res.exception), self.limits.text_chars)[0]
+        stderr = _tail((res.stderr or "").strip(), self.limits.text_chars)[0]
+        code = f"exit code {res.returncode}"
+        return f"{code}; stderr: {stderr}" if stderr else code
+
+
+class _Invalid:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+_MISSING = object()
+_OMITTED_NOTE = "left out: the call's output bound was reached; page with ensemble_results"
+
+
+def _exception_head(text: str) -> str:
+    """The exception's type and message, without the traceback that follows it."""
+    lines = text.strip().splitlines()
+    for marker in ("Traceback (most recent call last):", "###"):
+        for i, line in enumerate(lines):
+            if i and line.startswith(marker):
+                return "\n".join(lines[:i]).strip()
+    if lines and lines[0].startswith(("Traceback", "###")):
+        return lines[-1].strip()
+    return "\n".join(lines).strip()
+
+
+def _tail(text: str, limit: int) -> tuple[str, bool]:
+    if len(text) <= limit:
+        return text, False
+    cut = len(text) - limit
+    return f"[... {cut:,} chars cut] " + text[-limit:], True
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or repr(tp)
+
+
+def summarize(spec: EnsembleSpec, plan: Plan, entries: Iterable[dict[str, Any]],
+              wall_time_s: float, note: str | None = None) -> dict[str, Any]:
+    """The summary block: how the tasks were formed and counts by status."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for entry in entries:
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    summary: dict[str, Any] = {
+        "tool": spec.name, "total": plan.total, "relation": plan.relation,
+        "lengths": dict(plan.lengths), "broadcast": list(plan.broadcast), "counts": counts,
+        "wall_time_s": round(wall_time_s, 6),
+    }
+    if note:
+        summary["note"] = note
+    return summary
+
+
+def render_text(summary: dict[str, Any], entries: Sequence[dict[str, Any]], *,
+                max_lines: int, line_chars: int = 200) -> str:
+    """The compact text content: the summary, one line per task up to ``max_lines``, the rest
+    counted."""
+    lines = [summary_line(summary)]
+    lines.extend(_clip(_entry_line(entry), line_chars) for entry in entries[:max_lines])
+    rest = entries[max_lines:]
+    if rest:
+        failed = sum(1 for e in rest if e["status"] not in ("success", "pending"))
+        extra = f" ({failed} not successful)" if failed else ""
+        lines.append(f"... {len(rest)} more in structuredContent{extra}")
+    return "\n".join(lines)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line: tool, task count, how they were formed, counts by status, wall time."""
+    lengths = ", ".join(f"{k} {v}" for k, v in summary["lengths"].items())
+    formed = f"relation {summary['relation']}" + (f"; {lengths}" if lengths else "")
+    if summary["broadcast"]:
+        formed += f"; used for every task: {', '.join(summary['broadcast'])}"
+    counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v)
+    line = (f"{summary['tool']}: {summary['total']} tasks ({formed}): {counts or 'none ran'}; "
+            f"{summary['wall_time_s']:.3g} s")
+    if summary.get("note"):
+        line += f"\nnote: {summary['note']}"
+    return line
+
+
+def _entry_line(entry: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={_short(v, 30)}" for k, v in entry["params"].items())
+    status = entry["status"]
+    if status == "success":
+        outcome = _short(entry.get("result"), 80) if "result" in entry else "(see note)"
+    elif status == "pending":
+        outcome = "pending"
+    else:
+        outcome = f"{status}: {entry.get('error', '')}".replace("\n", " | ")
+    timing = f" ({entry['duration_s']:.3g} s)" if entry.get("duration_s") is not None else ""
+    return f"#{entry['index']} {params} -> {outcome}{timing}"
+
+
+def _clip(line: str, limit: int) -> str:
+    return line if len(line) <= limit else line[: limit - 3] + "..."
