@@ -276,8 +276,8 @@ class Worker:
                 timeout_ms = max(0.0, (min(waits) - now) * 1000) if waits else None
                 ready = poller.poll(timeout_ms)
                 for fd, tail in tails.items():
-                    if fd in ready:
-                        _drain(fd, tail)
+                    if fd in ready and not _drain(fd, tail):
+                        poller.remove(fd)  # at EOF: stop polling it
                 if pidfd in ready:
                     exited = True
                 if self.channel.socket in ready and self._control(item):
@@ -325,14 +325,17 @@ class Worker:
         return cancel
 
 
-def _drain(fd: int, tail: _Tail) -> None:
+def _drain(fd: int, tail: _Tail) -> bool:
+    """Read what is there; False once the pipe is at EOF (or closed)."""
     while True:
         try:
             chunk = os.read(fd, _READ_CHUNK)
-        except (BlockingIOError, OSError):
-            return
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
         if not chunk:
-            return
+            return False
         tail.add(chunk)
 
 
