@@ -99,7 +99,12 @@ def encode(message: Message) -> list[bytes]:
     """The frames of a message."""
     header = _HEADER.pack(_KIND_OF[type(message)], PROTOCOL_VERSION)
     fields = tuple(getattr(message, name) for name in message.__slots__)
-    return [header, cloudpickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)]
+    try:
+        payload = pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        # lambdas, local classes: by value (cloudpickle is slower, so only when needed)
+        payload = cloudpickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+    return [header, payload]
 
 
 def decode(frames: list[bytes]) -> Message:
