@@ -89,8 +89,12 @@ def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, l
         ensemble = _Ensemble(name, spec)
         total += ensemble.count
         if total > max_tasks:
-            raise ConfigError(f"ensemble {name!r}: the ensembles give {total:,} tasks so far, "
-                              f"over the limit of {max_tasks:,}")
+            shown = ", ".join(f"{key}: {len(values)}" for key, values in ensemble.dims)
+            alone = ensemble.count > max_tasks
+            raise ConfigError(f"ensemble {name!r}, key 'relation': {ensemble.relation} gives "
+                              f"{ensemble.count:,} tasks ({shown})"
+                              f"{'' if alone else f', {total:,} with the ensembles before it'}"
+                              f", over the limit of {max_tasks:,}; nothing was built")
         result[name] = ensemble.tasks()
     return result
 

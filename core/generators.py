@@ -87,7 +87,7 @@ def parse_generator(text: str) -> list[int] | list[float] | None:
 
 
 def _split_args(text: str, name: str, rest: str) -> list[str]:
-    close = rest.find(")")
+    close = rest.rfind(")")
     if close < 0:
         raise ConfigError(f"{text!r}: missing ')' to close {name}(")
     trailing = rest[close + 1:].strip()
