@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -197,3 +198,17 @@ def test_workers_are_persistent_processes(launcher: Launcher) -> None:
 
 def where_pid_only(_: int) -> tuple[int, None]:
     return os.getpid(), None
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (apt: openmpi-bin)")
+def test_a_two_process_command_runs_under_mpiexec_on_two_reserved_slots(
+        launcher: Launcher) -> None:
+    rank = "echo rank=${OMPI_COMM_WORLD_RANK:-$PMI_RANK} size=${OMPI_COMM_WORLD_SIZE:-$PMI_SIZE}"
+    task = Task(task_id="mpi", executable=["sh", "-c", rank], ppn=2,
+                env={"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                     "OMPI_MCA_btl_base_warn_component_unused": "0"})
+    (result,) = launcher.submit_tasks([task]).results(timeout=60)
+    assert result.status is TaskStatus.SUCCESS, result.stderr
+    assert sorted((result.stdout or "").split("\n")[:2]) == ["rank=0 size=2", "rank=1 size=2"]
+    assert len(set(result.cpus)) == 2
