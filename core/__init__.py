@@ -24,6 +24,7 @@ from core.errors import (
     TaskFailed,
     TaskTimeout,
 )
+from core.launcher import EnsembleLauncher
 from core.result import TaskResult, TaskStatus, write_results_to_json
 from core.task import Task
 
@@ -31,6 +32,7 @@ __all__ = (
     "Batch",
     "ConfigError",
     "EnsembleError",
+    "EnsembleLauncher",
     "LaunchError",
     "Launcher",
     "LauncherBroken",
