@@ -11,22 +11,28 @@
                     │ Results (batched) ─► Master ─► Batch futures / async stream ─► TaskResult
 """
 
-from core.client import Batch, Launcher
-from core.config import LauncherConfig, SystemConfig
-from core.errors import (
-    ConfigError,
-    EnsembleError,
-    LauncherBroken,
-    LaunchError,
-    ProtocolError,
-    TaskCancelled,
-    TaskError,
-    TaskFailed,
-    TaskTimeout,
-)
-from core.launcher import EnsembleLauncher
-from core.result import TaskResult, TaskStatus, write_results_to_json
-from core.task import Task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.client import Batch, Launcher
+    from core.config import LauncherConfig, SystemConfig
+    from core.errors import (
+        ConfigError,
+        EnsembleError,
+        LauncherBroken,
+        LaunchError,
+        ProtocolError,
+        TaskCancelled,
+        TaskError,
+        TaskFailed,
+        TaskTimeout,
+    )
+    from core.launcher import EnsembleLauncher
+    from core.result import TaskResult, TaskStatus, write_results_to_json
+    from core.task import Task
 
 __all__ = (
     "Batch",
@@ -48,3 +54,23 @@ __all__ = (
     "TaskTimeout",
     "write_results_to_json",
 )
+
+# Names load on first use, so that worker processes (``python -m core``) import only what they run.
+_HOME = {
+    "Batch": "core.client", "Launcher": "core.client", "EnsembleLauncher": "core.launcher",
+    "LauncherConfig": "core.config", "SystemConfig": "core.config", "Task": "core.task",
+    "TaskResult": "core.result", "TaskStatus": "core.result",
+    "write_results_to_json": "core.result",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module(_HOME.get(name, "core.errors")), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
-import zmq.auth.thread
 
 from core.protocol import Message, decode, encode
 
@@ -119,13 +119,15 @@ class Channel:
         self.socket.close(linger=0)
 
 
-_authenticators: dict[int, zmq.auth.thread.ThreadAuthenticator] = {}
+_authenticators: dict[int, Any] = {}
 
 
 def _allow_only(ctx: zmq.Context[zmq.Socket[bytes]], client_public: bytes) -> None:
     """Start this context's ZAP handler admitting only ``client_public`` (once per context)."""
     if id(ctx) in _authenticators:
         return
+    import zmq.auth.thread  # loads asyncio: only the tcp:// parent pays for it
+
     keydir = private_dir("ensemble-mcp-keys-")
     (keydir / "children.key").write_text(
         "metadata\ncurve\n    public-key = \"" + client_public.decode() + "\"\n")

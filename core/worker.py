@@ -8,7 +8,6 @@ Results are coalesced and flushed when the queue drains, every ``_FLUSH_EVERY`` 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,7 +103,7 @@ class Worker:
         self.out: list[ResultItem] = []
         self.first_out = 0.0
         self.stopping = False
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: Any = None
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
         self.next_report = time.monotonic() + options.report_interval_s
 
@@ -198,10 +198,8 @@ class Worker:
         try:
             with contextlib.redirect_stdout(captured) if captured else contextlib.nullcontext():
                 value = fn(*item.args, **item.kwargs)
-                if asyncio.iscoroutine(value):
-                    if self.loop is None:
-                        self.loop = asyncio.new_event_loop()
-                    value = self.loop.run_until_complete(value)
+                if isinstance(value, types.CoroutineType):
+                    value = self._event_loop().run_until_complete(value)
         except _Timeout:
             status, exception = "timeout", f"timed out after {item.timeout} s"
         except BaseException as exc:  # noqa: BLE001 - a task's failure is data
@@ -213,6 +211,13 @@ class Worker:
         stdout = captured.getvalue()[-self.options.tail_bytes:] if captured else None
         return ResultItem(item.key, status, value, stdout, None, None, exception, exc_type,
                           start, time.time())
+
+    def _event_loop(self) -> Any:
+        if self.loop is None:
+            import asyncio  # only workers that run async def functions pay for it
+
+            self.loop = asyncio.new_event_loop()
+        return self.loop
 
     def _describe(self, item: TaskItem, exc: BaseException) -> str:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[1:])
