@@ -212,3 +212,11 @@ def test_a_two_process_command_runs_under_mpiexec_on_two_reserved_slots(
     assert result.status is TaskStatus.SUCCESS, result.stderr
     assert sorted((result.stdout or "").split("\n")[:2]) == ["rank=0 size=2", "rank=1 size=2"]
     assert len(set(result.cpus)) == 2
+
+
+def test_a_three_level_tree_runs_tasks_and_leaves_no_process() -> None:
+    config = LauncherConfig(nlevels=3, nchildren=2)
+    with Launcher(launcher_config=config) as deep:
+        assert list(deep.map(square, range(50))) == [x * x for x in range(50)]
+        assert len(processes_of_run(deep.run_id)) > deep.num_slots  # sub-masters in between
+    assert processes_of_run(deep.run_id) == []
