@@ -106,15 +106,15 @@ class Registry:
 
     def _prune(self) -> None:
         now = self._clock()
-        for e in self._ensembles.values():
+        finished: list[tuple[float, int, str]] = []
+        for order, e in enumerate(self._ensembles.values()):
             if e.finished is None and e.batch.done():
                 e.finished = now
-        finished = sorted((e for e in self._ensembles.values() if e.finished is not None),
-                          key=lambda e: e.finished or 0.0)
-        for e in finished:
-            expired = now - (e.finished or now) > self.ttl_s
-            if expired or len(self._ensembles) >= self.max_ensembles:
-                del self._ensembles[e.ensemble_id]
+            if e.finished is not None:
+                finished.append((e.finished, order, e.ensemble_id))
+        for ended, _, ensemble_id in sorted(finished):
+            if now - ended > self.ttl_s or len(self._ensembles) >= self.max_ensembles:
+                del self._ensembles[ensemble_id]
 
 
 class SubmitOutput(BaseModel):

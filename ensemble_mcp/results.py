@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from core.result import TaskResult, TaskStatus
 from ensemble_mcp.tools import EnsembleSpec, Plan
@@ -148,7 +148,10 @@ class ResultConverter:
 
     def _value(self, res: TaskResult | None) -> Any:
         assert res is not None
-        return (res.stdout or "") if self.spec.is_command else res.result
+        if self.spec.is_command:
+            return res.stdout or ""
+        # A model class sent by value comes back as a copy of the class: compare by fields.
+        return res.result.model_dump() if isinstance(res.result, BaseModel) else res.result
 
     def _put_result(self, entry: dict[str, Any], value: Any, budget: int) -> int:
         if isinstance(value, str):
@@ -175,11 +178,12 @@ class ResultConverter:
             return "cancelled"
         if res.status is TaskStatus.TIMEOUT:
             return "timed out" + (f" after {res.duration_s:.3g} s" if res.duration_s else "")
-        if res.exception:
-            return _tail(_exception_head(res.exception), self.limits.text_chars)[0]
-        stderr = _tail((res.stderr or "").strip(), self.limits.text_chars)[0]
-        code = f"exit code {res.returncode}"
-        return f"{code}; stderr: {stderr}" if stderr else code
+        if res.returncode is not None:
+            code = (f"killed by signal {-res.returncode}" if res.returncode < 0
+                    else f"exit code {res.returncode}")
+            stderr = _tail((res.stderr or "").strip(), self.limits.text_chars)[0]
+            return f"{code}; stderr: {stderr}" if stderr else code
+        return _tail(_exception_head(res.exception or "failed"), self.limits.text_chars)[0]
 
 
 class _Invalid:

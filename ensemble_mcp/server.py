@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -144,6 +145,10 @@ class _Launchers:
             launcher.shutdown()
         return True
 
+    def running(self, key: str = "") -> Launcher | None:
+        """The launcher for ``key`` if it is running."""
+        return self._launchers.get(key)
+
     def get(self, key: str) -> Launcher:
         """The running launcher for ``key``, started now if it is not yet.
 
@@ -209,6 +214,7 @@ class Server(MCPServer[Any]):
         super().__init__(name, lifespan=self._lifespan, **mcpserver_kwargs)
         self._launchers = _Launchers(system_config, launcher_config)
         self._calls = itertools.count()
+        self._num_calls = 0
         self._registry = Registry(ttl_s=ensemble_ttl_s, max_ensembles=max_ensembles)
         self._job_tools = False
 
@@ -239,13 +245,26 @@ class Server(MCPServer[Any]):
         """Undo ``start``; the launcher stops once no session uses it."""
         self._release()
 
+    @property
+    def launcher(self) -> Launcher | None:
+        """The shared launcher while the server runs (a session is open or ``start`` was
+        called), else None."""
+        return self._launchers.running()
+
+    @property
+    def num_calls(self) -> int:
+        """How many ensembles this server has launched (calls rejected before launch excluded)."""
+        return self._num_calls
+
     def run(self, transport: Literal["stdio", "sse", "streamable-http"] = "stdio",
             **kwargs: Any) -> None:
-        """Serve over ``stdio`` or ``streamable-http`` (on the constructor's host and port)."""
+        """Serve over ``stdio`` or ``streamable-http`` (on the constructor's host and port) until
+        interrupted; Ctrl-C stops it cleanly."""
         if transport != "stdio":
             kwargs.setdefault("host", self.host)
             kwargs.setdefault("port", self.port)
-        super().run(transport, **kwargs)
+        with contextlib.suppress(KeyboardInterrupt):
+            super().run(transport, **kwargs)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -345,6 +364,7 @@ class Server(MCPServer[Any]):
 
     def _launch(self, entry: _Registered, plan: Plan) -> tuple[Batch, list[dict[str, Any]]]:
         call_id = next(self._calls)
+        self._num_calls = max(self._num_calls, call_id + 1)
         spec, opts = entry.spec, entry.options
         prefix = f"{spec.name}-{call_id}-"
         executable = spec.executable

@@ -1,0 +1,68 @@
+"""Call the example server's ensemble tool over streamable HTTP and print the results as a table.
+
+    python examples/agents/client.py [--url http://127.0.0.1:9276/mcp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import anyio
+from mcp import Client
+
+DEFAULT_URL = "http://127.0.0.1:9276/mcp"
+REQUEST: dict[str, Any] = {"pressure": [1, 2, 5, 10], "temperature": 300}
+
+
+async def run(url: str, out: Any = sys.stdout) -> int:
+    """List the tools, run one ensemble call, print a table; returns an exit code."""
+    async with Client(url) as client:
+        tools = (await client.list_tools()).tools
+        print(f"tools on {url}: {', '.join(t.name for t in tools)}", file=out)
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            print(f"  progress: {message or done}", file=out)
+
+        print(f"calling flame_speed({REQUEST})", file=out)
+        result = await client.call_tool("flame_speed", REQUEST, progress_callback=on_progress)
+        if result.is_error or result.structured_content is None:
+            text = result.content[0].text if result.content else "(no text)"  # type: ignore[union-attr]
+            print(f"error: {text}", file=out)
+            return 1
+        print(format_table(result.structured_content), file=out)
+        counts = result.structured_content["summary"]["counts"]
+        return 0 if counts["success"] == len(result.structured_content["tasks"]) else 1
+
+
+def format_table(output: dict[str, Any]) -> str:
+    """The tasks of a structured ensemble result as a fixed-width table, then the summary."""
+    tasks = output["tasks"]
+    names = list(tasks[0]["params"]) if tasks else []
+    header = ["#", *names, "status", "result", "time (s)"]
+    rows = [[str(t["index"]), *(str(t["params"][n]) for n in names), t["status"],
+             str(t.get("result", t.get("error", ""))),
+             f"{t['duration_s']:.4f}" if t.get("duration_s") is not None else "-"]
+            for t in tasks]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    summary = output["summary"]
+    counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v)
+    lines.append(f"{summary['total']} tasks ({summary['relation']}): {counts} in "
+                 f"{summary['wall_time_s']:.3f} s")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Parse the command line and run the client."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=DEFAULT_URL)
+    args = parser.parse_args()
+    return anyio.run(run, args.url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
