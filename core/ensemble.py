@@ -236,6 +236,9 @@ class _Ensemble:
             return
         if not values:
             raise self.error(key, "the list is empty; give at least one value")
+        if isinstance(raw, str) and check is _check_param:  # generated: finite numbers
+            self.dims.append((key, values))
+            return
         try:
             checked = [check(value) for value in values]
         except ValueError:  # find the culprit again, to name its index
@@ -350,6 +353,7 @@ class _Ensemble:
         """
         base = {key: value for key, value in self.fixed.items() if key in _CHECKS}
         swept = [(j, key) for j, (key, _) in enumerate(self.dims) if key in _CHECKS]
+        positions = [j for j, _ in swept]
         values = [values for _, values in self.dims]
         width = len(str(self.count - 1))
         validated: dict[tuple[int, ...], _Copier] = {}
@@ -362,7 +366,7 @@ class _Ensemble:
                     changes["run_dir"] = _fill(self.run_dir, idx)
                     if self.dir_varies:
                         self._check_rendered_dir(changes["run_dir"])
-                combination = tuple([idx[j] for j, _ in swept])
+                combination = tuple([idx[j] for j in positions]) if positions else ()
                 copier = validated.get(combination)
                 if copier is None:
                     fields = {**base, **{key: values[j][idx[j]] for j, key in swept}, **changes}
@@ -436,11 +440,11 @@ def _placeholders(ensemble: _Ensemble, key: str, template: str,
     except ValueError as exc:
         raise ensemble.error(key, f"{exc}; write '{{{{' and '}}}}' for literal braces") from None
     pieces: list[str | tuple[str, str]] = []
-    quotes = _QuoteTracker()
+    quoting = ""
     for literal, field, spec, conversion in parsed:
         if literal:
             pieces.append(literal)
-            quotes.feed(literal)
+            quoting = _quoting_after(literal, quoting)
         if field is None:
             continue
         shown = "{" + field + (f"!{conversion}" if conversion else "") + \
@@ -457,42 +461,33 @@ def _placeholders(ensemble: _Ensemble, key: str, template: str,
                               if k not in _NOT_SWEPT) or "none"
             raise ensemble.error(key, f"placeholder {shown} has no value; add a key "
                                  f"{field!r} to the ensemble (keys given: {given})")
-        if quoted and quotes.inside:
-            raise ensemble.error(key, f"placeholder {shown} is {quotes.inside}; remove the "
+        if quoted and quoting:
+            raise ensemble.error(key, f"placeholder {shown} is {_QUOTING[quoting]}; remove the "
                                  "quoting around it: values are shell-quoted for you")
         pieces.append((field, spec or ""))
-    if quoted and quotes.state:
-        raise ensemble.error(key, f"unbalanced {quotes.state} quote in {template!r}")
+    if quoted and quoting:
+        raise ensemble.error(key, f"unbalanced quoting: {template!r} ends {_QUOTING[quoting]}")
     return pieces
 
 
-class _QuoteTracker:
-    """Follows POSIX shell quoting through literal text, to find placeholders inside quotes."""
+_QUOTING = {"'": "inside single quotes", '"': "inside double quotes",
+            "\\": "after a backslash", '"\\': "after a backslash"}
 
-    def __init__(self) -> None:
-        self.state = ""  # "", "single" or "double"
-        self.escaped = False
 
-    @property
-    def inside(self) -> str:
-        """Where the next character falls, in words, or "" outside quotes and escapes."""
-        if self.escaped:
-            return "after a backslash"
-        return f"inside {self.state} quotes" if self.state else ""
-
-    def feed(self, text: str) -> None:
-        """Advance the state over ``text``."""
-        for char in text:
-            if self.escaped:
-                self.escaped = False
-            elif self.state == "single":
-                self.state = "" if char == "'" else "single"
-            elif char == "\\":
-                self.escaped = True
-            elif self.state == "double":
-                self.state = "" if char == '"' else "double"
-            elif char in "'\"":
-                self.state = "single" if char == "'" else "double"
+def _quoting_after(text: str, state: str) -> str:
+    """The POSIX shell quoting after ``text``: "" or the open quote, then "\\" if escaping."""
+    for char in text:
+        if state.endswith("\\"):
+            state = state[:-1]
+        elif state == "'":
+            state = "" if char == "'" else state
+        elif char == "\\":
+            state += char
+        elif state == '"':
+            state = "" if char == '"' else state
+        elif char in "'\"":
+            state = char
+    return state
 
 
 def _render(value: Any) -> str:
@@ -571,7 +566,7 @@ def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[
 
 
 def _cpu_id(item: Any) -> int:
-    if isinstance(item, str) and item.strip().isdigit():
+    if isinstance(item, str) and item.strip().isascii() and item.strip().isdigit():
         return int(item)
     if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
         return item
