@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 
 from tests.conftest import pids_with_env, wait_until_gone
 from tests.ensemble_mcp.conftest_mcp import start_http_server, stop_process
@@ -101,7 +101,7 @@ async def test_read_timeout_cancels_the_call_on_the_server(served: tuple[str, st
     url, task_mark = served
     mark = f"TASK_MARK={task_mark}"
     async with Client(url, mode="legacy") as client:
-        with pytest.raises(Exception, match="[Tt]imed out"):
+        with pytest.raises(MCPError, match=r"[Tt]imed out"):
             await client.call_tool("sleep_cmd", {"seconds": 30}, read_timeout_seconds=1.0)
     assert wait_until_gone(mark, timeout_s=15) == []
 

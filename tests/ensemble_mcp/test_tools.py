@@ -77,7 +77,8 @@ def plan(arguments: dict[str, Any], spec: EnsembleSpec = SPEC, max_tasks: int = 
     return plan_ensemble(spec, arguments, max_tasks=max_tasks)
 
 
-def error_text(arguments: dict[str, Any], spec: EnsembleSpec = SPEC, max_tasks: int = 10_000) -> str:
+def error_text(arguments: dict[str, Any], spec: EnsembleSpec = SPEC,
+               max_tasks: int = 10_000) -> str:
     with pytest.raises(EnsembleInputError) as info:
         plan(arguments, spec, max_tasks)
     assert isinstance(info.value, ToolError)
