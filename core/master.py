@@ -399,9 +399,14 @@ class ParentLink:
         self.ctx.term()
 
 
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through Master.run's finally: children stop first
+
+
 def main(options: SubMasterOptions) -> None:
     """Run a sub-master process until its parent shuts it down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
     die_with_parent()
     link = ParentLink(options)
     try:

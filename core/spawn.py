@@ -117,13 +117,24 @@ def processes_of_run(run_id: str) -> list[int]:
     return found
 
 
-def kill_run(run_id: str) -> list[int]:
-    """SIGKILL every process left over from this run; returns their pids."""
+def kill_run(run_id: str, wait_s: float = 5.0) -> list[int]:
+    """SIGKILL every process left over from this run and wait (bounded) until they are gone."""
     pids = processes_of_run(run_id)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait_s
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.005)  # not our children: nothing to wait on but /proc
     return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
