@@ -153,19 +153,17 @@ def _fraction(text: str, arg: str) -> tuple[int, int]:
 
 
 def _linspace(text: str, start: str, stop: str, count: int) -> list[float]:
-    first = float(start)
-    if count == 1:
-        _fraction(text, start)
-        return [first]
     num_a, den_a = _fraction(text, start)
     num_b, den_b = _fraction(text, stop)
+    if count == 1:
+        return [float(start)]
     den = max(den_a, den_b)  # both are powers of ten
     a, b = num_a * (den // den_a), num_b * (den // den_b)
     steps = count - 1
     base, delta, scale = a * steps, b - a, den * steps
     # int / int is correctly rounded, so each point is the float nearest its exact value.
     points = [(base + delta * i) / scale for i in range(count)]
-    points[0], points[-1] = first, float(stop)
+    points[0], points[-1] = float(start), float(stop)
     return points
 
 
