@@ -360,6 +360,7 @@ class Launcher:
             return self._submit_items(items, task_ids, functions)
 
     def _item(self, task: Task, functions: dict[bytes, bytes]) -> TaskItem:
+        _check_supported(task)
         key = next(self._keys)
         if task.run_dir:
             os.makedirs(task.run_dir, exist_ok=True)
@@ -416,6 +417,16 @@ class Launcher:
 
         inner.add_done_callback(copy)
         return outer
+
+
+def _check_supported(task: Task) -> None:
+    """Refuse what this version cannot honour, rather than ignore it silently."""
+    if task.cpu_affinity or task.gpu_affinity:
+        raise ConfigError(f"task {task.task_id}: cpu_affinity/gpu_affinity are not honoured yet; "
+                          "remove them (each task is already pinned to the CPU slot it runs on)")
+    if task.ngpus_per_process:
+        raise ConfigError(f"task {task.task_id}: ngpus_per_process={task.ngpus_per_process}, but "
+                          "GPU placement is not available in this version")
 
 
 _live: weakref.WeakSet[Launcher] = weakref.WeakSet()

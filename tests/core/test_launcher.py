@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core import Launcher, LauncherConfig, Task, TaskFailed, TaskStatus
+from core import ConfigError, Launcher, LauncherConfig, Task, TaskFailed, TaskStatus
 from core.spawn import processes_of_run
 from tests.conftest import pids_with_env, wait_until_gone
 
@@ -220,3 +220,11 @@ def test_a_three_level_tree_runs_tasks_and_leaves_no_process() -> None:
         assert list(deep.map(square, range(50))) == [x * x for x in range(50)]
         assert len(processes_of_run(deep.run_id)) > deep.num_slots  # sub-masters in between
     assert processes_of_run(deep.run_id) == []
+
+
+@pytest.mark.parametrize("field", [{"cpu_affinity": [0]}, {"gpu_affinity": ["0"]},
+                                   {"ngpus_per_process": 1}])
+def test_placement_requests_this_version_cannot_honour_are_refused(
+        launcher: Launcher, field: dict) -> None:
+    with pytest.raises(ConfigError, match="task t0"):
+        launcher.submit_tasks([Task(task_id="t0", executable=["true"], **field)])
