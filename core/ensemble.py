@@ -193,6 +193,8 @@ class _Ensemble:
         self.fixed: dict[str, Any] = {}
         self.dims: list[tuple[str, list[Any]]] = []
         for key, raw in spec.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{self.where}: key {key!r} is not a string")
             if key not in ("cmd_template", "relation"):
                 self._add(key, raw)
         if "cmd_template" not in spec:

@@ -454,9 +454,11 @@ def test_bad_input_names_the_ensemble_key_and_problem(spec: dict[str, Any], key:
     assert problem in message
 
 
-def test_a_spec_that_is_not_an_object_is_rejected() -> None:
+def test_a_spec_that_is_not_an_object_of_string_keys_is_rejected() -> None:
     assert error_of({"ensembles": {"bad": ["x"]}}).startswith(
         "ensemble 'bad': the spec must be an object of keys")
+    assert error_of({"ensembles": {"bad": {"cmd_template": "x", 1: [2]}}}) == (
+        "ensemble 'bad': key 1 is not a string")
 
 
 @pytest.mark.parametrize("name", ["bad name", "", "-lead", "a/b", "x" * 129, "é"])
