@@ -1,4 +1,4 @@
-"""The package ``__all__`` tuples are the public API: each name resolves, nothing else is exported."""
+"""The package ``__all__`` tuples are the public API: every name resolves, no other is exported."""
 
 from __future__ import annotations
 
