@@ -17,10 +17,10 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from core import Batch
-from ensemble_mcp.results import STATUSES, ResultConverter, render_text, summarize
+from ensemble_mcp.results import ANY_JSON, STATUSES, ResultConverter, render_text, summarize
 from ensemble_mcp.tools import EnsembleSpec, Plan
 
 MAX_PAGE = 1000
@@ -146,7 +146,7 @@ class ResultEntry(BaseModel):
     index: int
     params: dict[str, Any]
     status: str = Field(description="success, failed, timeout, cancelled or pending")
-    result: Any = None
+    result: Annotated[Any, WithJsonSchema(ANY_JSON)] = None
     error: str | None = None
     duration_s: float | None = None
     note: str | None = None

@@ -34,6 +34,9 @@ class OutputLimits:
     text_lines: int = 20
 
 
+ANY_JSON: dict[str, Any] = {
+    "type": ["string", "number", "integer", "boolean", "object", "array", "null"],
+    "description": "the task's return value"}
 _SUMMARY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "How the tasks were formed and how they ended.",
@@ -60,7 +63,7 @@ def output_schema(spec: EnsembleSpec) -> dict[str, Any]:
     Written inline (no ``$ref``, no nullable ``anyOf``): clients validate every entry against
     it, and that is what keeps a 10,000-task result cheap to check.
     """
-    returns: dict[str, Any] = TypeAdapter(spec.returns).json_schema()
+    returns: dict[str, Any] = TypeAdapter(spec.returns).json_schema() or dict(ANY_JSON)
     defs = returns.pop("$defs", None)
     entry = {
         "type": "object",
