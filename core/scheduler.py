@@ -43,21 +43,36 @@ class Scheduler:
         self.reservations: dict[int, tuple[bytes, ...]] = {}
         self.mean_duration_s: float | None = None
         self.wide: dict[int, int] = {}
+        self._num_slots = 0
 
     @property
     def extra(self) -> int:
-        """Tasks queued per slot beyond the running one."""
+        """Tasks queued per slot beyond the running one.
+
+        Enough to cover ``_TARGET_QUEUE_S`` of work; and one while the queue is long, so that a
+        slot never waits for a round trip to the master (near the end of the queue none, so
+        that no task waits behind a long one while a slot is idle).
+        """
         if self.mean_duration_s is None:
             return min(1, self.prefetch)
-        return min(self.prefetch, int(_TARGET_QUEUE_S / max(self.mean_duration_s, 1e-7)))
+        by_duration = int(_TARGET_QUEUE_S / max(self.mean_duration_s, 1e-7))
+        while_long = 1 if len(self.pending) > 2 * self.num_slots else 0
+        return min(self.prefetch, max(by_duration, while_long))
+
+    @property
+    def num_slots(self) -> int:
+        """Slots of all children."""
+        return self._num_slots
 
     def add_child(self, child: bytes, node: str, nslots: int = 1) -> None:
         """A child registered."""
         self.children[child] = _Child(node, nslots)
+        self._num_slots += nslots
 
     def remove_child(self, child: bytes) -> tuple[list[int], list[int]]:
         """A child is gone: returns (the tasks it was running, the tasks to queue again)."""
         state = self.children.pop(child)
+        self._num_slots -= state.nslots
         if state.reserved_by is not None and state.reserved_by in self.reservations:
             self.reservations[state.reserved_by] = tuple(
                 c for c in self.reservations[state.reserved_by] if c != child)

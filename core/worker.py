@@ -2,8 +2,8 @@
 
 Python callables run in this (persistent) process; commands run as child processes in their own
 session, watched together with the parent's socket so that a cancel or timeout kills them at once.
-Results are coalesced and flushed when the queue drains, every ``_FLUSH_EVERY`` results, or after
-``_FLUSH_AFTER_S`` — never on a timer while idle.
+Results are coalesced while tasks are tiny, and flushed when the queue drains, every
+``_FLUSH_EVERY`` results, or after ``_FLUSH_AFTER_S``; results of longer tasks go up at once.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from core.transport import Channel, CurveKeys, Poller, new_context
 log = logging.getLogger("ensemble_mcp.worker")
 _FLUSH_EVERY = 32
 _FLUSH_AFTER_S = 0.005
+_HOLD_IF_SHORTER_S = 0.0005
 _KILL_GRACE_S = 2.0
 _READ_CHUNK = 1 << 16
 
@@ -102,6 +103,7 @@ class Worker:
         self.functions: dict[bytes, Callable[..., Any] | BaseException] = {}
         self.out: list[ResultItem] = []
         self.first_out = 0.0
+        self.mean_s = 0.0
         self.stopping = False
         self.loop: Any = None
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
@@ -147,10 +149,15 @@ class Worker:
             self.stopping = True
 
     def emit(self, result: ResultItem) -> None:
+        now = time.monotonic()
         if not self.out:
-            self.first_out = time.monotonic()
+            self.first_out = now
         self.out.append(result)
-        if len(self.out) >= _FLUSH_EVERY or time.monotonic() - self.first_out > _FLUSH_AFTER_S:
+        duration = result.end_time - result.start_time
+        self.mean_s += 0.2 * (duration - self.mean_s)
+        # Hold results back only while tasks are tiny: then the next ones end within moments.
+        if (self.mean_s > _HOLD_IF_SHORTER_S or len(self.out) >= _FLUSH_EVERY
+                or now - self.first_out > _FLUSH_AFTER_S):
             self.flush()
 
     def flush(self) -> None:

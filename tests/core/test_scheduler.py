@@ -32,15 +32,23 @@ def test_prefetch_deepens_for_tiny_tasks_and_vanishes_for_long_ones() -> None:
     assert scheduler.extra == 0
 
 
-def test_a_finished_task_frees_room_for_the_next() -> None:
+def test_long_tasks_are_not_queued_behind_each_other_near_the_end() -> None:
     scheduler = make(children=1)
     scheduler.mean_duration_s = 10.0
-    for key in range(3):
+    for key in range(2):
         scheduler.submit(key)
     assert scheduler.assign() == [Assignment(b"w0", 0)]
     assert scheduler.assign() == []
     scheduler.finished(b"w0", 0, 10.0)
     assert scheduler.assign() == [Assignment(b"w0", 1)]
+
+
+def test_long_tasks_get_one_queued_behind_while_the_queue_is_long() -> None:
+    scheduler = make(children=2)
+    scheduler.mean_duration_s = 10.0
+    for key in range(10):
+        scheduler.submit(key)
+    assert sorted(a.child for a in scheduler.assign()) == [b"w0", b"w0", b"w1", b"w1"]
 
 
 def test_a_wide_task_waits_for_enough_idle_slots_on_one_node_and_reserves_them() -> None:
