@@ -35,6 +35,10 @@ __all__ = ("Tunnel", "TunnelError", "start_tunnel", "stop_tunnel")
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = 256 * 1024
+# Read a channel's whole receive window at once: paramiko's buffer moves what a read leaves behind.
+_CHAN_READ_SIZE = 2 * 1024 * 1024
+# AES-GCM needs no separate HMAC per packet: about a quarter less CPU in paramiko than aes-ctr.
+_FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 # One SSH packet carries at most 32 KiB (OpenSSH's and paramiko's packet limit for TCP channels).
 _SEND_SLICE = 32 * 1024
 _TICK_S = 1.0
@@ -128,6 +132,7 @@ class _SshConnection:
                 key_filename=list(target.key_files) or None, allow_agent=True, look_for_keys=True,
                 timeout=target.timeout_s, banner_timeout=target.timeout_s,
                 auth_timeout=target.timeout_s, channel_timeout=target.timeout_s,
+                transport_factory=_make_transport,
             )
         except BaseException as e:
             client.close()
@@ -147,6 +152,57 @@ class _SshConnection:
         self.client.close()
         if self.transport is not threading.current_thread():
             self.transport.join(10)
+
+
+def _make_transport(sock: socket.socket, **kwargs: object) -> paramiko.Transport:
+    transport = paramiko.Transport(_ReadAheadSocket(sock), **kwargs)
+    options = transport.get_security_options()
+    options.ciphers = _FAST_CIPHERS + tuple(c for c in options.ciphers if c not in _FAST_CIPHERS)
+    return transport
+
+
+class _ReadAheadSocket:
+    """The SSH socket as paramiko sees it, read in large blocks.
+
+    paramiko reads every packet with several small ``recv`` calls (length, body, MAC); serving them
+    from one large read saves most system calls of a bulk transfer.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+
+    @property
+    def _closed(self) -> bool:  # paramiko's Transport.stop_thread reads it
+        return bool(getattr(self._sock, "_closed", False))
+
+    def recv(self, nbytes: int) -> bytes:
+        if self._start == self._end:
+            self._start, self._end = 0, self._sock.recv_into(self._buffer)
+            if self._end == 0:
+                return b""
+        end = min(self._end, self._start + nbytes)
+        out = bytes(self._view[self._start:end])
+        self._start = end
+        return out
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def getpeername(self) -> tuple[str, int]:
+        host, port = self._sock.getpeername()[:2]
+        return host, port
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _dial(target: _Target) -> socket.socket:
@@ -454,7 +510,7 @@ class Tunnel:
 
     def _on_chan(self, link: _Link, _: int) -> None:
         try:
-            data = link.chan.recv(_READ_SIZE)
+            data = link.chan.recv(_CHAN_READ_SIZE)
         except TimeoutError:
             return
         except _BROKEN:
