@@ -124,14 +124,18 @@ class _Launchers:
         return key
 
     def acquire(self) -> None:
-        """Count one more user; the first starts the default launcher."""
+        """Count one more user; the first starts a launcher per configuration."""
         with self._lock:
             self._refs += 1
             if self._refs == 1:
                 try:
-                    self._start("")
+                    for key in self._configs:
+                        self._start(key)
                 except BaseException:
                     self._refs -= 1
+                    launchers, self._launchers = list(self._launchers.values()), {}
+                    for launcher in launchers:
+                        launcher.shutdown()
                     raise
 
     def release(self) -> bool:
