@@ -9,6 +9,7 @@ are reserved for it and its first child (the leader) runs it. Placement is first
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -146,8 +147,9 @@ class Scheduler:
         if not open_children:
             return False
         open_children.sort()
+        room = sum(r for _, _, r in open_children)
         narrow = 0
-        for _, nprocs in self.pending:
+        for _, nprocs in itertools.islice(self.pending, room):
             if nprocs > 1:
                 break
             narrow += 1
