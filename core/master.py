@@ -20,11 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from core.errors import LaunchError
-from core.protocol import Cancel, Register, ResultItem, Results, Shutdown, Submit, TaskItem
+from core.errors import LaunchError, ProtocolError
+from core.protocol import (
+    Cancel,
+    Register,
+    Rejected,
+    ResultItem,
+    Results,
+    Shutdown,
+    Submit,
+    TaskItem,
+    UndecodableSubmit,
+)
 from core.scheduler import Scheduler
 from core.spawn import ChildProcess, die_with_parent, spawn_local, stop_children
-from core.transport import Channel, CurveKeys, Poller, new_context, stop_authenticator
+from core.transport import Channel, CurveKeys, PeerGone, Poller, new_context, stop_authenticator
 from core.worker import WorkerOptions
 
 log = logging.getLogger("ensemble_mcp.master")
@@ -201,6 +211,8 @@ class Master:
                 self._results(sender, message.items)
             elif isinstance(message, Register):
                 self._registered(sender, message)
+            elif isinstance(message, Rejected):
+                self._rejected(sender, message)
 
     def _registered(self, child: bytes, message: Register) -> None:
         state = self.children.get(child)
@@ -232,6 +244,15 @@ class Master:
             self.counts["done" if item.status == "success" else "failed"] += 1
             out.append(item)
         self.upstream.deliver(out)
+
+    def _rejected(self, child: bytes, message: Rejected) -> None:
+        """Resend the tasks of an undecodable Submit one by one; one alone fails."""
+        items = [self.items[key] for key in message.keys if key in self.items]
+        if len(items) == 1:
+            self._refuse(child, Submit(items=items), ProtocolError(message.error))
+            return
+        for item in items:
+            self._send(child, Submit(items=[item]))
 
     def _command(self, command: Submit | Cancel | Shutdown) -> None:
         if isinstance(command, Submit):
@@ -295,9 +316,29 @@ class Master:
     def _send(self, child: bytes, message: Submit | Cancel | Shutdown) -> None:
         try:
             self.router.send(message, to=child)
-        except Exception:  # noqa: BLE001 - the child is gone; its pidfd will tell
+        except PeerGone:  # its pidfd will tell
             log.warning("could not reach child %s", child.decode())
+        except Exception as exc:  # noqa: BLE001 - some argument cannot be pickled
+            if not isinstance(message, Submit) or len(message.items) == 1:
+                self._refuse(child, message, exc)
+                return
+            for item in message.items:
+                self._send(child, Submit(items=[item], functions=message.functions,
+                                         cpus=message.cpus))
 
+    def _refuse(self, child: bytes, message: Submit | Cancel | Shutdown,
+                exc: BaseException) -> None:
+        if not isinstance(message, Submit):
+            log.error("could not send %s to %s: %r", type(message).__name__, child.decode(), exc)
+            return
+        now = time.time()
+        for item in message.items:
+            self.items.pop(item.key, None)
+            self.placed.pop(item.key, None)
+            self.scheduler.finished(child, item.key)
+        self.upstream.deliver([_ended(item.key, "failed", f"the task's arguments could not be "
+                                      f"sent to a worker: {exc!r}", now,
+                                      exc_type=type(exc).__qualname__) for item in message.items])
     def _child_exited(self, pidfd: int) -> None:
         child = self.by_pidfd.pop(pidfd)
         self.poller.remove(pidfd)
@@ -380,7 +421,11 @@ class ParentLink:
         if self.channel.socket not in ready:
             return commands
         while self.channel.socket.poll(0):
-            message = self.channel.recv()[1]
+            try:
+                message = self.channel.recv()[1]
+            except UndecodableSubmit as exc:
+                self.channel.send(Rejected(keys=exc.keys, error=str(exc)))
+                continue
             if isinstance(message, (Submit, Cancel, Shutdown)):
                 commands.append(message)
         return commands

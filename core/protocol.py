@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -79,6 +80,14 @@ class Results:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """Child -> parent: a Submit with these tasks could not be unpickled here."""
+
+    keys: list[int]
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel:
     """Parent -> child: cancel these tasks (queued or running)."""
 
@@ -90,8 +99,17 @@ class Shutdown:
     """Parent -> child: stop, killing whatever still runs."""
 
 
-Message = Register | Submit | Results | Cancel | Shutdown
-_KINDS: tuple[type[Any], ...] = (Register, Submit, Results, Cancel, Shutdown)
+Message = Register | Submit | Results | Rejected | Cancel | Shutdown
+_KINDS: tuple[type[Any], ...] = (Register, Submit, Results, Cancel, Shutdown, Rejected)
+_SUBMIT = _KINDS.index(Submit)
+
+
+class UndecodableSubmit(ProtocolError):
+    """A Submit arrived whose payload cannot be unpickled here; ``keys`` are its tasks."""
+
+    def __init__(self, keys: list[int], cause: BaseException) -> None:
+        super().__init__(f"could not unpickle the tasks' arguments: {cause!r}")
+        self.keys = keys
 _KIND_OF = {cls: i for i, cls in enumerate(_KINDS)}
 
 
@@ -104,19 +122,29 @@ def encode(message: Message) -> list[bytes]:
     except (pickle.PicklingError, AttributeError, TypeError):
         # lambdas, local classes: by value (cloudpickle is slower, so only when needed)
         payload = cloudpickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+    if isinstance(message, Submit):  # the keys travel apart, readable even if the rest is not
+        return [header, payload, array("q", [i.key for i in message.items]).tobytes()]
     return [header, payload]
 
 
 def decode(frames: list[bytes]) -> Message:
     """The message in ``frames``; raises ProtocolError on a bad header or version."""
-    if len(frames) != 2 or len(frames[0]) != _HEADER.size:
+    if len(frames) not in (2, 3) or len(frames[0]) != _HEADER.size:
         raise ProtocolError(f"malformed message: {len(frames)} frames")
     kind, version = _HEADER.unpack(frames[0])
+    if (len(frames) == 3) != (kind == _SUBMIT):
+        raise ProtocolError(f"malformed message: {len(frames)} frames for kind {kind}")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version} from peer, this process speaks "
                             f"{PROTOCOL_VERSION}; run the same ensemble-mcp version everywhere")
     if kind >= len(_KINDS):
         raise ProtocolError(f"unknown message kind {kind}")
     cls = _KINDS[kind]
+    if kind == _SUBMIT:
+        try:
+            fields = pickle.loads(frames[1])
+        except Exception as exc:
+            raise UndecodableSubmit(array("q", frames[2]).tolist(), exc) from exc
+        return cls(**dict(zip(cls.__slots__, fields, strict=True)))  # type: ignore[no-any-return]
     fields = pickle.loads(frames[1])
     return cls(**dict(zip(cls.__slots__, fields, strict=True)))  # type: ignore[no-any-return]

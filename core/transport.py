@@ -13,6 +13,7 @@ from core.protocol import Message, decode, encode
 
 POLLIN = zmq.POLLIN
 Again = zmq.Again
+PeerGone = zmq.ZMQError
 MAX_MESSAGE_BYTES = 1 << 31
 
 

@@ -24,7 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.protocol import Cancel, Register, ResultItem, Results, Shutdown, Submit, TaskItem
+from core.protocol import (
+    Cancel,
+    Register,
+    Rejected,
+    ResultItem,
+    Results,
+    Shutdown,
+    Submit,
+    TaskItem,
+    UndecodableSubmit,
+)
 from core.spawn import die_with_parent
 from core.transport import Channel, CurveKeys, Poller, new_context
 
@@ -116,9 +126,9 @@ class Worker:
         while not self.stopping:
             if not self.queue:
                 self.flush()
-                self.handle(self.channel.recv()[1])
+                self.receive()
             elif self.channel.socket.poll(0):
-                self.handle(self.channel.recv()[1])
+                self.receive()
                 continue
             if self.queue and not self.stopping:
                 item = self.queue.popleft()
@@ -126,6 +136,16 @@ class Worker:
         self.flush()
         self.channel.close()
         self.ctx.term()
+
+    def receive(self) -> None:
+        """Receive and handle one message from the parent."""
+        try:
+            message = self.channel.recv()[1]
+        except UndecodableSubmit as exc:
+            self.flush()
+            self.channel.send(Rejected(keys=exc.keys, error=str(exc)))
+            return
+        self.handle(message)
 
     def handle(self, message: object) -> None:
         if isinstance(message, Submit):
@@ -328,7 +348,11 @@ class Worker:
         """Handle messages that arrive while a command runs; True if it must be cancelled."""
         cancel = False
         while self.channel.socket.poll(0):
-            message = self.channel.recv()[1]
+            try:
+                message = self.channel.recv()[1]
+            except UndecodableSubmit as exc:
+                self.channel.send(Rejected(keys=exc.keys, error=str(exc)))
+                continue
             if isinstance(message, Cancel) and running.key in message.keys:
                 cancel = True
             elif isinstance(message, Shutdown):

@@ -1,0 +1,96 @@
+"""Fault catalogue: every failure point ends in a clear per-task result, never a hang."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from core import ConfigError, Launcher, Task, TaskStatus
+
+
+class ExplodesWhenLoaded:
+    """Pickles fine here; raises when a worker unpickles it."""
+
+    def __reduce__(self):
+        return (_explode, ("unpickled in the worker",))
+
+
+def _explode(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class ExitsWhenLoaded:
+    def __reduce__(self):
+        return (os._exit, (9,))
+
+
+def identity(value: object) -> object:
+    return value
+
+
+def returns_a_lock() -> object:
+    return threading.Lock()
+
+
+def echo_kwargs(**kwargs: object) -> dict[str, object]:
+    return kwargs
+
+
+@pytest.fixture(scope="module")
+def launcher() -> Iterator[Launcher]:
+    with Launcher() as service:
+        yield service
+
+
+def test_an_unpicklable_return_value_fails_that_task_only(launcher: Launcher) -> None:
+    batch = launcher.submit_tasks([Task(task_id="lock", executable=returns_a_lock),
+                                   Task(task_id="ok", executable=identity, args=(5,))])
+    lock, ok = batch.results(timeout=30)
+    assert lock.status is TaskStatus.FAILED
+    assert "could not be pickled" in (lock.exception or "")
+    assert ok.result == 5
+
+
+def test_an_unpicklable_argument_fails_that_task_only(launcher: Launcher) -> None:
+    tasks = [Task(task_id=f"t{i}", executable=identity,
+                  args=(threading.Lock() if i == 1 else i,)) for i in range(3)]
+    results = launcher.submit_tasks(tasks).results(timeout=30)
+    assert [r.status.value for r in results] == ["success", "failed", "success"]
+    assert "could not be sent" in (results[1].exception or "")
+    assert [results[0].result, results[2].result] == [0, 2]
+
+
+def test_an_argument_that_kills_the_worker_while_loading_fails_its_batch_and_recovers(
+        launcher: Launcher) -> None:
+    batch = launcher.submit_tasks([Task(task_id="x", executable=identity,
+                                        args=(ExitsWhenLoaded(),))])
+    (result,) = batch.results(timeout=30)
+    assert result.status is TaskStatus.FAILED
+    assert result.exception_type == "core.errors.WorkerLost"
+    assert list(launcher.map(identity, range(5))) == list(range(5))
+
+
+def test_an_argument_that_raises_while_loading_fails_its_task_and_spares_the_batch(
+        launcher: Launcher) -> None:
+    list(launcher.map(identity, range(2000)))  # tiny tasks: deep prefetch, many per message
+    tasks = [Task(task_id=f"t{i}", executable=identity,
+                  args=(ExplodesWhenLoaded() if i == 5 else i,)) for i in range(40)]
+    results = launcher.submit_tasks(tasks).results(timeout=30)
+    assert results[5].status is TaskStatus.FAILED
+    assert "unpickled in the worker" in (results[5].exception or "")
+    assert [r.result for i, r in enumerate(results) if i != 5] == [
+        i for i in range(40) if i != 5]
+
+
+def test_a_python_callable_cannot_ask_for_several_processes(launcher: Launcher) -> None:
+    with pytest.raises(ConfigError, match="needs? a command"):
+        launcher.submit_tasks([Task(task_id="p", executable=identity, ppn=2)])
+
+
+def test_keyword_arguments_reach_the_function(launcher: Launcher) -> None:
+    (result,) = launcher.submit_tasks([Task(task_id="k", executable=echo_kwargs,
+                                            kwargs={"a": 1, "b": "x"})]).results(timeout=30)
+    assert result.result == {"a": 1, "b": "x"}
