@@ -86,7 +86,7 @@ def test_an_argument_that_raises_while_loading_fails_its_task_and_spares_the_bat
 
 
 def test_a_python_callable_cannot_ask_for_several_processes(launcher: Launcher) -> None:
-    with pytest.raises(ConfigError, match="needs? a command"):
+    with pytest.raises(ConfigError, match=r"needs? a command"):
         launcher.submit_tasks([Task(task_id="p", executable=identity, ppn=2)])
 
 
