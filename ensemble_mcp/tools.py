@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, create_model
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 Relation = Literal["one-to-one", "many-to-many"]
@@ -335,22 +335,26 @@ _RELATION_HELP = ('"one-to-one" (default): element i of every list forms task i;
 
 def input_schema(spec: EnsembleSpec) -> dict[str, Any]:
     """The tool's input JSON schema: one array per parameter, plus ``relation``."""
-    fields: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
+    defs: dict[str, Any] = {}
     for p in spec.params:
-        info = Field(min_length=1, description=p.description)
-        list_type = Annotated[list[p.element], info]  # type: ignore[name-defined]
-        if p.required:
-            fields[p.name] = (list_type, ...)
-        else:
-            fields[p.name] = (list_type, [p.default] if _is_json(p.default) else None)
-    fields["relation"] = (Relation, Field("one-to-one", description=_RELATION_HELP))
-    model = create_model(f"{spec.name}Arguments", **fields)
-    schema = model.model_json_schema()
-    for prop in schema.get("properties", {}).values():
-        prop.pop("title", None)
-        if prop.get("default", ...) is None:
-            del prop["default"]
-    schema["additionalProperties"] = False
+        items = dict(p.items_schema)
+        defs.update(items.pop("$defs", {}))
+        prop: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+        if p.description:
+            prop["description"] = p.description
+        if not p.required and _is_json(p.default):
+            prop["default"] = [p.default]
+        properties[p.name] = prop
+    properties["relation"] = {"type": "string", "enum": list(RELATIONS),
+                              "default": "one-to-one", "description": _RELATION_HELP}
+    schema: dict[str, Any] = {
+        "type": "object", "properties": properties,
+        "required": [p.name for p in spec.params if p.required],
+        "additionalProperties": False,
+    }
+    if defs:
+        schema["$defs"] = defs
     return schema
 
 
@@ -454,6 +458,8 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *,
     args = dict(arguments)
     problems: list[str] = []
     relation = args.pop("relation", None) or "one-to-one"
+    if isinstance(relation, list) and len(relation) == 1:
+        relation = relation[0]  # the list habit of every other argument
     if relation not in RELATIONS:
         problems.append(f'relation must be "one-to-one" or "many-to-many", got '
                         f"{_show(relation)}")

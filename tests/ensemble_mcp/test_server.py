@@ -10,6 +10,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from core import SystemConfig
 from core.spawn import processes_of_run
 from ensemble_mcp.server import Server
 from tests.conftest import pids_with_env, wait_until_gone
@@ -261,9 +262,22 @@ async def test_ensemble_cancel_stops_running_tasks(server: Server, mode: str) ->
                 await anyio.sleep(0.02)
         await client.call_tool("ensemble_cancel", {"ensemble_id": ensemble_id})
         assert wait_until_gone(mark, timeout_s=15) == []
-        status = (await client.call_tool("ensemble_status",
-                                         {"ensemble_id": ensemble_id})).structured_content
-        assert status["counts"]["cancelled"] == 3 and status["finished"]
+        status: dict[str, Any] = {}
+        with anyio.fail_after(15):
+            while not status.get("finished"):
+                status = (await client.call_tool(
+                    "ensemble_status", {"ensemble_id": ensemble_id})).structured_content
+        assert status["counts"]["cancelled"] == 3
+
+
+async def test_a_task_past_its_timeout_ends_timeout(server: Server, mode: str) -> None:
+    name = f"slow_{uuid.uuid4().hex[:8]}"
+    server.ensemble_tool("sleep {s}", name=name, timeout=0.5, submit_tool=False)
+    result = await call(server, mode, name, {"s": [0, 20]})
+    first, second = result.structured_content["tasks"]
+    assert first["status"] == "success"
+    assert second["status"] == "timeout" and second["error"].startswith("timed out")
+    assert result.structured_content["summary"]["counts"]["timeout"] == 1
 
 
 # -- registration and life cycle ---------------------------------------------------------------
@@ -290,11 +304,14 @@ def test_decorator_forms_return_what_they_were_given() -> None:
 async def test_launcher_starts_with_the_first_session_and_stops_with_the_last() -> None:
     srv = Server("lifecycle")
     srv.ensemble_tool(add)
+    srv.ensemble_tool(add, name="add_one_slot", system_config=SystemConfig(ncpus=1))
     assert srv.launcher is None
     async with Client(srv) as client:
         launcher = srv.launcher
         assert launcher is not None and launcher.num_slots >= 1
         result = await client.call_tool("add", {"a": [1]})
         assert result.structured_content["tasks"][0]["result"] == 2.0
+        own = await client.call_tool("add_one_slot", {"a": [1, 2]})
+        assert [t["result"] for t in own.structured_content["tasks"]] == [2.0, 3.0]
     assert srv.launcher is None
     assert processes_of_run(launcher.run_id) == []

@@ -122,6 +122,16 @@ def test_annotated_constraints_stay_on_the_items_and_field_description_wins() ->
     assert props["n"]["description"] == "count from the docstring."
 
 
+def test_parameter_names_that_shadow_model_attributes_work() -> None:
+    def f(schema: int, model_config: float = 1.0) -> int:
+        return schema
+
+    spec = spec_from_function(f)
+    assert input_schema(spec)["required"] == ["schema"]
+    assert [k for k, _ in plan({"schema": [1, 2], "model_config": 3}, spec).tasks()] == [
+        {"schema": 1, "model_config": 3.0}, {"schema": 2, "model_config": 3.0}]
+
+
 def test_pydantic_model_parameters_keep_their_definitions() -> None:
     from tests.ensemble_mcp.conftest_mcp import point
 
@@ -202,6 +212,8 @@ def test_many_to_many_takes_every_combination_in_order_and_ignores_broadcast() -
     assert [(k["pressure"], k["temperature"]) for k, _ in p.tasks()] == [
         (1, 300), (1, 400), (1, 500), (2, 300), (2, 400), (2, 500)]
     assert plan({"pressure": [1, 2], "temperature": 300, "relation": "many-to-many"}).total == 2
+    assert plan({"pressure": [1, 2], "temperature": [3, 4],
+                 "relation": ["many-to-many"]}).total == 4
 
 
 def test_lists_longer_than_one_must_still_agree() -> None:
