@@ -43,7 +43,7 @@ _FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _SEND_SLICE = 32 * 1024
 _TICK_S = 1.0
 _WINDOW_POLL_S = 0.001
-_PTY_COMMAND = "sleep 2147483647"
+_PTY_COMMAND = "exec sleep 2147483647"
 _KNOWN_HOSTS = "~/.ssh/known_hosts"
 _GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 _SSH_CONFIG = "~/.ssh/config"
@@ -108,9 +108,11 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
 class _SshConnection:
     """One authenticated SSH connection, tuned for forwarding."""
 
-    def __init__(self, client: paramiko.SSHClient, transport: paramiko.Transport) -> None:
+    def __init__(self, client: paramiko.SSHClient, transport: paramiko.Transport,
+                 session: paramiko.Channel | None) -> None:
         self.client = client
         self.transport = transport
+        self.session = session  # paramiko closes a channel once nothing refers to it
 
     @property
     def active(self) -> bool:
@@ -143,9 +145,8 @@ class _SshConnection:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(max(1, round(target.keepalive_s)))
-        if target.pty_session:
-            _open_pty_session(transport, target)
-        return cls(client, transport)
+        session = _open_pty_session(transport, target) if target.pty_session else None
+        return cls(client, transport, session)
 
     def close(self) -> None:
         """Close the connection and wait for paramiko's thread to end."""
@@ -248,7 +249,7 @@ def _connect_error(target: _Target, e: Exception) -> TunnelError:
     return TunnelError(f"SSH connection to {target.where} failed during login: {e!r}")
 
 
-def _open_pty_session(transport: paramiko.Transport, target: _Target) -> None:
+def _open_pty_session(transport: paramiko.Transport, target: _Target) -> paramiko.Channel | None:
     # OpenSSH's sshd leaves Nagle on for connections without an interactive session, which
     # delays about one small reply in ten by ~40 ms; a pty session makes it set TCP_NODELAY.
     try:
@@ -258,6 +259,8 @@ def _open_pty_session(transport: paramiko.Transport, target: _Target) -> None:
     except _BROKEN as e:
         logger.info("no pty session on %s (%s): small round trips may take ~40 ms more",
                     target.where, e)
+        return None
+    return chan
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -12,7 +12,7 @@ from typing import Any
 
 
 def add_tunnel_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``tunnel`` command on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    """Register the ``tunnel`` command on ``subparsers`` from ``ArgumentParser.add_subparsers``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "tunnel",
         help="forward a local port to the MCP server on a compute node over SSH",
@@ -43,7 +43,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
-    """Open the tunnel from parsed ``args``, print where it listens, and hold it; return exit code."""
+    """Open the tunnel for parsed ``args``, print where it listens, hold it; return the exit code."""
     from ensemble_mcp.tunnel import TunnelError, start_tunnel
 
     logging.basicConfig(level=logging.WARNING, format="ensemble-mcp tunnel: %(message)s")

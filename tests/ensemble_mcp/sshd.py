@@ -1,7 +1,8 @@
-"""A real OpenSSH sshd on 127.0.0.1 for tests: generated host and user keys, a free port, clean stop."""
+"""A real OpenSSH sshd on 127.0.0.1 for tests: generated keys, a free port, a clean stop."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -71,34 +72,44 @@ class Sshd:
 
     def connection_pids(self) -> list[int]:
         """Pids of the per-connection sshd children (killing them drops those SSH connections)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.process.pid:
-                pids.append(int(entry.name))
-        return pids
+        return [pid for pid, ppid in _process_parents().items() if ppid == self.process.pid]
+
+    def descendants(self) -> list[int]:
+        """Pids of every process below the listener: connection handlers and session commands."""
+        parents = _process_parents()
+        found: list[int] = []
+        frontier = [self.process.pid]
+        while frontier:
+            children = [pid for pid, ppid in parents.items() if ppid in frontier]
+            found += children
+            frontier = children
+        return found
 
     def stop(self) -> None:
-        """Stop the listener and every connection it serves; wait for all of them."""
-        children = self.connection_pids()
+        """Stop the listener and every process it started; wait for the listener."""
+        below = self.descendants()
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def log_text(self) -> str:
         """What sshd logged so far (for assertion messages)."""
         return self.log.read_text() if self.log.exists() else ""
+
+
+def _process_parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
 
 
 def start_sshd(root: Path, extra_config: str = "") -> Sshd:
