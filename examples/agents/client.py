@@ -22,8 +22,8 @@ async def run(url: str, out: Any = sys.stdout) -> int:
         tools = (await client.list_tools()).tools
         print(f"tools on {url}: {', '.join(t.name for t in tools)}", file=out)
 
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            print(f"  progress: {message or done}", file=out)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            print(f"  progress: {message or progress}", file=out)
 
         print(f"calling flame_speed({REQUEST})", file=out)
         result = await client.call_tool("flame_speed", REQUEST, progress_callback=on_progress)

@@ -38,8 +38,8 @@ async def test_lists_tools_and_runs_one_task_per_element_over_http(
     url, _ = served
     seen: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        seen.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     async with Client(url, mode=mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}

@@ -181,8 +181,8 @@ async def test_bad_arguments_return_an_error_that_shows_the_fix_and_run_nothing(
 async def test_progress_notifications_count_tasks_done(server: Server, mode: str) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        seen.append((done, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
 
     await call(server, mode, "add", {"a": [1, 2, 3, 4]}, progress_callback=on_progress)
     assert [(d, t) for d, t, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
