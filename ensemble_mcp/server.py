@@ -54,6 +54,7 @@ Runner = Callable[[dict[str, Any], Context[Any, Any]], Awaitable[CallToolResult]
 _PROGRESS_INTERVAL_S = 0.05
 _PROGRESS_EVERY_RESULT = 20
 _CANCEL_WAIT_S = 10.0
+_INLINE_LAUNCH_MAX = 200
 
 
 class _EnsembleTool(Tool):
@@ -389,12 +390,17 @@ class Server(MCPServer[Any]):
         except (ConfigError, LauncherBroken) as exc:
             raise ToolError(f"the launcher refused the tasks: {exc}. Nothing was run.") from exc
 
+    async def _start_batch(self, entry: _Registered,
+                           plan: Plan) -> tuple[Batch, list[dict[str, Any]]]:
+        if plan.total > _INLINE_LAUNCH_MAX:  # building thousands of Tasks would stall other calls
+            return await anyio.to_thread.run_sync(self._launch, entry, plan)
+        return self._launch(entry, plan)
+
     async def _call(self, entry: _Registered, arguments: dict[str, Any],
                     ctx: Context[Any, Any]) -> CallToolResult:
         plan = plan_ensemble(entry.spec, arguments, max_tasks=self.max_tasks)
         started = time.perf_counter()
-        batch, echoes = await anyio.to_thread.run_sync(self._launch, entry, plan) \
-            if plan.total > 200 else self._launch(entry, plan)
+        batch, echoes = await self._start_batch(entry, plan)
         results = await _collect(batch, ctx, plan.total)
         wall = time.perf_counter() - started
         entries, note = entry.converter.entries(0, echoes, results)
@@ -406,7 +412,7 @@ class Server(MCPServer[Any]):
     async def _submit(self, entry: _Registered, arguments: dict[str, Any]) -> CallToolResult:
         plan = plan_ensemble(entry.spec, arguments, max_tasks=self.max_tasks)
         self._registry.room()
-        batch, echoes = self._launch(entry, plan)
+        batch, echoes = await self._start_batch(entry, plan)
         ensemble = self._registry.add(entry.spec, plan, echoes, batch, entry.converter)
         return submit_output(ensemble)
 
