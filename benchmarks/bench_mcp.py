@@ -39,6 +39,12 @@ def tag(x: int, client: int) -> list[int]:
     return [client, x]
 
 
+@server.tool()
+def ping(x: int) -> int:
+    """A plain SDK tool, no ensemble: the floor one MCP call costs over HTTP."""
+    return x
+
+
 def _flame_speed(pressure: float, temperature: float) -> float:
     """Laminar flame speed for one (pressure, temperature) point, in m/s.
 
@@ -73,6 +79,17 @@ async def _timed_calls(url: str, mode: str, size: int, repeat: int) -> list[floa
     return times
 
 
+async def _floor(url: str, mode: str, repeat: int) -> list[float]:
+    times = []
+    async with Client(url, mode=mode) as client:
+        await client.call_tool("ping", {"x": 1})
+        for _ in range(repeat):
+            start = time.perf_counter()
+            await client.call_tool("ping", {"x": 1})
+            times.append(time.perf_counter() - start)
+    return times
+
+
 async def _concurrent(url: str, clients: int, size: int) -> tuple[float, int, int]:
     wrong = 0
     got = 0
@@ -98,6 +115,8 @@ async def _bench(url: str, repeat: int) -> None:
         print(f"[{mode:6}] 1,000-task call : {_stats(big)}   bar <= 500 ms")
         small = await _timed_calls(url, mode, 1, repeat * 5)
         print(f"[{mode:6}] 1-task call     : {_stats(small)}   bar <= 20 ms")
+        floor = await _floor(url, mode, repeat * 5)
+        print(f"[{mode:6}] plain SDK tool  : {_stats(floor)}   (reference: no ensemble)")
     wall, got, wrong = await _concurrent(url, 20, 100)
     print(f"20 clients x 100 tasks: {got} results, {wrong} wrong, {wall:.2f} s wall   "
           "bar: 2,000 correct")
