@@ -369,7 +369,7 @@ class Tunnel:
         self._thread.join()
         with self._ssh_lock:
             self._ssh.close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True)  # queued opens run, fail fast, and close their sockets
         for link in self._ready:
             self._drop(link)
         self._ready.clear()
@@ -455,8 +455,9 @@ class Tunnel:
                 if not self._ssh.active and not self._reconnect_queued and not self._closing:
                     self._reconnect_queued = True
                     self._pool.submit(self._reconnect)
-        except Exception:
+        except Exception as e:
             logger.exception("tunnel %s failed", self)
+            self.error = TunnelError(f"the tunnel stopped on an internal error: {e!r}")
         finally:
             self._sel.unregister(self._listener)
             self._listener.close()

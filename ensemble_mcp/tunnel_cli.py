@@ -43,7 +43,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
-    """Open the tunnel for parsed ``args``, print where it listens, hold it; return the exit code."""
+    """Open the tunnel for parsed ``args``, print where it listens, hold it; return exit code."""
     from ensemble_mcp.tunnel import TunnelError, start_tunnel
 
     logging.basicConfig(level=logging.WARNING, format="ensemble-mcp tunnel: %(message)s")

@@ -164,10 +164,10 @@ def _spawn(config: Path, log: Path, root: Path) -> tuple[subprocess.Popen[bytes]
         )
         exited = os.pidfd_open(process.pid)
         try:
-            readable, _, _ = select.select([notify, exited], [], [], READY_TIMEOUT_S)
+            readable, _, _ = select.select([notify.fileno(), exited], [], [], READY_TIMEOUT_S)
         finally:
             os.close(exited)
-        ready = notify in readable and b"READY=1" in notify.recv(4096)
+        ready = notify.fileno() in readable and b"READY=1" in notify.recv(4096)
     if ready or (process.poll() is None and _accepts(config)):
         return process, True
     process.kill()

@@ -40,7 +40,7 @@ def open_tunnel(sshd: Sshd, remote_port: int, **options: object) -> Tunnel:
     kwargs: dict[str, object] = {"key_filename": str(sshd.user_key),
                                  "known_hosts": str(sshd.known_hosts), "port": sshd.port}
     kwargs.update(options)
-    return start_tunnel(sshd.user, "127.0.0.1", 0, remote_port, **kwargs)  # type: ignore[arg-type]
+    return start_tunnel(sshd.user, "127.0.0.1", 0, remote_port, **kwargs)
 
 
 def echo_once(port: int, payload: bytes) -> bytes:
@@ -156,7 +156,7 @@ def test_a_key_the_server_does_not_accept_fails_with_an_authentication_error(
 
 
 def test_an_ssh_port_with_nothing_listening_is_reported_unreachable(echo_port: int) -> None:
-    with pytest.raises(TunnelError, match="unreachable.*Connection refused"):
+    with pytest.raises(TunnelError, match=r"unreachable.*Connection refused"):
         start_tunnel("nobody", "127.0.0.1", 0, echo_port, port=free_port(), timeout_s=5)
 
 
@@ -175,14 +175,14 @@ def test_a_local_port_in_use_is_reported_with_what_to_do(sshd: Sshd, echo_port: 
 
 
 def test_arguments_out_of_range_raise_value_error_naming_the_argument() -> None:
-    with pytest.raises(ValueError, match="remote_port must be an integer in 1..65535"):
+    with pytest.raises(ValueError, match=r"remote_port must be an integer in 1\.\.65535"):
         start_tunnel("u", "host", 0, 70000)
     with pytest.raises(ValueError, match="local_port"):
         start_tunnel("u", "host", -1, 80)
     with pytest.raises(ValueError, match="compute_node_host"):
         start_tunnel("u", " ", 0, 80)
     with pytest.raises(TypeError, match="stop_tunnel expects the Tunnel"):
-        stop_tunnel(("server", "thread"))  # type: ignore[arg-type]
+        stop_tunnel(("server", "thread"))
 
 
 def test_an_ssh_config_alias_supplies_host_user_port_and_identity_file(
@@ -302,7 +302,8 @@ def test_the_tunnel_command_is_registered_with_its_options() -> None:
                               "-i", "k2", "-p", "2222", "--accept-new-host-key"])
     assert args.handler is tunnel_cli.run_tunnel
     assert (args.destination, args.remote_port, args.local_port) == ("me@login", 9276, 0)
-    assert (args.key_filename, args.ssh_port, args.accept_new_host_key) == (["k1", "k2"], 2222, True)
+    assert (args.key_filename, args.ssh_port) == (["k1", "k2"], 2222)
+    assert args.accept_new_host_key
     assert (args.remote_host, args.bind, args.known_hosts) == ("localhost", "127.0.0.1", None)
 
 
@@ -324,21 +325,24 @@ uvicorn.Server(config).run(sockets=[sock])
 
 
 @pytest.fixture
-def mcp_port() -> Iterator[int]:
-    """Port of a one-tool MCP server in its own process; it accepts once the port is printed."""
+def mcp_server() -> Iterator[subprocess.Popen[str]]:
+    """A one-tool MCP server in its own process; it accepts once it has printed its port."""
     proc = subprocess.Popen([sys.executable, "-c", MCP_SERVER], stdout=subprocess.PIPE, text=True)
     try:
-        yield int(read_line(proc))
+        yield proc
     finally:
         proc.terminate()
         proc.communicate(timeout=WAIT_S)
 
 
-async def test_an_mcp_client_calls_a_tool_through_the_tunnel(sshd: Sshd, mcp_port: int) -> None:
-    from examples.agents import client_via_tunnel  # imports the MCP client stack: only here
+async def test_an_mcp_client_calls_a_tool_through_the_tunnel(
+    sshd: Sshd, mcp_server: subprocess.Popen[str]
+) -> None:
+    # Imported here: the MCP client stack loads while the server process starts.
+    from examples.agents import client_via_tunnel
 
     names, result = await client_via_tunnel.call_through_tunnel(
-        f"{sshd.user}@127.0.0.1", mcp_port, "add", {"a": 2, "b": 40},
+        f"{sshd.user}@127.0.0.1", int(read_line(mcp_server)), "add", {"a": 2, "b": 40},
         key_filename=str(sshd.user_key), known_hosts=str(sshd.known_hosts), port=sshd.port)
     assert names == ["add"]
     assert not result.is_error
