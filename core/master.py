@@ -124,6 +124,7 @@ class Master:
         self.functions: dict[bytes, bytes] = {}
         self.cancelling: set[int] = set()
         self.generation = itertools.count()
+        self.groups = itertools.count()
         self.up = False
         self.stopping = False
         self.next_report = time.monotonic() + tree.report_interval_s
@@ -195,7 +196,7 @@ class Master:
             self.next_report = now + self.tree.report_interval_s
             log.info("status: %d done, %d failed, %d running or queued on children, %d pending",
                      self.counts["done"], self.counts["failed"], len(self.placed),
-                     len(self.scheduler.pending))
+                     self.scheduler.num_pending)
 
     def _drain_children(self) -> None:
         while True:
@@ -257,9 +258,10 @@ class Master:
     def _command(self, command: Submit | Cancel | Shutdown) -> None:
         if isinstance(command, Submit):
             self.functions.update(command.functions)
+            group = next(self.groups)
             for item in command.items:
                 self.items[item.key] = item
-                self.scheduler.submit(item.key, item.nprocs)
+                self.scheduler.submit(item.key, item.nprocs, group)
             if command.cpus:
                 self.wide_cpus.update(command.cpus)
         elif isinstance(command, Cancel):

@@ -228,3 +228,12 @@ def test_placement_requests_this_version_cannot_honour_are_refused(
         launcher: Launcher, field: dict) -> None:
     with pytest.raises(ConfigError, match="task t0"):
         launcher.submit_tasks([Task(task_id="t0", executable=["true"], **field)])
+
+
+def test_a_small_batch_is_not_stuck_behind_a_big_one(launcher: Launcher) -> None:
+    big = launcher.map_tasks(sleep_then, [((0.01, i), {}) for i in range(200)])
+    small = launcher.map_tasks(square, [((3,), {})])
+    assert small.results(timeout=30)[0].result == 9
+    assert big.num_done < len(big) // 2
+    big.cancel()
+    big.results(timeout=30)

@@ -20,7 +20,7 @@ def test_tasks_are_spread_evenly_before_any_duration_is_known() -> None:
     # one running + one prefetched per slot until durations are known
     assert sorted(a.child for a in placed) == [b"w0", b"w0", b"w1", b"w1"]
     assert [a.key for a in placed] == [0, 1, 2, 3]
-    assert len(scheduler.pending) == 6
+    assert scheduler.num_pending == 6
 
 
 def test_prefetch_deepens_for_tiny_tasks_and_vanishes_for_long_ones() -> None:
@@ -84,7 +84,7 @@ def test_losing_a_child_returns_its_running_task_and_requeues_the_rest_in_order(
     assert [a.key for a in scheduler.assign()] == [0, 1, 2, 3, 4]
     running, requeued = scheduler.remove_child(b"w0")
     assert (running, requeued) == ([0], [1, 2, 3, 4])
-    assert [key for key, _ in scheduler.pending] == [1, 2, 3, 4]
+    assert scheduler.pending == [1, 2, 3, 4]
 
 
 def test_cancelling_pending_tasks_drops_only_those() -> None:
@@ -92,4 +92,27 @@ def test_cancelling_pending_tasks_drops_only_those() -> None:
     for key in range(5):
         scheduler.submit(key)
     assert scheduler.cancel_pending({1, 3, 9}) == [1, 3]
-    assert [key for key, _ in scheduler.pending] == [0, 2, 4]
+    assert scheduler.pending == [0, 2, 4]
+
+
+def test_batches_are_served_round_robin_so_a_small_one_is_not_stuck_behind_a_big_one() -> None:
+    scheduler = make(children=2)
+    scheduler.mean_duration_s = 10.0
+    for key in range(100):
+        scheduler.submit(key, group=0)
+    scheduler.submit(1000, group=1)
+    first = [a.key for a in scheduler.assign()]
+    assert 1000 in first
+    assert scheduler.num_pending == 101 - len(first)
+
+
+def test_groups_take_turns_within_one_placement_round() -> None:
+    scheduler = make(children=1, prefetch=64)
+    scheduler.mean_duration_s = 1e-5
+    for key in range(10):
+        scheduler.submit(key, group=0)
+    for key in range(100, 103):
+        scheduler.submit(key, group=1)
+    keys = [a.key for a in scheduler.assign()]
+    assert keys[:6] == [0, 100, 1, 101, 2, 102]
+    assert sorted(keys) == [*range(10), 100, 101, 102]
