@@ -7,7 +7,11 @@ port over SSH. Names load lazily, so that using the tunnel does not import the M
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ensemble_mcp.server import Server
+    from ensemble_mcp.tunnel import Tunnel, TunnelError, start_tunnel, stop_tunnel
 
 __all__ = ("Server", "Tunnel", "TunnelError", "start_tunnel", "stop_tunnel")
 

@@ -9,6 +9,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     command -v mpiexec.openmpi >/dev/null || need+=(openmpi-bin)
     command -v mpiexec.mpich >/dev/null || need+=(mpich)
     [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+    command -v npm >/dev/null || need+=(nodejs npm)
     if [ ${#need[@]} -gt 0 ]; then
         apt-get update -qq
         apt-get install -y -q "${need[@]}" >/dev/null
@@ -19,4 +20,10 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import core, ensemble_mcp" 
+.venv/bin/python -c "import core, ensemble_mcp"
+
+# Node 22 and the MCP Inspector CLI, for the acceptance test that drives the server with it.
+if [ ! -x .node/node_modules/.bin/mcp-inspector ]; then
+    bash scripts/install-inspector.sh >/dev/null
+fi
+
