@@ -18,9 +18,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import core, ensemble_mcp"
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' \
+        >.venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    exit 1
+fi
+.venv/bin/python -c "import core, ensemble_mcp, mcp, zmq, paramiko, cloudpickle, pytest"
 
 # Node 22 and the MCP Inspector CLI, for the acceptance test that drives the server with it.
 if [ ! -x .node/node_modules/.bin/mcp-inspector ]; then
