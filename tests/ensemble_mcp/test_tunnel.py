@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -36,8 +37,8 @@ def clean_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def open_tunnel(sshd: Sshd, remote_port: int, **options: object) -> Tunnel:
-    kwargs: dict[str, object] = {"key_filename": str(sshd.user_key),
+def open_tunnel(sshd: Sshd, remote_port: int, **options: Any) -> Tunnel:
+    kwargs: dict[str, Any] = {"key_filename": str(sshd.user_key),
                                  "known_hosts": str(sshd.known_hosts), "port": sshd.port}
     kwargs.update(options)
     return start_tunnel(sshd.user, "127.0.0.1", 0, remote_port, **kwargs)
@@ -182,7 +183,7 @@ def test_arguments_out_of_range_raise_value_error_naming_the_argument() -> None:
     with pytest.raises(ValueError, match="compute_node_host"):
         start_tunnel("u", " ", 0, 80)
     with pytest.raises(TypeError, match="stop_tunnel expects the Tunnel"):
-        stop_tunnel(("server", "thread"))
+        stop_tunnel(cast(Any, ("server", "thread")))
 
 
 def test_an_ssh_config_alias_supplies_host_user_port_and_identity_file(
@@ -199,7 +200,9 @@ def test_an_ssh_config_alias_supplies_host_user_port_and_identity_file(
         assert echo_once(tunnel.local_port, b"alias") == b"alias"
 
 
-def test_a_pty_session_is_held_so_sshd_turns_nagle_off(sshd: Sshd, echo_port: int) -> None:
+def test_a_pty_session_is_held_so_sshd_turns_nagle_off_and_ends_with_the_tunnel(
+    sshd: Sshd, echo_port: int
+) -> None:
     def has_pty() -> bool:
         for pid in sshd.descendants():
             with contextlib.suppress(OSError):
@@ -213,6 +216,16 @@ def test_a_pty_session_is_held_so_sshd_turns_nagle_off(sshd: Sshd, echo_port: in
         while not has_pty() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert has_pty()
+        session = []
+        for pid in sshd.descendants():
+            with contextlib.suppress(ProcessLookupError):  # short-lived shell helpers
+                session.append(os.pidfd_open(pid))
+    try:
+        for exited in session:
+            assert select.select([exited], [], [], WAIT_S)[0], "a session outlived the tunnel"
+    finally:
+        for fd in session:
+            os.close(fd)
     with open_tunnel(sshd, echo_port, pty_session=False):
         assert not has_pty()
 
@@ -251,7 +264,7 @@ def test_the_tunnel_stops_with_an_error_when_reconnecting_fails(
 
 @pytest.fixture
 def cli(sshd: Sshd, echo_port: int) -> Iterator[subprocess.Popen[str]]:
-    argv = [sys.executable, "-m", "ensemble_mcp.tunnel_cli", f"{sshd.user}@127.0.0.1",
+    argv = [sys.executable, "-m", "ensemble_mcp.cli", "tunnel", f"{sshd.user}@127.0.0.1",
             str(echo_port), "--local-port", "0", "-i", str(sshd.user_key),
             "--known-hosts", str(sshd.known_hosts), "-p", str(sshd.port)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
