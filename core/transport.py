@@ -57,15 +57,9 @@ class Channel:
 
         On tcp the socket is a CURVE server that admits only the children's key (ZAP).
         """
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = _socket(ctx, zmq.ROUTER, endpoint, keys, linger_ms=0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        if endpoint.startswith("tcp://"):
-            if keys is None:
-                raise ValueError("a tcp:// endpoint needs CURVE keys")
+        if keys is not None:
             _allow_only(ctx, keys.client_public)
             sock.curve_secretkey = keys.server_secret
             sock.curve_publickey = keys.server_public
@@ -88,15 +82,9 @@ class Channel:
     def connect_dealer(cls, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: bytes,
                        keys: CurveKeys | None = None) -> Channel:
         """Connect a DEALER with ``identity`` to a parent's ROUTER."""
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 2000)
+        sock = _socket(ctx, zmq.DEALER, endpoint, keys, linger_ms=2000)
         sock.setsockopt(zmq.IDENTITY, identity)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        if endpoint.startswith("tcp://"):
-            if keys is None:
-                raise ValueError("a tcp:// endpoint needs CURVE keys")
+        if keys is not None:
             sock.curve_secretkey = keys.client_secret
             sock.curve_publickey = keys.client_public
             sock.curve_serverkey = keys.server_public
@@ -118,6 +106,18 @@ class Channel:
     def close(self) -> None:
         """Close the socket."""
         self.socket.close(linger=0)
+
+
+def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str,
+            keys: CurveKeys | None, linger_ms: int) -> zmq.Socket[bytes]:
+    if endpoint.startswith("tcp://") and keys is None:
+        raise ValueError("a tcp:// endpoint needs CURVE keys")
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    return sock
 
 
 _authenticators: dict[int, Any] = {}

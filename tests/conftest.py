@@ -1,4 +1,8 @@
-"""Shared test helpers: a process oracle that scans /proc for an environment mark."""
+"""Shared test helpers: a process oracle that scans /proc for an environment mark.
+
+It repeats what core.spawn.processes_of_run does on purpose: an oracle that shares code with the
+implementation it checks could share its bugs too.
+"""
 
 from __future__ import annotations
 
