@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -28,7 +29,8 @@ from sshd import Sshd, free_port, sshd_missing_reason, start_sshd  # noqa: E402
 
 # Reply to each line "N\n" with N bytes; to "-N\n" by reading N bytes, then answering "ok\n".
 SERVER = r"""
-import socket, sys, threading
+import os, socket, sys, threading
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()  # parent gone
 block = b"x" * (1 << 20)
 def serve(conn):
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -179,13 +181,14 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups on `timeout`
     if reason := sshd_missing_reason():
         print(f"skipped: {reason}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         sshd = start_sshd(Path(tmp))
-        server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
-                                  text=True)
+        server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
             target = int(server.stdout.readline())

@@ -121,11 +121,14 @@ class _SshConnection:
     @classmethod
     def open(cls, target: _Target) -> _SshConnection:
         """Connect, verify the host key, log in; raise TunnelError saying what went wrong."""
-        sock = _dial(target)
         client = paramiko.SSHClient()
         for path in target.known_hosts:
             if path.is_file():
-                client.get_host_keys().load(str(path))
+                try:
+                    client.get_host_keys().load(str(path))
+                except (OSError, paramiko.SSHException) as e:
+                    raise TunnelError(f"cannot read known_hosts file {path}: {e}") from e
+        sock = _dial(target)
         save_to = target.known_hosts[0] if target.accept_new_host_key else None
         client.set_missing_host_key_policy(_HostKeyPolicy(save_to))
         try:
