@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from core import ConfigError, Launcher, Task, TaskStatus
+from tests.conftest import pids_with_env, wait_until_gone
 
 
 class ExplodesWhenLoaded:
@@ -94,3 +98,36 @@ def test_keyword_arguments_reach_the_function(launcher: Launcher) -> None:
     (result,) = launcher.submit_tasks([Task(task_id="k", executable=echo_kwargs,
                                             kwargs={"a": 1, "b": "x"})]).results(timeout=30)
     assert result.result == {"a": 1, "b": "x"}
+
+
+CLIENT = """
+import sys
+from core import Launcher, LauncherConfig, Task
+nlevels = int(sys.argv[2])
+launcher = Launcher(launcher_config=LauncherConfig(nlevels=nlevels)).start()
+name, value = sys.argv[1].split("=")
+batch = launcher.submit_tasks([Task(task_id="s", executable=["sleep", "60"], env={name: value})])
+print(launcher.run_id, flush=True)
+batch.results()
+"""
+
+
+@pytest.mark.parametrize("nlevels", [0, 1])
+def test_killing_the_client_with_sigkill_leaves_no_process_behind(
+        nlevels: int, mark: str) -> None:
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, mark, str(nlevels)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        run_id = client.stdout.readline().strip()
+        deadline = time.monotonic() + 20
+        while not pids_with_env(mark) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pids_with_env(mark), "the task never started"
+        client.kill()
+        client.wait(timeout=10)
+        assert wait_until_gone(mark) == []
+        assert wait_until_gone(f"ENSEMBLE_MCP_RUN={run_id}") == []
+    finally:
+        client.kill()
+        client.wait()
