@@ -33,7 +33,7 @@ from core.protocol import (
     UndecodableSubmit,
 )
 from core.scheduler import Scheduler
-from core.spawn import ChildProcess, die_with_parent, spawn_local, stop_children
+from core.spawn import ChildProcess, die_with_parent, kill_left_by, spawn_local, stop_children
 from core.transport import Channel, CurveKeys, PeerGone, Poller, new_context, stop_authenticator
 from core.worker import WorkerOptions
 
@@ -348,6 +348,8 @@ class Master:
         assert state.process is not None
         code = state.process.popen.wait()
         state.process.close()
+        if state.is_worker:
+            kill_left_by(child)  # a command it ran sits in its own session: not signalled
         reason = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if self.stopping:
             return

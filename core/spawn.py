@@ -16,6 +16,7 @@ from typing import Any
 from core.errors import LaunchError
 
 RUN_MARKER = "ENSEMBLE_MCP_RUN"
+CHILD_MARKER = "ENSEMBLE_MCP_CHILD"
 
 
 @dataclass(slots=True)
@@ -57,8 +58,8 @@ def spawn_local(role: str, options: Any, run_dir: Path, identity: bytes, run_id:
     with os.fdopen(fd, "wb") as out:
         pickle.dump(options, out)
     log_path = log_path or run_dir / f"{name}.log"
-    env = {**os.environ, RUN_MARKER: run_id, "PYTHONPATH": os.pathsep.join(
-        p for p in sys.path if p)}
+    env = {**os.environ, RUN_MARKER: run_id, CHILD_MARKER: name,
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     log = log_path.open("ab")
     try:
         popen = subprocess.Popen(
@@ -102,7 +103,12 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 def processes_of_run(run_id: str) -> list[int]:
     """The pids on this node whose environment carries this run's mark (Linux /proc)."""
-    mark = f"{RUN_MARKER}={run_id}".encode()
+    return processes_marked(f"{RUN_MARKER}={run_id}")
+
+
+def processes_marked(assignment: str) -> list[int]:
+    """The pids on this node whose environment holds ``NAME=value`` (Linux /proc)."""
+    mark = assignment.encode()
     found = []
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -119,7 +125,17 @@ def processes_of_run(run_id: str) -> list[int]:
 
 def kill_run(run_id: str, wait_s: float = 5.0) -> list[int]:
     """SIGKILL every process left over from this run and wait (bounded) until they are gone."""
-    pids = processes_of_run(run_id)
+    return kill_marked(f"{RUN_MARKER}={run_id}", wait_s)
+
+
+def kill_left_by(child: bytes) -> list[int]:
+    """SIGKILL what a dead child left running (its tasks' processes); no waiting."""
+    return kill_marked(f"{CHILD_MARKER}={child.decode()}", 0.0)
+
+
+def kill_marked(assignment: str, wait_s: float) -> list[int]:
+    """SIGKILL the processes marked ``NAME=value`` and wait (bounded) until they are gone."""
+    pids = processes_marked(assignment)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

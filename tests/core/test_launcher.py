@@ -237,3 +237,15 @@ def test_a_small_batch_is_not_stuck_behind_a_big_one(launcher: Launcher) -> None
     assert big.num_done < len(big) // 2
     big.cancel()
     big.results(timeout=30)
+
+
+def test_a_worker_killed_under_a_running_command_takes_the_command_with_it(
+        launcher: Launcher, mark: str) -> None:
+    name, value = mark.split("=")
+    task = Task(task_id="k", executable=["sh", "-c", "sleep 60 & kill -9 $PPID; wait"],
+                env={name: value})
+    (result,) = launcher.submit_tasks([task]).results(timeout=30)
+    assert result.status is TaskStatus.FAILED
+    assert result.exception_type == "core.errors.WorkerLost"
+    assert wait_until_gone(mark) == []
+    assert list(launcher.map(square, range(3))) == [0, 1, 4]
