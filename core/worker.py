@@ -41,7 +41,7 @@ from core.transport import Channel, CurveKeys, Poller, new_context
 log = logging.getLogger("ensemble_mcp.worker")
 _FLUSH_EVERY = 32
 _FLUSH_AFTER_S = 0.005
-_HOLD_IF_SHORTER_S = 0.0005
+_HOLD_IF_SHORTER_S = 0.002
 _KILL_GRACE_S = 2.0
 _READ_CHUNK = 1 << 16
 
@@ -304,9 +304,13 @@ class Worker:
         try:
             while not exited:
                 now = time.time()
-                waits = [t for t in (deadline, kill_at) if t is not None]
+                flush_at = (time.time() + self.first_out + _FLUSH_AFTER_S - time.monotonic()
+                            if self.out else None)
+                waits = [t for t in (deadline, kill_at, flush_at) if t is not None]
                 timeout_ms = max(0.0, (min(waits) - now) * 1000) if waits else None
                 ready = poller.poll(timeout_ms)
+                if self.out and time.monotonic() - self.first_out >= _FLUSH_AFTER_S:
+                    self.flush()  # results held back while this command runs
                 for fd, tail in tails.items():
                     if fd in ready and not _drain(fd, tail):
                         poller.remove(fd)  # at EOF: stop polling it
