@@ -254,6 +254,10 @@ class Launcher:
             if self._thread is not None:
                 return self
             cfg = self.launcher_config
+            if cfg.child_executor_name == "mpi":
+                raise ConfigError("child_executor_name='mpi' starts children on other nodes "
+                                  "through mpiexec, which this version does not do yet; use "
+                                  "'multiprocessing' (children on this node)")
             self._run_dir = private_dir()
             tree = TreeOptions(
                 run_id=self._run_id, run_dir=self._run_dir, node=hostname(),
@@ -373,7 +377,7 @@ class Launcher:
             return TaskItem(key, digest, task.args, task.kwargs, None, task.env or None,
                             task.run_dir, task.timeout)
         argv = task.argv()
-        if task.nprocs > 1:
+        if task.nprocs > 1 or self.launcher_config.task_executor_name == "mpi":
             argv = [self.launcher_config.mpiexec, "-n", str(task.nprocs), *argv]
         return TaskItem(key, None, (), {}, argv, task.env or None, task.run_dir, task.timeout,
                         task.nprocs)

@@ -58,7 +58,10 @@ class LauncherConfig(BaseModel):
     """How the launcher runs: executors, transport, tree depth, logging.
 
     ``child_executor_name`` starts workers and sub-masters (``multiprocessing``: local
-    processes; ``mpi``: through ``mpiexec``). ``comm_name`` is the ZeroMQ transport between them
+    processes; ``mpi``: through ``mpiexec`` on other nodes, not available yet).
+    ``task_executor_name`` runs commands (``multiprocessing``: directly, and under ``mpiexec``
+    when ``nnodes * ppn > 1``; ``mpi``: always under ``mpiexec``). ``comm_name`` is the ZeroMQ
+    transport between them
     (``multiprocessing``: ``ipc://`` sockets on one node; ``zmq``: ``tcp://``).
     ``nlevels`` is the number of master levels below the client (0: the client dispatches to the
     workers itself). ``prefetch`` caps the tasks queued per slot beyond the running one
