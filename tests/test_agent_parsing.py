@@ -173,6 +173,45 @@ def test_reply_without_content_or_calls_has_no_calls() -> None:
     assert agent.parse_reply({"role": "assistant", "content": None}, TOOLS) == []
 
 
+def test_text_calls_are_kept_in_history_as_native_calls_with_made_up_ids() -> None:
+    reply = {
+        "role": "assistant",
+        "content": "Calling it:\n"
+        + json.dumps(
+            [
+                {"name": "flame_speed", "arguments": {"pressure": [1]}},
+                {"name": "ensemble_status", "arguments": {}},
+            ]
+        ),
+    }
+    entry, calls = agent.history_entry(reply, agent.parse_reply(reply, TOOLS), turn=3)
+    assert [c.call_id for c in calls] == ["call_3_0", "call_3_1"]
+    assert entry == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_3_0",
+                "type": "function",
+                "function": {"name": "flame_speed", "arguments": '{"pressure": [1]}'},
+            },
+            {
+                "id": "call_3_1",
+                "type": "function",
+                "function": {"name": "ensemble_status", "arguments": "{}"},
+            },
+        ],
+    }
+
+
+def test_text_with_a_broken_call_stays_text_in_history() -> None:
+    reply = {"role": "assistant", "content": '{"name": "nope", "arguments": {}}'}
+    parsed = agent.parse_reply(reply, TOOLS)
+    entry, calls = agent.history_entry(reply, parsed, turn=0)
+    assert entry == {"role": "assistant", "content": reply["content"]}
+    assert calls == parsed
+
+
 def test_mcp_tool_becomes_an_openai_function_schema() -> None:
     schema = {"type": "object", "properties": {"p": {"type": "array"}}, "required": ["p"]}
     assert agent.tool_to_openai("flame_speed", "Flame speed.", schema) == {
@@ -257,7 +296,10 @@ async def test_error_result_goes_back_to_the_model_which_retries_and_answers() -
     assert record.answer == "600 and 300."
     assert record.retries == 1
     assert [c["status"] for c in record.calls] == ["error", "ok"]
-    assert "lengths differ: pressure 2, temperature 1" in model.seen[1][-1]["content"]
+    call, result = model.seen[1][-2:]
+    assert call["tool_calls"][0]["id"] == result["tool_call_id"] == "call_0_0"
+    assert result["role"] == "tool"
+    assert "lengths differ: pressure 2, temperature 1" in result["content"]
     assert "300.0" in model.seen[2][-1]["content"] and "600.0" in model.seen[2][-1]["content"]
     transcript = out.getvalue()
     assert transcript.startswith("USER: flame speed at 1 and 2 atm, 300 K\n")

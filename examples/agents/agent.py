@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 DEFAULT_MCP_URL = "http://127.0.0.1:9276/mcp"
+MAX_REPLY_TOKENS = 1024  # a tool call or a short answer; stops a looping small model early
 OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
@@ -286,7 +287,13 @@ class Chat:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> dict[str, Any]:
         """Return the assistant message for ``messages`` (greedy decoding)."""
-        payload = {"model": self._model, "messages": messages, "tools": tools, "temperature": 0}
+        payload = {
+            "model": self._model,
+            "messages": messages,
+            "tools": tools,
+            "temperature": 0,
+            "max_tokens": MAX_REPLY_TOKENS,
+        }
         response = await self._http.post("/chat/completions", json=payload)
         if response.is_error:
             raise RuntimeError(
@@ -321,10 +328,10 @@ async def run_agent(
             {"role": "user", "content": request},
         ]
         last_failed = False
-        for _ in range(max_rounds):
+        for turn in range(max_rounds):
             reply = await chat.complete(messages, schemas)
-            messages.append(_history_entry(reply))
-            parsed = parse_reply(reply, names)
+            entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
+            messages.append(entry)
             if not parsed:
                 if last_failed and record.retries < max_retries:
                     record.retries += 1
@@ -336,8 +343,9 @@ async def run_agent(
                 return record
             last_failed = False
             feedback: list[str] = []
+            form = "native" if reply.get("tool_calls") else "text"
             for item in parsed:
-                ok, text = await _run_one(session, item, record, out)
+                ok, text = await _run_one(session, item, form, record, out)
                 last_failed = last_failed or not ok
                 if item.call_id is not None:
                     messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
@@ -354,14 +362,39 @@ async def run_agent(
     return record
 
 
-def _history_entry(reply: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"role": "assistant", "content": reply.get("content") or ""}
+def history_entry(
+    reply: dict[str, Any], parsed: list[Parsed], turn: int
+) -> tuple[dict[str, Any], list[Parsed]]:
+    """Return the assistant message to keep in the conversation, and the calls with their ids.
+
+    Calls the model wrote as text are kept as if it had used ``tool_calls`` (with made-up ids), so
+    the results go back as ``tool`` messages: chat templates render those in the format the model
+    was trained on, instead of as a user message it may misread. Text with a broken call stays text.
+    """
     if reply.get("tool_calls"):
-        entry["tool_calls"] = reply["tool_calls"]
-    return entry
+        entry = {"role": "assistant", "content": reply.get("content") or ""}
+        return entry | {"tool_calls": reply["tool_calls"]}, parsed
+    if not parsed or not all(isinstance(p, ToolCall) for p in parsed):
+        return {"role": "assistant", "content": reply.get("content") or ""}, parsed
+    calls = [
+        ToolCall(p.name, p.arguments, f"call_{turn}_{i}")
+        for i, p in enumerate(parsed)
+        if isinstance(p, ToolCall)
+    ]
+    native = [
+        {
+            "id": c.call_id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+        }
+        for c in calls
+    ]
+    return {"role": "assistant", "content": "", "tool_calls": native}, list(calls)
 
 
-async def _run_one(session: Any, item: Parsed, record: Record, out: TextIO) -> tuple[bool, str]:
+async def _run_one(
+    session: Any, item: Parsed, form: str, record: Record, out: TextIO
+) -> tuple[bool, str]:
     """Run one parsed call; return (succeeded, text for the model)."""
     if isinstance(item, CallProblem):
         record.problems.append(item.message)
@@ -372,7 +405,9 @@ async def _run_one(session: Any, item: Parsed, record: Record, out: TextIO) -> t
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
     text = render_result(texts, result.structured_content, limit=4000)
     status = "error" if result.is_error else "ok"
-    record.calls.append({"name": item.name, "arguments": item.arguments, "status": status})
+    record.calls.append(
+        {"name": item.name, "arguments": item.arguments, "status": status, "form": form}
+    )
     print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
     prefix = "Error" if result.is_error else "Result"
     return not result.is_error, f"{prefix} of {item.name}:\n{text}"
@@ -415,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EndpointMissing as exc:
         print(f"agent.py: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # top level: say what failed instead of a task-group traceback
+    except Exception as exc:  # noqa: BLE001 - top level: report instead of a traceback
         print(
             f"agent.py: {_describe(exc)} (MCP server {args.url}, chat endpoint "
             f"{endpoint.base_url})",
