@@ -14,7 +14,8 @@ generator string (see :mod:`core.generators`) makes a key a sweep dimension; ``e
 ``one-to-one`` zips the dimensions, using a 1-element list for every task (broadcast);
 ``many-to-many`` takes their product, the last key varying fastest. ``{key}`` placeholders in
 ``cmd_template`` are replaced by shell-quoted values, so each value is one argv element.
-The reference with examples is ``docs/ensembles.md``.
+Templates are :mod:`core.template`, the checks of values :mod:`core.spec_values`; the reference
+with examples is ``docs/ensembles.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import math
 import os
 import re
 import shlex
-import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -37,7 +37,9 @@ from pydantic import ValidationError
 
 from core.errors import ConfigError
 from core.generators import parse_generator
+from core.spec_values import CHECKS, brief, check_param, check_run_dir
 from core.task import Task
+from core.template import Field, Piece, fill, render_value, split_template
 
 __all__ = ("MAX_TASKS", "RELATIONS", "TASKS_GROUP", "Source", "Task", "expand_tasks",
            "load_ensembles")
@@ -62,8 +64,6 @@ _new_task = Task.__new__
 _set = object.__setattr__
 # _Copier fills exactly the state pydantic keeps for a model without private attributes or extras.
 _COPYABLE = not Task.__private_attributes__ and Task.model_config.get("extra") != "allow"
-_Piece: TypeAlias = str | tuple[int, list[str]]
-"""A compiled template piece: literal text, or (dimension index, rendered value per index)."""
 
 
 def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, list[Task]]:
@@ -117,7 +117,7 @@ def _read_source(source: Source) -> Mapping[str, Any]:
                           f"got {type(source).__name__}")
     if not isinstance(top, Mapping) or not top:
         raise ConfigError('ensemble source must be {"ensembles": {name: spec}} or a dict of '
-                          f"Task objects, got {_brief(top)}")
+                          f"Task objects, got {brief(top)}")
     if any(isinstance(value, Task) for value in top.values()):
         if not all(isinstance(value, Task) for value in top.values()):
             raise ConfigError("a dict of Task objects may hold only Task objects")
@@ -133,7 +133,7 @@ def _read_source(source: Source) -> Mapping[str, Any]:
     specs = top["ensembles"]
     if not isinstance(specs, Mapping) or not specs:
         raise ConfigError('"ensembles" must be a non-empty object {name: spec}, '
-                          f"got {_brief(specs)}")
+                          f"got {brief(specs)}")
     for name in specs:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigError(f"ensemble {name!r}: invalid name; use 1-128 letters, digits, "
@@ -177,11 +177,6 @@ def _checked_tasks(tasks: Mapping[str, Any]) -> list[Task]:
     return list(tasks.values())
 
 
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
 class _Ensemble:
     """One validated spec: fixed values, sweep dimensions and compiled templates."""
 
@@ -190,7 +185,7 @@ class _Ensemble:
         self.where = f"ensemble {name!r}"
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{self.where}: the spec must be an object of keys, "
-                              f"got {_brief(spec)}")
+                              f"got {brief(spec)}")
         self.relation = self._relation(spec.get("relation", "one-to-one"))
         self.fixed: dict[str, Any] = {}
         self.dims: list[tuple[str, list[Any]]] = []
@@ -205,17 +200,17 @@ class _Ensemble:
         template = spec["cmd_template"]
         if not isinstance(template, str) or not template.strip():
             raise self.error("cmd_template", f"must be a non-empty command line string, "
-                             f"got {_brief(template)}")
-        fields = _placeholders(self, "cmd_template", template, quoted=True)
+                             f"got {brief(template)}")
+        fields = self._split("cmd_template", template, quoted=True)
         run_dir = self.fixed.get("run_dir")
-        dir_fields = _placeholders(self, "run_dir", run_dir, quoted=False) if run_dir else []
+        dir_fields = self._split("run_dir", run_dir, quoted=False) if run_dir else []
         self._check_unused(spec, {f[0] for f in fields + dir_fields if isinstance(f, tuple)})
         self.count = self._count()
         self.command = self._compile(fields, quote=True)
         self.run_dir = self._compile(dir_fields, quote=False) if run_dir else None
         self.dir_varies = any(not isinstance(p, str) for p in self.run_dir or ())
         if self.run_dir is not None and not self.dir_varies:
-            self._check_rendered_dir(_fill(self.run_dir, ()))
+            self._check_rendered_dir(fill(self.run_dir, ()))
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this ensemble and ``key``."""
@@ -230,7 +225,7 @@ class _Ensemble:
     def _add(self, key: str, raw: Any) -> None:
         if key in _NOT_ALLOWED:
             raise self.error(key, f"not allowed in an ensemble spec: {_NOT_ALLOWED[key]}")
-        check: Callable[[Any], Any] = _CHECKS.get(key, _check_param)
+        check: Callable[[Any], Any] = CHECKS.get(key, check_param)
         if key == "env":
             self.fixed[key] = self._checked(key, check, raw)
             return
@@ -240,7 +235,7 @@ class _Ensemble:
             return
         if not values:
             raise self.error(key, "the list is empty; give at least one value")
-        if isinstance(raw, str) and check is _check_param:  # generated: finite numbers
+        if isinstance(raw, str) and check is check_param:  # generated: finite numbers
             self.dims.append((key, values))
             return
         try:
@@ -277,9 +272,9 @@ class _Ensemble:
 
     def _check_unused(self, spec: Mapping[str, Any], used: set[str]) -> None:
         for key in spec:
-            if key in _CHECKS or key in ("cmd_template", "relation") or key in used:
+            if key in CHECKS or key in ("cmd_template", "relation") or key in used:
                 continue
-            close = difflib.get_close_matches(key, [*_CHECKS, "cmd_template", "relation"], 1, 0.75)
+            close = difflib.get_close_matches(key, [*CHECKS, "cmd_template", "relation"], 1, 0.75)
             if close:
                 raise self.error(key, f"unknown key, not a placeholder in cmd_template; "
                                  f"did you mean {close[0]!r}?")
@@ -299,12 +294,19 @@ class _Ensemble:
                                  f"({math.prod(m for _, m in lengths):,} tasks)")
         return long[0][1] if long else 1
 
-    def _compile(self, fields: list[str | tuple[str, str]], *, quote: bool) -> list[_Piece]:
+    def _split(self, key: str, template: str, *, quoted: bool) -> list[Field]:
+        keys = [*self.fixed, *(k for k, _ in self.dims)]
+        try:
+            return split_template(template, keys=keys, reserved=_NOT_SWEPT, quoted=quoted)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def _compile(self, fields: list[Field], *, quote: bool) -> list[Piece]:
         positions = {key: j for j, (key, _) in enumerate(self.dims)}
-        pieces: list[_Piece] = []
+        pieces: list[Piece] = []
         for field in fields:
             if isinstance(field, str):
-                text: _Piece = field
+                text: Piece = field
             else:
                 key, spec = field
                 if key in positions:
@@ -328,7 +330,7 @@ class _Ensemble:
     def _renderer(self, key: str, spec: str, quote: bool) -> Callable[[Any], str]:
         def render(value: Any) -> str:
             try:
-                text = format(value, spec) if spec else _render(value)
+                text = format(value, spec) if spec else render_value(value)
             except (ValueError, TypeError) as exc:
                 raise self.error(key, f"format {{{key}:{spec}}} does not apply to "
                                  f"{value!r}: {exc}") from None
@@ -337,7 +339,7 @@ class _Ensemble:
 
     def _check_rendered_dir(self, path: str) -> None:
         try:
-            _check_run_dir(path)
+            check_run_dir(path)
         except ValueError as exc:
             raise self.error("run_dir", str(exc)) from None
 
@@ -355,8 +357,8 @@ class _Ensemble:
         Each distinct combination of Task settings is validated by pydantic once; the other
         tasks with that combination are copies differing in id, command and run_dir.
         """
-        base = {key: value for key, value in self.fixed.items() if key in _CHECKS}
-        swept = [(j, key) for j, (key, _) in enumerate(self.dims) if key in _CHECKS]
+        base = {key: value for key, value in self.fixed.items() if key in CHECKS}
+        swept = [(j, key) for j, (key, _) in enumerate(self.dims) if key in CHECKS]
         positions = [j for j, _ in swept]
         values = [values for _, values in self.dims]
         width = len(str(self.count - 1))
@@ -365,9 +367,9 @@ class _Ensemble:
         with _gc_paused():
             for number, idx in enumerate(self._indices()):
                 changes = {"task_id": f"{self.name}-{number:0{width}d}",
-                           "executable": _fill(self.command, idx)}
+                           "executable": fill(self.command, idx)}
                 if self.run_dir is not None:
-                    changes["run_dir"] = _fill(self.run_dir, idx)
+                    changes["run_dir"] = fill(self.run_dir, idx)
                     if self.dir_varies:
                         self._check_rendered_dir(changes["run_dir"])
                 combination = tuple([idx[j] for j in positions]) if positions else ()
@@ -431,184 +433,3 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _fill(pieces: list[_Piece], idx: tuple[int, ...]) -> str:
-    if len(pieces) == 1 and isinstance(pieces[0], str):
-        return pieces[0]
-    return "".join([p if isinstance(p, str) else p[1][idx[p[0]]] for p in pieces])
-
-
-def _placeholders(ensemble: _Ensemble, key: str, template: str,
-                  *, quoted: bool) -> list[str | tuple[str, str]]:
-    """Split ``template`` into literal text and ``(key, format_spec)`` fields, checking each."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ensemble.error(key, f"{exc}; write '{{{{' and '}}}}' for literal braces") from None
-    pieces: list[str | tuple[str, str]] = []
-    quoting = ""
-    for literal, field, spec, conversion in parsed:
-        if literal:
-            pieces.append(literal)
-            quoting = _quoting_after(literal, quoting)
-        if field is None:
-            continue
-        shown = "{" + field + (f"!{conversion}" if conversion else "") + \
-            (f":{spec}" if spec else "") + "}"
-        if not field:
-            raise ensemble.error(key, f"empty placeholder {shown}; name a key, e.g. {{arg1}}")
-        if conversion or (spec and "{" in spec):
-            raise ensemble.error(key, f"placeholder {shown}: only {{name}} and "
-                                 "{name:format} are supported")
-        if field in _NOT_SWEPT:
-            raise ensemble.error(key, f"{shown} cannot be a placeholder")
-        if field not in ensemble.fixed and all(field != k for k, _ in ensemble.dims):
-            given = ", ".join(k for k in [*ensemble.fixed, *(k for k, _ in ensemble.dims)]
-                              if k not in _NOT_SWEPT) or "none"
-            raise ensemble.error(key, f"placeholder {shown} has no value; add a key "
-                                 f"{field!r} to the ensemble (keys given: {given})")
-        if quoted and quoting:
-            raise ensemble.error(key, f"placeholder {shown} is {_QUOTING[quoting]}; remove the "
-                                 "quoting around it: values are shell-quoted for you")
-        pieces.append((field, spec or ""))
-    if quoted and quoting:
-        raise ensemble.error(key, f"unbalanced quoting: {template!r} ends {_QUOTING[quoting]}")
-    return pieces
-
-
-_QUOTING = {"'": "inside single quotes", '"': "inside double quotes",
-            "\\": "after a backslash", '"\\': "after a backslash"}
-
-
-def _quoting_after(text: str, state: str) -> str:
-    """The POSIX shell quoting after ``text``: "" or the open quote, then "\\" if escaping."""
-    for char in text:
-        if state.endswith("\\"):
-            state = state[:-1]
-        elif state == "'":
-            state = "" if char == "'" else state
-        elif char == "\\":
-            state += char
-        elif state == '"':
-            state = "" if char == '"' else state
-        elif char in "'\"":
-            state = char
-    return state
-
-
-def _render(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _whole(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"must be a whole number >= {minimum}, got {value!r}")
-        return value
-    return check
-
-
-def _check_timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a number of seconds > 0 (or null for none), got {value!r}")
-    return float(value)
-
-
-def _check_shell(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
-    return value
-
-
-def _check_run_dir(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise ValueError(f"must be a non-empty path without NUL bytes, got {value!r}")
-    if ".." in value.split("/"):
-        raise ValueError(f"{value!r} contains '..'; a run_dir may not climb out of its "
-                         "parent: give an absolute path instead")
-    return value
-
-
-def _check_env(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f'must be an object of strings, e.g. {{"OMP_NUM_THREADS": "4"}}, '
-                         f"got {_brief(value)}")
-    for name, text in value.items():
-        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            raise ValueError(f"variable name {name!r} must be a non-empty string without '='")
-        if not isinstance(text, str) or "\0" in text:
-            hint = f' (write "{text}")' if isinstance(text, (int, float)) else ""
-            raise ValueError(f"value of {name!r} must be a string{hint}, got {text!r}")
-    return dict(value)
-
-
-def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[Any] | None]:
-    def check(value: Any) -> list[Any] | None:
-        if value is None:
-            return None
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not items:
-            raise ValueError(f"must be a comma-separated string or a list of {kind} ids, "
-                             f"got {value!r}")
-        try:
-            return [convert(item) for item in items]
-        except ValueError:
-            raise ValueError(f"{value!r} is not a list of {kind} ids; to give each task its "
-                             "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]") from None
-    return check
-
-
-def _cpu_id(item: Any) -> int:
-    if isinstance(item, str) and item.strip().isascii() and item.strip().isdigit():
-        return int(item)
-    if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-        return item
-    raise ValueError(item)
-
-
-def _gpu_id(item: Any) -> str:
-    text = item.strip() if isinstance(item, str) else item
-    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
-        return str(text)
-    if isinstance(text, str) and text and "," not in text and text.isprintable():
-        return text
-    raise ValueError(item)
-
-
-def _check_param(value: Any) -> str | int | float:
-    if isinstance(value, str):
-        if "\0" in value:
-            raise ValueError(f"{value!r} contains a NUL byte")
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value!r}")
-    if isinstance(value, (int, float)):  # bool included: rendered as true / false
-        return value
-    raise ValueError(f"must be a string, a number or true/false, got {_brief(value)}")
-
-
-_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "nnodes": _whole(1),
-    "ppn": _whole(1),
-    "ngpus_per_process": _whole(0),
-    "cpu_affinity": _affinity("CPU", _cpu_id),
-    "gpu_affinity": _affinity("GPU", _gpu_id),
-    "env": _check_env,
-    "run_dir": _check_run_dir,
-    "timeout": _check_timeout,
-    "shell": _check_shell,
-}

@@ -1,0 +1,125 @@
+"""Checks of ensemble spec values: one rule per Task setting, and one for every other key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ("CHECKS", "brief", "check_param", "check_run_dir")
+
+
+def brief(value: Any) -> str:
+    """``value``'s type and repr, cut to about 60 characters, for error messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _whole(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be a whole number >= {minimum}, got {value!r}")
+        return value
+    return check
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a number of seconds > 0 (or null for none), got {value!r}")
+    return float(value)
+
+
+def _check_shell(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def check_run_dir(value: Any) -> str | None:
+    """A run_dir: a non-empty path that does not climb out with ``..``; raises ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ValueError(f"must be a non-empty path without NUL bytes, got {value!r}")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} contains '..'; a run_dir may not climb out of its "
+                         "parent: give an absolute path instead")
+    return value
+
+
+def _check_env(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f'must be an object of strings, e.g. {{"OMP_NUM_THREADS": "4"}}, '
+                         f"got {brief(value)}")
+    for name, text in value.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise ValueError(f"variable name {name!r} must be a non-empty string without '='")
+        if not isinstance(text, str) or "\0" in text:
+            hint = f' (write "{text}")' if isinstance(text, (int, float)) else ""
+            raise ValueError(f"value of {name!r} must be a string{hint}, got {text!r}")
+    return dict(value)
+
+
+def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[Any] | None]:
+    def check(value: Any) -> list[Any] | None:
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ValueError(f"must be a comma-separated string or a list of {kind} ids, "
+                             f"got {value!r}")
+        try:
+            return [convert(item) for item in items]
+        except ValueError:
+            raise ValueError(f"{value!r} is not a list of {kind} ids; to give each task its "
+                             "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]") from None
+    return check
+
+
+def _cpu_id(item: Any) -> int:
+    if isinstance(item, str) and item.strip().isascii() and item.strip().isdigit():
+        return int(item)
+    if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        return item
+    raise ValueError(item)
+
+
+def _gpu_id(item: Any) -> str:
+    text = item.strip() if isinstance(item, str) else item
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return str(text)
+    if isinstance(text, str) and text and "," not in text and text.isprintable():
+        return text
+    raise ValueError(item)
+
+
+def check_param(value: Any) -> str | int | float:
+    """A parameter value: a string without NUL, a finite number, or a bool; raises ValueError."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError(f"{value!r} contains a NUL byte")
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    if isinstance(value, (int, float)):  # bool included: rendered as true / false
+        return value
+    raise ValueError(f"must be a string, a number or true/false, got {brief(value)}")
+
+
+CHECKS: dict[str, Callable[[Any], Any]] = {
+    "nnodes": _whole(1),
+    "ppn": _whole(1),
+    "ngpus_per_process": _whole(0),
+    "cpu_affinity": _affinity("CPU", _cpu_id),
+    "gpu_affinity": _affinity("GPU", _gpu_id),
+    "env": _check_env,
+    "run_dir": check_run_dir,
+    "timeout": _check_timeout,
+    "shell": _check_shell,
+}
+"""The check of each Task setting a spec may give; each raises ValueError naming the problem."""
