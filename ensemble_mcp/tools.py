@@ -12,17 +12,20 @@ import inspect
 import itertools
 import json
 import math
-import re
-import shlex
-import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import AfterValidator, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
+
+# Re-exported: server.py and the tests import these from here.
+from ensemble_mcp.docstrings import Docstring as Docstring
+from ensemble_mcp.docstrings import parse_docstring as parse_docstring
+from ensemble_mcp.templates import CommandTemplate as CommandTemplate
+from ensemble_mcp.templates import TemplateValue as TemplateValue
 
 Relation = Literal["one-to-one", "many-to-many"]
 RELATIONS: tuple[str, ...] = ("one-to-one", "many-to-many")
@@ -32,87 +35,6 @@ _MAX_PROBLEMS = 5
 
 class EnsembleInputError(ToolError):
     """The arguments of an ensemble call cannot form its tasks; nothing was launched."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Docstrings
-
-
-_SECTION = re.compile(r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments):\s*$")
-_NUMPY_SECTION = re.compile(r"^(Parameters|Other Parameters)\s*$")
-_GOOGLE_ITEM = re.compile(r"^(\*{0,2}\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$")
-_NUMPY_ITEM = re.compile(r"^(\w+)\s*(?::\s*(.*))?$")
-
-
-@dataclass(frozen=True)
-class Docstring:
-    """A parsed docstring: the text without its parameter sections, and each parameter's text."""
-
-    text: str
-    params: dict[str, str]
-
-
-def parse_docstring(doc: str | None) -> Docstring:
-    """Split a Google- or NumPy-style docstring into its text and its parameter descriptions.
-
-    Example:
-        >>> parse_docstring('Flame speed.\\n\\nArgs:\\n    p: pressure in atm.').params
-        {'p': 'pressure in atm.'}
-    """
-    lines = inspect.cleandoc(doc or "").splitlines()
-    kept: list[str] = []
-    params: dict[str, str] = {}
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if _SECTION.match(line.strip()) and not line.startswith(" "):
-            i = _read_google(lines, i + 1, params)
-        elif (_NUMPY_SECTION.match(line.strip()) and i + 1 < len(lines)
-              and set(lines[i + 1].strip()) == {"-"}):
-            i = _read_numpy(lines, i + 2, params)
-        else:
-            kept.append(line)
-            i += 1
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
-    return Docstring(text=text, params=params)
-
-
-def _read_google(lines: list[str], i: int, params: dict[str, str]) -> int:
-    item_indent: int | None = None
-    current: str | None = None
-    while i < len(lines):
-        line = lines[i]
-        if line.strip() and not line.startswith((" ", "\t")):
-            break
-        indent = len(line) - len(line.lstrip())
-        if line.strip():
-            if item_indent is None:
-                item_indent = indent
-            match = _GOOGLE_ITEM.match(line.strip()) if indent == item_indent else None
-            if match:
-                current = match.group(1).lstrip("*")
-                params[current] = match.group(3).strip()
-            elif current is not None:
-                params[current] = f"{params[current]} {line.strip()}".strip()
-        i += 1
-    return i
-
-
-def _read_numpy(lines: list[str], i: int, params: dict[str, str]) -> int:
-    current: str | None = None
-    while i < len(lines):
-        line = lines[i]
-        if line.strip() and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
-            break  # the next section's title
-        if line.strip() and not line.startswith((" ", "\t")):
-            match = _NUMPY_ITEM.match(line.strip())
-            current = match.group(1) if match else None
-            if current is not None:
-                params[current] = ""
-        elif line.strip() and current is not None:
-            params[current] = f"{params[current]} {line.strip()}".strip()
-        i += 1
-    return i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,62 +84,6 @@ class Param:
         """Whether one element is itself a list (then a bare list is not one element)."""
         base = get_args(self.element)[0] if get_origin(self.element) is Annotated else self.element
         return get_origin(base) in (list, tuple, set, frozenset, Sequence) or base in (list, tuple)
-
-
-@dataclass(frozen=True)
-class CommandTemplate:
-    """A command line with ``{name}`` placeholders, split once; each value is one argv element."""
-
-    template: str
-    tokens: tuple[tuple[tuple[str, str | None], ...], ...]
-    names: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, template: str) -> CommandTemplate:
-        """Split ``template`` with shlex and find its placeholders.
-
-        Raises:
-            ValueError: the template is empty or has a placeholder that is not a plain name.
-        """
-        argv = shlex.split(template)
-        if not argv:
-            raise ValueError("command template is empty")
-        tokens: list[tuple[tuple[str, str | None], ...]] = []
-        names: dict[str, None] = {}
-        for token in argv:
-            pieces: list[tuple[str, str | None]] = []
-            for literal, name, spec, conversion in string.Formatter().parse(token):
-                if name is not None and (not name.isidentifier() or spec or conversion):
-                    raise ValueError(f"command template {template!r}: placeholder "
-                                     f"{{{name}{'!' + conversion if conversion else ''}"
-                                     f"{':' + spec if spec else ''}}} must be a plain name "
-                                     "such as {pressure}")
-                pieces.append((literal, name))
-                if name is not None:
-                    names[name] = None
-            tokens.append(tuple(pieces))
-        return cls(template=template, tokens=tuple(tokens), names=tuple(names))
-
-    def render(self, values: Mapping[str, Any]) -> list[str]:
-        """The argv of one task: each value is substituted inside its token, never split."""
-        return ["".join(lit + ("" if name is None else _format_value(values[name]))
-                        for lit, name in pieces) for pieces in self.tokens]
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _no_nul(value: Any) -> Any:
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("a command argument cannot contain a NUL character")
-    return value
-
-
-TemplateValue = Annotated[int | float | str, AfterValidator(_no_nul)]
-"""The element type of a template placeholder whose type is not given."""
 
 
 @dataclass(frozen=True)
