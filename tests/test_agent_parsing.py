@@ -7,6 +7,7 @@ boundary faked here); the MCP side is a real in-process server reached through `
 import importlib.util
 import io
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -361,3 +362,18 @@ async def test_native_call_result_is_sent_as_a_tool_message() -> None:
     sent = model.seen[1][-1]
     assert (sent["role"], sent["tool_call_id"]) == ("tool", "c1")
     assert "6.0" in sent["content"]
+
+
+def test_unreachable_mcp_server_is_reported_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_MODEL", "m")
+    url = f"http://127.0.0.1:{port}/mcp"
+    assert agent.main(["x", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("agent.py: ConnectError: ")
+    assert f"MCP server {url}" in err

@@ -7,21 +7,24 @@ Run the example server first (``python examples/agents/server.py``), then::
     export OPENAI_MODEL=...                           # optional when the endpoint serves one model
     python examples/agents/agent.py "flame speed at 1, 2 and 5 atm, all at 300 K"
 
-The agent lists the server's tools, offers them to the model as OpenAI function tools and runs the
-calls the model makes. Small local models rarely fill the API's ``tool_calls`` field; they write the
-call as JSON in the message text, so both forms are accepted. A failed call (bad arguments, an
-unknown tool, malformed JSON) is explained back to the model, which gets a bounded number of
-retries. Decoding is greedy (temperature 0). Parsing lives in small pure functions above ``main``.
+The MCP server is ``--url`` or ``$ENSEMBLE_MCP_URL`` (default http://127.0.0.1:9276/mcp); a
+token in ``$ENSEMBLE_MCP_TOKEN`` is sent as its bearer token. The agent lists the server's tools,
+offers them to the model as OpenAI function tools and runs the calls the model makes. Small local
+models rarely fill the API's ``tool_calls`` field; they write the call as JSON in the message text,
+so both forms are accepted. A failed call (bad arguments, an unknown tool, malformed JSON) is
+explained back to the model, which gets a bounded number of retries. Decoding is greedy
+(temperature 0). Parsing lives in small pure functions above ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -310,16 +313,16 @@ async def run_agent(
     out: TextIO,
     max_retries: int = 3,
     max_rounds: int = 8,
+    token: str | None = None,
 ) -> Record:
     """Let the model answer ``request`` with the server's tools; print a transcript to ``out``.
 
-    ``server`` is what ``mcp.Client`` accepts: the server's URL, or a server object in tests.
+    ``server`` is the server's URL (``token``, if given, is sent as its bearer token) or anything
+    else ``mcp.Client`` accepts, such as a server object in tests.
     """
-    from mcp import Client
-
     record = Record(request=request)
     print(f"USER: {request}", file=out)
-    async with Client(server) as session:
+    async with _mcp_session(server, token) as session:
         tools = (await session.list_tools()).tools
         names = [t.name for t in tools]
         schemas = [tool_to_openai(t.name, t.description, t.input_schema) for t in tools]
@@ -360,6 +363,25 @@ async def run_agent(
                 record.retries += 1
     print(f"GAVE UP: no answer after {max_rounds} model turns", file=out)
     return record
+
+
+@contextlib.asynccontextmanager
+async def _mcp_session(server: Any, token: str | None) -> AsyncIterator[Any]:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    if not isinstance(server, str):
+        async with Client(server) as session:
+            yield session
+        return
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx2.Timeout(30, read=300)  # an ensemble call may take minutes
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        Client(streamable_http_client(server, http_client=http)) as session,
+    ):
+        yield session
 
 
 def history_entry(
@@ -441,9 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agent.py: {exc}", file=sys.stderr)
         return 2
 
+    token = os.environ.get("ENSEMBLE_MCP_TOKEN") or None
+
     async def go() -> Record:
         async with Chat(endpoint, args.timeout) as chat:
-            return await run_agent(args.request, args.url, chat, sys.stdout, args.max_retries)
+            return await run_agent(
+                args.request, args.url, chat, sys.stdout, args.max_retries, token=token
+            )
 
     try:
         record = anyio.run(go)
