@@ -21,7 +21,9 @@ def add_serve_command(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="run an MCP server defined in a module or file",
         description="Run the Server object TARGET names: 'pkg.module:server' or "
-                    "'path/to/file.py:server' (attribute defaults to 'server').")
+                    "'path/to/file.py:server' (attribute defaults to 'server'). On a shared "
+                    "machine set ENSEMBLE_MCP_TOKEN: HTTP requests then need "
+                    "'Authorization: Bearer <token>'.")
     parser.add_argument("target", help="module:attribute or file.py:attribute")
     parser.add_argument("--transport", choices=TRANSPORTS, default="streamable-http")
     parser.add_argument("--host", default=None,

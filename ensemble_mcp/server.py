@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,9 +29,11 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetad
 from mcp.shared.tool_name_validation import validate_and_warn_tool_name
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from starlette.applications import Starlette
 
 from core import Batch, Launcher, LauncherBroken, LauncherConfig, SystemConfig, Task, TaskResult
 from core.errors import ConfigError
+from ensemble_mcp.auth import TOKEN_ENV, BearerAuth, check_token, token_from_env
 from ensemble_mcp.jobs import Registry, SubmitOutput, add_ensemble_tools, submit_output
 from ensemble_mcp.results import (
     OutputLimits,
@@ -55,6 +59,7 @@ _PROGRESS_INTERVAL_S = 0.05
 _PROGRESS_EVERY_RESULT = 20
 _CANCEL_WAIT_S = 10.0
 _INLINE_LAUNCH_MAX = 200
+logger = logging.getLogger(__name__)
 
 
 class _EnsembleTool(Tool):
@@ -198,6 +203,8 @@ class Server(MCPServer[Any]):
         output_limits: bounds on what one call returns.
         ensemble_ttl_s: how long a finished submitted ensemble stays readable.
         max_ensembles: the most submitted ensembles kept at once.
+        auth_token: the bearer token every streamable-HTTP request must carry (default:
+            ``$ENSEMBLE_MCP_TOKEN``; neither set = no authentication). stdio needs none.
         **mcpserver_kwargs: passed to ``MCPServer`` (``log_level`` defaults to WARNING).
     """
 
@@ -205,7 +212,8 @@ class Server(MCPServer[Any]):
                  *, system_config: SystemConfig | None = None,
                  launcher_config: LauncherConfig | None = None, max_tasks: int = 10_000,
                  output_limits: OutputLimits | None = None, ensemble_ttl_s: float = 3600.0,
-                 max_ensembles: int = 100, **mcpserver_kwargs: Any) -> None:
+                 max_ensembles: int = 100, auth_token: str | None = None,
+                 **mcpserver_kwargs: Any) -> None:
         if max_tasks < 1:
             raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
         if not 0 <= port <= 65535:
@@ -214,6 +222,7 @@ class Server(MCPServer[Any]):
         self.port = port
         self.max_tasks = max_tasks
         self.output_limits = output_limits or OutputLimits()
+        self._auth_token = token_from_env() if auth_token is None else check_token(auth_token)
         self._user_lifespan = mcpserver_kwargs.pop("lifespan", None)
         mcpserver_kwargs.setdefault("log_level", "WARNING")
         super().__init__(name, lifespan=self._lifespan, **mcpserver_kwargs)
@@ -257,6 +266,11 @@ class Server(MCPServer[Any]):
         return self._launchers.running()
 
     @property
+    def requires_token(self) -> bool:
+        """Whether HTTP requests must carry ``Authorization: Bearer <token>``."""
+        return self._auth_token is not None
+
+    @property
     def num_calls(self) -> int:
         """How many ensembles this server has launched (calls rejected before launch excluded)."""
         return self._num_calls
@@ -268,8 +282,19 @@ class Server(MCPServer[Any]):
         if transport != "stdio":
             kwargs.setdefault("host", self.host)
             kwargs.setdefault("port", self.port)
+            if self._auth_token is None and not _is_loopback(kwargs["host"]):
+                logger.warning("serving on %s without a token: anyone who reaches this address "
+                               "can run tools; set %s", kwargs["host"], TOKEN_ENV)
         with contextlib.suppress(KeyboardInterrupt):
             super().run(transport, **kwargs)
+
+    def streamable_http_app(self, **kwargs: Any) -> Starlette:
+        """The SDK's streamable-HTTP app (Host/Origin checks included), behind ``BearerAuth``
+        when the server has a token."""
+        app = super().streamable_http_app(**kwargs)
+        if self._auth_token is not None:
+            app.add_middleware(BearerAuth, token=self._auth_token)
+        return app
 
     # -- registration -----------------------------------------------------------------------
 
@@ -477,6 +502,13 @@ def _check_options(spec: EnsembleSpec, options: _Options) -> None:
     if not spec.is_command and options.nnodes * options.ppn > 1:
         raise ValueError(f"{spec.name}: nnodes={options.nnodes}, ppn={options.ppn} need a "
                          "command template; a Python function runs in one process")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _submit_help(tool: str) -> str:

@@ -1,24 +1,37 @@
 """Call the example server's ensemble tool over streamable HTTP and print the results as a table.
 
     python examples/agents/client.py [--url http://127.0.0.1:9276/mcp]
+
+When ``$ENSEMBLE_MCP_TOKEN`` is set, it is sent as ``Authorization: Bearer <token>`` (a server
+started with the same variable requires it). It is read from the environment, never from the
+command line, where other users of the machine could read it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 import anyio
-from mcp import Client
+import httpx2
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
 
 DEFAULT_URL = "http://127.0.0.1:9276/mcp"
 REQUEST: dict[str, Any] = {"pressure": [1, 2, 5, 10], "temperature": 300}
 
 
-async def run(url: str, out: Any = sys.stdout) -> int:
-    """List the tools, run one ensemble call, print a table; returns an exit code."""
-    async with Client(url) as client:
+async def run(url: str, out: Any = sys.stdout, token: str | None = None) -> int:
+    """List the tools, run one ensemble call, print a table; returns an exit code.
+
+    ``token``, if given, is sent as the bearer token.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx2.Timeout(30, read=300)  # the SDK's defaults; results may take long
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
+            Client(streamable_http_client(url, http_client=http)) as client:
         tools = (await client.list_tools()).tools
         print(f"tools on {url}: {', '.join(t.name for t in tools)}", file=out)
 
@@ -61,7 +74,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=DEFAULT_URL)
     args = parser.parse_args()
-    return anyio.run(run, args.url)
+    token = os.environ.get("ENSEMBLE_MCP_TOKEN") or None
+    try:
+        return anyio.run(run, args.url, sys.stdout, token)
+    except Exception as exc:
+        error = _first_leaf(exc)
+        if not isinstance(error, MCPError):
+            raise
+        # e.g. the server wants a token: say so in one line, not a traceback of task groups
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while inner := getattr(exc, "exceptions", ()):
+        exc = inner[0]
+    return exc
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 
     .venv/bin/python examples/agents/run_example.py [--port N]
 
+The server requires a bearer token made fresh for this run: it gets it in ``$ENSEMBLE_MCP_TOKEN``
+(environment, not argv: other users can read a process's argv) and the client sends it.
+
 Exits with the client's exit code (0 when every task succeeded).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,10 +34,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
     port = args.port or free_port()
-    server = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--port", str(port)])
+    token = secrets.token_urlsafe(32)
+    server = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--port", str(port)],
+                              env={**os.environ, "ENSEMBLE_MCP_TOKEN": token})
     try:
         wait_until_serving(server, "127.0.0.1", port)
-        return anyio.run(run, f"http://127.0.0.1:{port}/mcp")
+        return anyio.run(run, f"http://127.0.0.1:{port}/mcp", sys.stdout, token)
     finally:
         server.send_signal(signal.SIGINT)
         try:
