@@ -377,3 +377,43 @@ def test_unreachable_mcp_server_is_reported_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("agent.py: ConnectError: ")
     assert f"MCP server {url}" in err
+
+
+def test_calls_with_equal_values_have_equal_keys() -> None:
+    a = ToolCall("flame_speed", {"pressure": [1, 2], "temperature": 300})
+    b = ToolCall("flame_speed", {"temperature": 300.0, "pressure": [1.0, 2.0]})
+    c = ToolCall("flame_speed", {"pressure": [1, 2], "temperature": 400})
+    assert agent.call_key(a) == agent.call_key(b) != agent.call_key(c)
+
+
+async def test_a_repeated_successful_call_is_not_run_again() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [3]}}
+    model = ScriptedModel([_text(call), _text(call), _text("6.")])
+    out = io.StringIO()
+    record = await agent.run_agent("x", _flame_server(), model, out)
+    assert record.answer == "6."
+    assert len(record.calls) == 1
+    assert model.seen[2][-1]["content"] == agent.REPEATED_CALL
+    assert "REPEAT (not run): flame_speed(" in out.getvalue()
+
+
+async def test_only_limits_the_tools_offered_and_rejects_unknown_names() -> None:
+    server = _flame_server()
+
+    @server.tool(description="Another tool.")
+    def other() -> int:
+        return 1
+
+    model = ScriptedModel([_text("no tools needed.")])
+    seen_tools: list[list[dict[str, Any]]] = []
+    complete = model.complete
+
+    async def spy(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]:
+        seen_tools.append(tools)
+        return await complete(messages, tools)
+
+    model.complete = spy  # type: ignore[method-assign]
+    await agent.run_agent("x", server, model, io.StringIO(), only=["other"])
+    assert [t["function"]["name"] for t in seen_tools[0]] == ["other"]
+    with pytest.raises(ValueError, match=r"--tools names \['nope'\] but the server has only"):
+        await agent.run_agent("x", server, model, io.StringIO(), only=["nope"])

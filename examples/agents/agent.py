@@ -34,8 +34,12 @@ OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
     "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
-    'object {"name": "<tool>", "arguments": {...}}. When the results arrive, answer the user '
-    "briefly with the numbers."
+    'object {"name": "<tool>", "arguments": {...}}. When the results arrive, do not call the '
+    "tool again: answer the user briefly with the numbers."
+)
+REPEATED_CALL = (
+    "This exact call already ran and its results are above; it was not run again. Answer the "
+    "user with those results."
 )
 NUDGE_AFTER_ERROR = (
     "The tool call failed and nothing ran. Call the tool again with arguments corrected as the "
@@ -196,6 +200,23 @@ def parse_reply(message: dict[str, Any], tool_names: Sequence[str]) -> list[Pars
     return parse_text_tool_calls(message.get("content") or "", tool_names)
 
 
+def call_key(call: ToolCall) -> str:
+    """A key equal for calls with the same tool and argument values (``1`` and ``1.0`` alike)."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dict):
+            return {k: norm(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [norm(v) for v in value]
+        return value
+
+    return json.dumps([call.name, norm(call.arguments)], sort_keys=True)
+
+
 def shorten(text: str, limit: int) -> str:
     """Cut ``text`` to ``limit`` characters, saying how much was left out."""
     if len(text) <= limit:
@@ -314,55 +335,82 @@ async def run_agent(
     max_retries: int = 3,
     max_rounds: int = 8,
     token: str | None = None,
+    only: Sequence[str] | None = None,
 ) -> Record:
     """Let the model answer ``request`` with the server's tools; print a transcript to ``out``.
 
     ``server`` is the server's URL (``token``, if given, is sent as its bearer token) or anything
-    else ``mcp.Client`` accepts, such as a server object in tests.
+    else ``mcp.Client`` accepts, such as a server object in tests. ``only`` limits the tools
+    offered to the model to those names.
     """
-    record = Record(request=request)
-    print(f"USER: {request}", file=out)
     async with _mcp_session(server, token) as session:
         tools = (await session.list_tools()).tools
-        names = [t.name for t in tools]
-        schemas = [tool_to_openai(t.name, t.description, t.input_schema) for t in tools]
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": request},
-        ]
-        last_failed = False
-        for turn in range(max_rounds):
-            reply = await chat.complete(messages, schemas)
-            entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
-            messages.append(entry)
-            if not parsed:
-                if last_failed and record.retries < max_retries:
-                    record.retries += 1
-                    print(f"NUDGE: {NUDGE_AFTER_ERROR}", file=out)
-                    messages.append({"role": "user", "content": NUDGE_AFTER_ERROR})
-                    continue
-                record.answer = (reply.get("content") or "").strip()
-                print(f"ANSWER: {record.answer}", file=out)
-                return record
-            last_failed = False
-            feedback: list[str] = []
-            form = "native" if reply.get("tool_calls") else "text"
-            for item in parsed:
-                ok, text = await _run_one(session, item, form, record, out)
-                last_failed = last_failed or not ok
-                if item.call_id is not None:
-                    messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
-                else:
-                    feedback.append(text)
-            if feedback:
-                messages.append({"role": "user", "content": "\n\n".join(feedback)})
-            if last_failed:
-                if record.retries >= max_retries:
-                    print(f"GAVE UP: still failing after {max_retries} retries", file=out)
-                    return record
+        missing = sorted(set(only or ()) - {t.name for t in tools})
+        if not missing:
+            offered = [t for t in tools if not only or t.name in only]
+            return await _converse(request, session, offered, chat, out, max_retries, max_rounds)
+    # Raised outside the session: inside it the SDK's task group would wrap it in a group.
+    known = ", ".join(t.name for t in tools)
+    raise ValueError(f"--tools names {missing} but the server has only: {known}")
+
+
+async def _converse(
+    request: str,
+    session: Any,
+    tools: list[Any],
+    chat: ChatModel,
+    out: TextIO,
+    max_retries: int,
+    max_rounds: int,
+) -> Record:
+    record = Record(request=request)
+    print(f"USER: {request}", file=out)
+    names = [t.name for t in tools]
+    schemas = [tool_to_openai(t.name, t.description, t.input_schema) for t in tools]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": request},
+    ]
+    done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
+    last_failed = False
+    for turn in range(max_rounds):
+        reply = await chat.complete(messages, schemas)
+        entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
+        messages.append(entry)
+        if not parsed:
+            if last_failed and record.retries < max_retries:
                 record.retries += 1
+                print(f"NUDGE: {NUDGE_AFTER_ERROR}", file=out)
+                messages.append({"role": "user", "content": NUDGE_AFTER_ERROR})
+                continue
+            record.answer = (reply.get("content") or "").strip()
+            print(f"ANSWER: {record.answer}", file=out)
+            return record
+        form = "native" if reply.get("tool_calls") else "text"
+        outcomes = [await _run_one(session, item, form, done, record, out) for item in parsed]
+        messages.extend(_feedback(parsed, outcomes))
+        last_failed = not all(ok for ok, _ in outcomes)
+        if last_failed:
+            if record.retries >= max_retries:
+                print(f"GAVE UP: still failing after {max_retries} retries", file=out)
+                return record
+            record.retries += 1
     print(f"GAVE UP: no answer after {max_rounds} model turns", file=out)
     return record
+
+
+def _feedback(parsed: list[Parsed], outcomes: list[tuple[bool, str]]) -> list[dict[str, Any]]:
+    """Tool messages for calls with an id; one user message for the rest."""
+    messages: list[dict[str, Any]] = []
+    loose: list[str] = []
+    for item, (_, text) in zip(parsed, outcomes, strict=True):
+        if item.call_id is not None:
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text})
+        else:
+            loose.append(text)
+    if loose:
+        messages.append({"role": "user", "content": "\n\n".join(loose)})
+    return messages
 
 
 @contextlib.asynccontextmanager
@@ -415,13 +463,16 @@ def history_entry(
 
 
 async def _run_one(
-    session: Any, item: Parsed, form: str, record: Record, out: TextIO
+    session: Any, item: Parsed, form: str, done: set[str], record: Record, out: TextIO
 ) -> tuple[bool, str]:
     """Run one parsed call; return (succeeded, text for the model)."""
     if isinstance(item, CallProblem):
         record.problems.append(item.message)
         print(f"BAD CALL: {item.message}", file=out)
         return False, f"Your tool call was not run: {item.message}"
+    if call_key(item) in done:
+        print(f"REPEAT (not run): {item.name}({json.dumps(item.arguments)})", file=out)
+        return True, REPEATED_CALL
     print(f"CALL: {item.name}({json.dumps(item.arguments)})", file=out)
     result = await session.call_tool(item.name, item.arguments)
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
@@ -431,8 +482,10 @@ async def _run_one(
         {"name": item.name, "arguments": item.arguments, "status": status, "form": form}
     )
     print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
-    prefix = "Error" if result.is_error else "Result"
-    return not result.is_error, f"{prefix} of {item.name}:\n{text}"
+    if result.is_error:
+        return False, f"Error of {item.name}:\n{text}"
+    done.add(call_key(item))
+    return True, f"Result of {item.name}:\n{text}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -455,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--max-retries", type=int, default=3, help="retries after failed calls")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model reply")
+    parser.add_argument("--tools", help="comma-separated tool names to offer (default: all)")
     parser.add_argument("--record", help="write a JSON record of the run to this file")
     args = parser.parse_args(argv)
     try:
@@ -468,7 +522,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def go() -> Record:
         async with Chat(endpoint, args.timeout) as chat:
             return await run_agent(
-                args.request, args.url, chat, sys.stdout, args.max_retries, token=token
+                args.request,
+                args.url,
+                chat,
+                sys.stdout,
+                args.max_retries,
+                token=token,
+                only=args.tools.split(",") if args.tools else None,
             )
 
     try:
