@@ -12,6 +12,9 @@ import uuid
 
 import pytest
 
+# Test servers must not inherit a user's exported token (their clients send none).
+os.environ.pop("ENSEMBLE_MCP_TOKEN", None)
+
 
 def pids_with_env(mark: str) -> list[int]:
     """Pids of live processes whose environment holds ``mark`` (``NAME=value``)."""
