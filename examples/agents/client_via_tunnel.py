@@ -7,7 +7,8 @@ streamable-HTTP server); this client runs on the login node or a laptop::
         --tool add --args '{"a": [1, 2], "b": [10, 20]}'
 
 The host key must already be in ~/.ssh/known_hosts (or pass --accept-new-host-key once). A bearer
-token for the server, if it wants one, comes from --token or $ENSEMBLE_MCP_TOKEN.
+token for the server, if it wants one, comes from $ENSEMBLE_MCP_TOKEN (never the command line,
+which every user of a login node can read).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ async def call_through_tunnel(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    token_from_environment = os.environ.get("ENSEMBLE_MCP_TOKEN") or None
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("destination", metavar="[user@]host")
@@ -68,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tool", required=True, help="tool to call")
     parser.add_argument("--args", default="{}", help="tool arguments as a JSON object")
     parser.add_argument("--path", default="/mcp", help="MCP endpoint path (default /mcp)")
-    parser.add_argument("--token", default=os.environ.get("ENSEMBLE_MCP_TOKEN"))
     parser.add_argument("-i", dest="key_filename", metavar="KEY")
     parser.add_argument("-p", dest="port", type=int, metavar="SSH_PORT")
     parser.add_argument("--known-hosts")
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--args must be a JSON object")
     names, result = asyncio.run(call_through_tunnel(
         args.destination, args.remote_port, args.tool, arguments, path=args.path,
-        token=args.token, key_filename=args.key_filename, port=args.port,
+        token=token_from_environment, key_filename=args.key_filename, port=args.port,
         known_hosts=args.known_hosts, accept_new_host_key=args.accept_new_host_key,
     ))
     print("tools:", ", ".join(names))
