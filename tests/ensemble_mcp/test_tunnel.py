@@ -92,7 +92,7 @@ def test_stop_frees_the_port_at_once_and_leaves_no_thread_or_socket(
     stop_tunnel(tunnel)
     assert idle.recv(1) == b""  # a connection still open is closed by stop
     idle.close()
-    assert set(threading.enumerate()) == threads
+    assert set(threading.enumerate()) <= threads  # no thread of the tunnel is left
     assert open_fds() <= fds  # nothing new is left open (an older fd may close meanwhile)
     again = start_tunnel(sshd.user, "127.0.0.1", port, echo_port, port=sshd.port,
                          key_filename=str(sshd.user_key), known_hosts=str(sshd.known_hosts))
