@@ -417,3 +417,12 @@ async def test_only_limits_the_tools_offered_and_rejects_unknown_names() -> None
     assert [t["function"]["name"] for t in seen_tools[0]] == ["other"]
     with pytest.raises(ValueError, match=r"--tools names \['nope'\] but the server has only"):
         await agent.run_agent("x", server, model, io.StringIO(), only=["nope"])
+
+
+async def test_an_empty_reply_is_asked_once_for_an_answer() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [3]}}
+    model = ScriptedModel([_text(call), _text(""), _text("")])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert model.seen[2][-1] == {"role": "user", "content": agent.ASK_FOR_ANSWER}
+    assert record.answer == ""
+    assert len(model.seen) == 3

@@ -41,6 +41,7 @@ REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
     "user with those results."
 )
+ASK_FOR_ANSWER = "Answer my request now, using the tool results above."
 NUDGE_AFTER_ERROR = (
     "The tool call failed and nothing ran. Call the tool again with arguments corrected as the "
     "error message says."
@@ -372,7 +373,7 @@ async def _converse(
         {"role": "user", "content": request},
     ]
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
-    last_failed = False
+    last_failed = asked_for_answer = False
     for turn in range(max_rounds):
         reply = await chat.complete(messages, schemas)
         entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
@@ -383,7 +384,13 @@ async def _converse(
                 print(f"NUDGE: {NUDGE_AFTER_ERROR}", file=out)
                 messages.append({"role": "user", "content": NUDGE_AFTER_ERROR})
                 continue
-            record.answer = (reply.get("content") or "").strip()
+            answer = (reply.get("content") or "").strip()
+            if not answer and not asked_for_answer:  # small models sometimes reply with nothing
+                asked_for_answer = True
+                print(f"NUDGE: {ASK_FOR_ANSWER}", file=out)
+                messages.append({"role": "user", "content": ASK_FOR_ANSWER})
+                continue
+            record.answer = answer
             print(f"ANSWER: {record.answer}", file=out)
             return record
         form = "native" if reply.get("tool_calls") else "text"
