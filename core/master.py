@@ -295,7 +295,7 @@ class Master:
                     os.killpg(state.process.popen.pid, signal.SIGKILL)
 
     def _dispatch(self) -> None:
-        if self.stopping:
+        if self.stopping or not self.scheduler.num_pending:
             return
         batches: dict[bytes, list[TaskItem]] = {}
         wide: dict[bytes, dict[int, tuple[int, ...]]] = {}

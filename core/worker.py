@@ -114,6 +114,7 @@ class Worker:
         self.out: list[ResultItem] = []
         self.first_out = 0.0
         self.mean_s = 0.0
+        self.devnull = os.open(os.devnull, os.O_RDWR)  # opened once, not per command
         self.stopping = False
         self.loop: Any = None
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
@@ -260,8 +261,8 @@ class Worker:
         start = time.time()
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if self.options.return_stdout else subprocess.DEVNULL,
+                argv, stdin=self.devnull,
+                stdout=subprocess.PIPE if self.options.return_stdout else self.devnull,
                 stderr=subprocess.PIPE, cwd=item.cwd, env=env, start_new_session=True)
         except OSError as exc:
             return ResultItem(item.key, "failed", None, None, None, None,
