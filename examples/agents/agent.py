@@ -34,8 +34,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
     "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
-    'object {"name": "<tool>", "arguments": {...}}. When the results arrive, do not call the '
-    "tool again: answer the user briefly with the numbers."
+    'object {"name": "<tool>", "arguments": {...}}. Once a tool has returned the results the '
+    "user asked for, call no more tools: answer the user briefly with the numbers."
 )
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
