@@ -196,7 +196,8 @@ def _param(pname: str, annotation: Any, default: Any, doc_text: str | None) -> P
 
 
 _RELATION_HELP = ('"one-to-one" (default): element i of every list forms task i; '
-                  '"many-to-many": every combination of the lists.')
+                  '"many-to-many": every combination of the lists (a full grid, all pairs, '
+                  'a sweep of one list against another).')
 
 
 def input_schema(spec: EnsembleSpec) -> dict[str, Any]:
@@ -242,7 +243,7 @@ def describe(spec: EnsembleSpec, *, max_tasks: int) -> str:
         lines += [
             f"- one-to-one (default) pairs the lists: {a}={_sample(pa, 2)}, {b}={_sample(pb, 2, 1)}"
             " -> 2 tasks.",
-            f'- relation="many-to-many" runs every combination: {a}={_sample(pa, 2)}, '
+            f'- relation="many-to-many" runs every combination (full grid): {a}={_sample(pa, 2)}, '
             f"{b}={_sample(pb, 3, 1)} -> 6 tasks.",
             f"- One value (or a 1-element list) is used for every task: {a}={_sample(pa, 3)}, "
             f"{b}={_sample(pb, 1, 1)[1:-1]} -> 3 tasks.",
