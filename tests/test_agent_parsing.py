@@ -426,3 +426,19 @@ async def test_an_empty_reply_is_asked_once_for_an_answer() -> None:
     assert model.seen[2][-1] == {"role": "user", "content": agent.ASK_FOR_ANSWER}
     assert record.answer == ""
     assert len(model.seen) == 3
+
+
+def test_calls_written_one_per_line_in_one_fence_are_several_calls() -> None:
+    first = json.dumps(
+        {"name": "flame_speed", "arguments": {"pressure": [1], "temperature": [300]}}
+    )
+    second = json.dumps({"name": "ensemble_status", "arguments": {"ensemble_id": "e1"}})
+    text = f"```json\n{first}\n{second}\n```"
+    assert agent.parse_text_tool_calls(text, TOOLS) == [
+        ToolCall("flame_speed", {"pressure": [1], "temperature": [300]}),
+        ToolCall("ensemble_status", {"ensemble_id": "e1"}),
+    ]
+
+
+def test_empty_fence_is_not_a_call() -> None:
+    assert agent.parse_text_tool_calls("```json\n\n```", TOOLS) == []

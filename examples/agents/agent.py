@@ -173,16 +173,31 @@ def parse_text_tool_calls(text: str, tool_names: Sequence[str]) -> list[Parsed]:
     parsed: list[Parsed] = []
     for block in blocks:
         try:
-            value = json.loads(block)
+            values = _json_sequence(block)
         except json.JSONDecodeError as exc:
             if _LOOKS_LIKE_CALL.search(block):
                 parsed.append(
                     CallProblem(f"the tool call is not valid JSON ({exc}); {_CALL_SHAPE}")
                 )
             continue
-        if _is_call_value(value):
-            parsed.extend(_calls_from_value(value, tool_names))
+        for value in values:
+            if _is_call_value(value):
+                parsed.extend(_calls_from_value(value, tool_names))
     return parsed
+
+
+def _json_sequence(block: str) -> list[Any]:
+    """Decode one JSON value, or several written one after another (one call per line)."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    pos, end = 0, len(block)
+    while True:
+        while pos < end and block[pos].isspace():
+            pos += 1
+        if pos == end and values:
+            return values
+        value, pos = decoder.raw_decode(block, pos)
+        values.append(value)
 
 
 def parse_native_tool_calls(tool_calls: Sequence[Any], tool_names: Sequence[str]) -> list[Parsed]:
