@@ -512,6 +512,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _submit_help(tool: str) -> str:
-    return (f"Start the same ensemble as {tool} (same arguments) without waiting; returns an "
-            "ensemble_id at once. Then call ensemble_status until finished, and ensemble_results "
-            f"to read the results. Use it when the ensemble may take minutes; else call {tool}.")
+    return (f"Only for ensembles that run for many minutes: for an ordinary request call {tool}, "
+            f"which returns the results. Starts the same ensemble as {tool} (same arguments) "
+            "without waiting and returns an ensemble_id; then call ensemble_status until finished, "
+            "and ensemble_results to read the results.")
