@@ -438,10 +438,12 @@ def _unequal_message(spec: EnsembleSpec, raw: dict[str, list[Any]], long: dict[s
     return (
         f'Under relation "one-to-one" the lists must have equal lengths (a 1-element list is '
         f"used for every task), but {lead}. {NOTHING_RUN}\n"
-        f"If one {' and one '.join(shorter)} is meant for every task, give only that value:\n"
-        f"  {spec.name}({_show_args(one)})\n"
         f'If every combination is meant ({product:,} tasks{over}), add relation="many-to-many":\n'
-        f"  {spec.name}({_show_args(every)})"
+        f"  {spec.name}({_show_args(every)})\n"
+        f"If each task has its own values, give every list {top} values.\n"
+        f"If one {' and one '.join(shorter)} is meant for every task, give only that value "
+        f"(this leaves out the other values you gave):\n"
+        f"  {spec.name}({_show_args(one)})"
     )
 
 

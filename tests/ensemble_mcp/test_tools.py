@@ -223,6 +223,7 @@ def test_lists_longer_than_one_must_still_agree() -> None:
     assert ('flame_speed(pressure=[1, 2, 5, 10], temperature=[300, 400], '
             'relation="many-to-many")') in text
     assert "(8 tasks)" in text
+    assert text.index("many-to-many") < text.index("leaves out the other values")
 
 
 def test_parameters_with_defaults_may_be_left_out() -> None:
