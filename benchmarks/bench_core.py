@@ -144,20 +144,30 @@ def main() -> None:
     print(f"{'workload':44} {'launcher':>16} {'ProcessPool':>16}")
     print(f"{'start-up (s)':44} {ours['startup_s']:>16.3f} {pool['startup_s']:>16.3f}")
     for name, label in (("W0", "W0 round trip median / p95 (ms)"),):
-        print(f"{label:44} {ours[name][0]:>8.3f}/{ours[name][1]:<7.3f} "
-              f"{pool[name][0]:>8.3f}/{pool[name][1]:<7.3f}")
+        print(
+            f"{label:44} {ours[name][0]:>8.3f}/{ours[name][1]:<7.3f} "
+            f"{pool[name][0]:>8.3f}/{pool[name][1]:<7.3f}"
+        )
     print(f"{'W1 5,000 no-op tasks/s (map)':44} {ours['W1']:>16,.0f} {pool['W1']:>16,.0f}")
-    print(f"{'W1 5,000 no-op tasks/s (Task models)':44} {ours['W1_tasks']:>16,.0f} "
-          f"{fmt(pool['W1_tasks'], '>16,.0f'):>16}")
+    print(
+        f"{'W1 5,000 no-op tasks/s (Task models)':44} {ours['W1_tasks']:>16,.0f} "
+        f"{fmt(pool['W1_tasks'], '>16,.0f'):>16}"
+    )
     print(f"{'W2 1,000 /bin/true tasks/s':44} {ours['W2']:>16,.0f} {pool['W2']:>16,.0f}")
     print(f"{'W3 200 x sleep 0.05 wall (s)':44} {ours['W3']:>16.3f} {pool['W3']:>16.3f}")
-    print(f"{'W3 slot efficiency (ideal ' + format(ideal, '.1f') + ' s)':44} "
-          f"{ideal / ours['W3']:>16.1%} {ideal / pool['W3']:>16.1%}")
+    print(
+        f"{'W3 slot efficiency (ideal ' + format(ideal, '.1f') + ' s)':44} "
+        f"{ideal / ours['W3']:>16.1%} {ideal / pool['W3']:>16.1%}"
+    )
     print(f"{'W4 50,000 no-op tasks/s':44} {ours['W4']:>16,.0f} {pool['W4']:>16,.0f}")
-    print(f"{'W4 / W1 per-task cost ratio':44} {ours['W1'] / ours['W4']:>16.2f} "
-          f"{pool['W1'] / pool['W4']:>16.2f}")
-    print(f"{'peak RSS of launcher processes in W4 (MB)':44} {ours['rss_mb']:>16.1f} "
-          f"{fmt(pool['rss_mb'], '>16.1f'):>16}")
+    print(
+        f"{'W4 / W1 per-task cost ratio':44} {ours['W1'] / ours['W4']:>16.2f} "
+        f"{pool['W1'] / pool['W4']:>16.2f}"
+    )
+    print(
+        f"{'peak RSS of launcher processes in W4 (MB)':44} {ours['rss_mb']:>16.1f} "
+        f"{fmt(pool['rss_mb'], '>16.1f'):>16}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,13 +13,28 @@ from typing import Any
 from core.ensemble import expand_tasks
 from core.task import Task
 
-ZIPPED = {"ensembles": {"sweep": {
-    "cmd_template": "./exe -a {a} -b {b}", "a": "range(50000)", "b": "linspace(0, 1, 50000)",
-    "timeout": 10, "env": {"X": "y"}}}}
-GRID = {"ensembles": {"grid": {
-    "cmd_template": "./solver --mesh {m} --dt {dt:.3g}", "relation": "many-to-many",
-    "m": [f"mesh{i}.msh" for i in range(50)], "dt": "logspace(-5, 0, 1000)",
-    "run_dir": "runs/{m}"}}}
+ZIPPED = {
+    "ensembles": {
+        "sweep": {
+            "cmd_template": "./exe -a {a} -b {b}",
+            "a": "range(50000)",
+            "b": "linspace(0, 1, 50000)",
+            "timeout": 10,
+            "env": {"X": "y"},
+        }
+    }
+}
+GRID = {
+    "ensembles": {
+        "grid": {
+            "cmd_template": "./solver --mesh {m} --dt {dt:.3g}",
+            "relation": "many-to-many",
+            "m": [f"mesh{i}.msh" for i in range(50)],
+            "dt": "logspace(-5, 0, 1000)",
+            "run_dir": "runs/{m}",
+        }
+    }
+}
 
 
 def best_of(fn: Callable[[], Any], runs: int = 5) -> tuple[float, float]:
@@ -35,8 +50,10 @@ def main() -> None:
     cases: list[tuple[str, Callable[[], Any]]] = [
         ("one-to-one, 50,000 tasks", lambda: expand_tasks(ZIPPED)),
         ("many-to-many 50 x 1,000", lambda: expand_tasks(GRID)),
-        ("reference: 50,000 Task(...) calls",
-         lambda: [Task(task_id=f"t{i}", executable="./exe") for i in range(50000)]),
+        (
+            "reference: 50,000 Task(...) calls",
+            lambda: [Task(task_id=f"t{i}", executable="./exe") for i in range(50000)],
+        ),
     ]
     print(f"{'case':40} {'median (s)':>11} {'min (s)':>9}")
     for name, fn in cases:

@@ -57,8 +57,10 @@ def _flame_speed(pressure: float, temperature: float) -> float:
 
 def _stats(samples: list[float]) -> str:
     ms = sorted(s * 1000 for s in samples)
-    return (f"median {statistics.median(ms):7.1f} ms  min {ms[0]:7.1f}  max {ms[-1]:7.1f}  "
-            f"(n={len(ms)})")
+    return (
+        f"median {statistics.median(ms):7.1f} ms  min {ms[0]:7.1f}  max {ms[-1]:7.1f}  "
+        f"(n={len(ms)})"
+    )
 
 
 async def _timed_calls(url: str, mode: str, size: int, repeat: int) -> list[float]:
@@ -74,8 +76,10 @@ async def _timed_calls(url: str, mode: str, size: int, repeat: int) -> list[floa
             inner.append(result.structured_content["summary"]["wall_time_s"])
             tasks = result.structured_content["tasks"]
             assert [t["result"] for t in tasks] == [float(i) for i in range(size)], "bad results"
-    print(f"[{mode:6}] {size:5,}-task ensemble inside the server (submit to last result): "
-          f"{_stats(inner)}")
+    print(
+        f"[{mode:6}] {size:5,}-task ensemble inside the server (submit to last result): "
+        f"{_stats(inner)}"
+    )
     return times
 
 
@@ -118,8 +122,10 @@ async def _bench(url: str, repeat: int) -> None:
         floor = await _floor(url, mode, repeat * 5)
         print(f"[{mode:6}] plain SDK tool  : {_stats(floor)}   (reference: no ensemble)")
     wall, got, wrong = await _concurrent(url, 20, 100)
-    print(f"20 clients x 100 tasks: {got} results, {wrong} wrong, {wall:.2f} s wall   "
-          "bar: 2,000 correct")
+    print(
+        f"20 clients x 100 tasks: {got} results, {wrong} wrong, {wall:.2f} s wall   "
+        "bar: 2,000 correct"
+    )
 
 
 def main() -> int:
@@ -133,11 +139,14 @@ def main() -> int:
         return 0
     for fn in (noop, _flame_speed):
         text = describe(spec_from_function(fn), max_tasks=server.max_tasks)
-        print(f"description of {fn.__name__}: {len(text)} chars, "
-              f"{len(text.split(chr(10) * 2)[0])} of them fan-out guidance")
+        print(
+            f"description of {fn.__name__}: {len(text)} chars, "
+            f"{len(text.split(chr(10) * 2)[0])} of them fan-out guidance"
+        )
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve",
-                                str(port)])
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)]
+    )
     try:
         wait_until_serving(process, "127.0.0.1", port)
         anyio.run(_bench, f"http://127.0.0.1:{port}/mcp", args.repeat)

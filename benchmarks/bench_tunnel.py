@@ -116,7 +116,7 @@ def concurrent(port: int, clients: int = 50, nbytes: int = 1 << 20) -> tuple[int
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], limit_s: float = 10) -> None:
-    """ssh -L has no readiness signal we can read without a log pipe; try to connect, bounded."""
+    """Ssh -L has no readiness signal we can read without a log pipe; try to connect, bounded."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -132,10 +132,25 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], limit_s: float = 10
 @contextmanager
 def ssh_forward(sshd: Sshd, target_port: int, pty: bool) -> Iterator[int]:
     port = free_port()
-    argv = ["ssh", "-N", "-L", f"127.0.0.1:{port}:localhost:{target_port}", "-p", str(sshd.port),
-            "-i", str(sshd.user_key), "-o", f"UserKnownHostsFile={sshd.known_hosts}",
-            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-F", "/dev/null",
-            f"{sshd.user}@127.0.0.1"]
+    argv = [
+        "ssh",
+        "-N",
+        "-L",
+        f"127.0.0.1:{port}:localhost:{target_port}",
+        "-p",
+        str(sshd.port),
+        "-i",
+        str(sshd.user_key),
+        "-o",
+        f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-F",
+        "/dev/null",
+        f"{sshd.user}@127.0.0.1",
+    ]
     if pty:
         argv = [*argv[:1], "-tt", *argv[2:], "sleep", "600"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -149,11 +164,28 @@ def ssh_forward(sshd: Sshd, target_port: int, pty: bool) -> Iterator[int]:
 
 @contextmanager
 def our_forward(sshd: Sshd, target_port: int) -> Iterator[int]:
-    argv = [sys.executable, "-m", "ensemble_mcp.tunnel_cli", f"{sshd.user}@127.0.0.1",
-            str(target_port), "--local-port", "0", "-i", str(sshd.user_key),
-            "--known-hosts", str(sshd.known_hosts), "-p", str(sshd.port)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    argv = [
+        sys.executable,
+        "-m",
+        "ensemble_mcp.tunnel_cli",
+        f"{sshd.user}@127.0.0.1",
+        str(target_port),
+        "--local-port",
+        "0",
+        "-i",
+        str(sshd.user_key),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "-p",
+        str(sshd.port),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -168,11 +200,20 @@ def measure(name: str, port: int, mib: int, repeat: int) -> dict[str, float]:
     ups = [upload(port, mib << 20) for _ in range(repeat)]
     served, took = concurrent(port)
     rtt = sorted(round_trips(port))
-    row = {"MiB/s": statistics.median(rates), "best": max(rates), "up": statistics.median(ups),
-           "conc": served, "conc_s": took, "p50": rtt[len(rtt) // 2],
-           "p90": rtt[int(len(rtt) * 0.9)]}
-    print(f"{name:26s} {row['MiB/s']:6.0f} {row['best']:6.0f} {row['up']:6.0f}  {served:3d}/50 in "
-          f"{took:5.2f} s {row['p50']:7.2f} {row['p90']:7.2f}", flush=True)
+    row = {
+        "MiB/s": statistics.median(rates),
+        "best": max(rates),
+        "up": statistics.median(ups),
+        "conc": served,
+        "conc_s": took,
+        "p50": rtt[len(rtt) // 2],
+        "p90": rtt[int(len(rtt) * 0.9)],
+    }
+    print(
+        f"{name:26s} {row['MiB/s']:6.0f} {row['best']:6.0f} {row['up']:6.0f}  {served:3d}/50 in "
+        f"{took:5.2f} s {row['p50']:7.2f} {row['p90']:7.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -187,15 +228,20 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         sshd = start_sshd(Path(tmp))
-        server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert server.stdout is not None
             target = int(server.stdout.readline())
-            print(f"{args.mib} MiB x {args.repeat} each way (MiB/s), 50 x 1 MiB concurrent, "
-                  f"400 x 64 B round trips; cores={os.cpu_count()}")
-            print(f"{'path':26s} {'down':>6s} {'best':>6s} {'up':>6s}  {'concurrent':>17s} "
-                  f"{'p50 ms':>7s} {'p90 ms':>7s}")
+            print(
+                f"{args.mib} MiB x {args.repeat} each way (MiB/s), 50 x 1 MiB concurrent, "
+                f"400 x 64 B round trips; cores={os.cpu_count()}"
+            )
+            print(
+                f"{'path':26s} {'down':>6s} {'best':>6s} {'up':>6s}  {'concurrent':>17s} "
+                f"{'p50 ms':>7s} {'p90 ms':>7s}"
+            )
             measure("direct (no tunnel)", target, args.mib, args.repeat)
             with ssh_forward(sshd, target, pty=False) as port:
                 ssh = measure("ssh -N -L", port, args.mib, args.repeat)
@@ -208,9 +254,11 @@ def main() -> int:
             server.wait()
             sshd.stop()
     ratio = ours["MiB/s"] / ssh["MiB/s"]
-    print(f"download ours / ssh -N -L = {ratio:.0%} (bar >= 50%), upload "
-          f"{ours['up'] / ssh['up']:.0%}; "
-          f"p90 {ours['p90']:.2f} ms (bar <= 5 ms); concurrent {ours['conc']:.0f}/50")
+    print(
+        f"download ours / ssh -N -L = {ratio:.0%} (bar >= 50%), upload "
+        f"{ours['up'] / ssh['up']:.0%}; "
+        f"p90 {ours['p90']:.2f} ms (bar <= 5 ms); concurrent {ours['conc']:.0f}/50"
+    )
     return 0
 
 

@@ -57,9 +57,14 @@ __all__ = (
 
 # Names load on first use, so that worker processes (``python -m core``) import only what they run.
 _HOME = {
-    "Batch": "core.client", "Launcher": "core.client", "EnsembleLauncher": "core.launcher",
-    "LauncherConfig": "core.config", "SystemConfig": "core.config", "Task": "core.task",
-    "TaskResult": "core.result", "TaskStatus": "core.result",
+    "Batch": "core.client",
+    "Launcher": "core.client",
+    "EnsembleLauncher": "core.launcher",
+    "LauncherConfig": "core.config",
+    "SystemConfig": "core.config",
+    "Task": "core.task",
+    "TaskResult": "core.result",
+    "TaskStatus": "core.result",
     "write_results_to_json": "core.result",
 }
 

@@ -16,15 +16,22 @@ from core.result import TaskStatus, write_results_to_json
 
 def add_run_command(commands: Any) -> None:
     """Register ``run`` on an argparse subparsers object."""
-    run = commands.add_parser("run", help="run the ensembles of a JSON file",
-                              description="Run every task of an ensemble JSON file on this node.")
-    run.add_argument("ensemble_file", help="JSON file with {\"ensembles\": {name: spec}}")
+    run = commands.add_parser(
+        "run",
+        help="run the ensembles of a JSON file",
+        description="Run every task of an ensemble JSON file on this node.",
+    )
+    run.add_argument("ensemble_file", help='JSON file with {"ensembles": {name: spec}}')
     run.add_argument("-o", "--output", default="results.json", help="results JSON (%(default)s)")
     run.add_argument("--nlevels", type=int, default=None, help="master levels below the client")
     run.add_argument("--stdout", action="store_true", help="capture each command's stdout")
     run.add_argument("--logs", action="store_true", help="write logs/master-*.log, worker-*.log")
-    run.add_argument("--report-interval", type=float, default=10.0, help="seconds between status "
-                     "lines in the logs (%(default)s)")
+    run.add_argument(
+        "--report-interval",
+        type=float,
+        default=10.0,
+        help="seconds between status lines in the logs (%(default)s)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=run_command)
 
@@ -32,17 +39,23 @@ def add_run_command(commands: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the file; exit code 0 if every task succeeded, 1 if any did not, 2 on bad input."""
     try:
-        config = LauncherConfig.auto().model_copy(update={
-            "return_stdout": args.stdout, "master_logs": args.logs, "worker_logs": args.logs,
-            "report_interval": args.report_interval,
-            **({"nlevels": args.nlevels} if args.nlevels is not None else {})})
+        config = LauncherConfig.auto().model_copy(
+            update={
+                "return_stdout": args.stdout,
+                "master_logs": args.logs,
+                "worker_logs": args.logs,
+                "report_interval": args.report_interval,
+                **({"nlevels": args.nlevels} if args.nlevels is not None else {}),
+            }
+        )
         launcher = EnsembleLauncher(args.ensemble_file, launcher_config=config)
         watcher: list[threading.Thread] = []
 
         def show(batch: Batch, running: Launcher) -> None:
             if not args.no_progress:
-                thread = threading.Thread(target=_progress, args=(batch, running.num_slots),
-                                          daemon=True)
+                thread = threading.Thread(
+                    target=_progress, args=(batch, running.num_slots), daemon=True
+                )
                 thread.start()
                 watcher.append(thread)
 
@@ -59,8 +72,9 @@ def run_command(args: argparse.Namespace) -> int:
     for result in results:
         if not result.ok:
             detail = (result.exception or result.stderr or "").strip().splitlines()
-            sys.stderr.write(f"  {result.task_id}: {result.status.value}"
-                             f"{': ' + detail[0] if detail else ''}\n")
+            sys.stderr.write(
+                f"  {result.task_id}: {result.status.value}{': ' + detail[0] if detail else ''}\n"
+            )
     return 0 if counts[TaskStatus.SUCCESS] == len(results) else 1
 
 
@@ -73,9 +87,14 @@ def _progress(batch: Batch, nslots: int) -> None:
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("tasks", total=len(batch), counts="")
         failed = 0
@@ -83,5 +102,8 @@ def _progress(batch: Batch, nslots: int) -> None:
             failed += not result.ok
             done = batch.num_done
             running = min(nslots, len(batch) - done)
-            bar.update(task, completed=done,
-                       counts=f"{done - failed} ok, {failed} failed, {running} running")
+            bar.update(
+                task,
+                completed=done,
+                counts=f"{done - failed} ok, {failed} failed, {running} running",
+            )

@@ -192,9 +192,19 @@ class _ClientLink:
                 continue
             batch, index, task_id = owner
             result = TaskResult(
-                task_id, _STATUS[item.status], item.value, item.stdout, item.stderr,
-                item.returncode, item.exception, item.exception_type, item.start_time,
-                item.end_time, item.node, list(item.cpus))
+                task_id,
+                _STATUS[item.status],
+                item.value,
+                item.stdout,
+                item.stderr,
+                item.returncode,
+                item.exception,
+                item.exception_type,
+                item.start_time,
+                item.end_time,
+                item.node,
+                list(item.cpus),
+            )
             entry = by_batch.get(id(batch))
             if entry is None:
                 entry = by_batch[id(batch)] = (batch, [])
@@ -220,9 +230,13 @@ class Launcher:
         ...     print(batch.results()[0].status)
     """
 
-    def __init__(self, system_config: SystemConfig | None = None,
-                 launcher_config: LauncherConfig | None = None, *,
-                 pin_resources: bool = True) -> None:
+    def __init__(
+        self,
+        system_config: SystemConfig | None = None,
+        launcher_config: LauncherConfig | None = None,
+        *,
+        pin_resources: bool = True,
+    ) -> None:
         self.system_config = system_config or SystemConfig()
         self.launcher_config = launcher_config or LauncherConfig.auto()
         self.pin_resources = pin_resources
@@ -255,25 +269,36 @@ class Launcher:
                 return self
             cfg = self.launcher_config
             if cfg.child_executor_name == "mpi":
-                raise ConfigError("child_executor_name='mpi' starts children on other nodes "
-                                  "through mpiexec, which this version does not do yet; use "
-                                  "'multiprocessing' (children on this node)")
+                raise ConfigError(
+                    "child_executor_name='mpi' starts children on other nodes "
+                    "through mpiexec, which this version does not do yet; use "
+                    "'multiprocessing' (children on this node)"
+                )
             self._run_dir = private_dir()
             tree = TreeOptions(
-                run_id=self._run_id, run_dir=self._run_dir, node=hostname(),
-                cpus=tuple(self.system_config.cpus), levels_below=cfg.nlevels,
+                run_id=self._run_id,
+                run_dir=self._run_dir,
+                node=hostname(),
+                cpus=tuple(self.system_config.cpus),
+                levels_below=cfg.nlevels,
                 nchildren=cfg.nchildren or 1,
-                transport="tcp" if cfg.comm_name == "zmq" else "ipc", bind_host=cfg.bind_host,
-                pin=self.pin_resources, return_stdout=cfg.return_stdout,
-                tail_bytes=cfg.tail_bytes, gpu_selector=cfg.gpu_selector,
-                prefetch=cfg.prefetch, report_interval_s=cfg.report_interval,
+                transport="tcp" if cfg.comm_name == "zmq" else "ipc",
+                bind_host=cfg.bind_host,
+                pin=self.pin_resources,
+                return_stdout=cfg.return_stdout,
+                tail_bytes=cfg.tail_bytes,
+                gpu_selector=cfg.gpu_selector,
+                prefetch=cfg.prefetch,
+                report_interval_s=cfg.report_interval,
                 keys=CurveKeys.generate() if cfg.comm_name == "zmq" else None,
-                log_dir=os.path.abspath(cfg.log_dir) if cfg.worker_logs else None)
+                log_dir=os.path.abspath(cfg.log_dir) if cfg.worker_logs else None,
+            )
             if cfg.worker_logs:
                 os.makedirs(cfg.log_dir, exist_ok=True)
             self._link = link = _ClientLink()
-            self._thread = threading.Thread(target=self._manage, args=(tree, link),
-                                            name="ensemble-mcp-manager", daemon=True)
+            self._thread = threading.Thread(
+                target=self._manage, args=(tree, link), name="ensemble-mcp-manager", daemon=True
+            )
             self._thread.start()
             _live.add(self)
         if not link.started_event.wait(_START_TIMEOUT_S):
@@ -292,9 +317,23 @@ class Launcher:
             self._broken = f"the launcher's manager thread failed: {exc!r}"
             link.started(0, (), self._broken)
             now = time.time()
-            link.deliver([ResultItem(k, "failed", None, None, None, None, self._broken,
-                                     "core.errors.LauncherBroken", now, now)
-                          for k in list(link.owners)])
+            link.deliver(
+                [
+                    ResultItem(
+                        k,
+                        "failed",
+                        None,
+                        None,
+                        None,
+                        None,
+                        self._broken,
+                        "core.errors.LauncherBroken",
+                        now,
+                        now,
+                    )
+                    for k in list(link.owners)
+                ]
+            )
             raise
 
     def shutdown(self, wait: bool = True) -> None:
@@ -338,8 +377,9 @@ class Launcher:
         self._functions[id(fn)] = (fn, digest, blob)
         return digest, blob
 
-    def _submit_items(self, items: list[TaskItem], task_ids: list[str],
-                      functions: dict[bytes, bytes]) -> Batch:
+    def _submit_items(
+        self, items: list[TaskItem], task_ids: list[str], functions: dict[bytes, bytes]
+    ) -> Batch:
         if self._broken is not None or self._link is None:
             raise LauncherBroken(self._broken or "the launcher is not started; call start()")
         batch = Batch(self, task_ids, [item.key for item in items])
@@ -370,34 +410,49 @@ class Launcher:
             os.makedirs(task.run_dir, exist_ok=True)
         if task.kind == "python":
             if task.nprocs > 1:
-                raise ConfigError(f"task {task.task_id}: a Python callable runs in one process; "
-                                  f"nnodes={task.nnodes}, ppn={task.ppn} need a command")
+                raise ConfigError(
+                    f"task {task.task_id}: a Python callable runs in one process; "
+                    f"nnodes={task.nnodes}, ppn={task.ppn} need a command"
+                )
             digest, blob = self._function(task.executable)  # type: ignore[arg-type]
             functions[digest] = blob
-            return TaskItem(key, digest, task.args, task.kwargs, None, task.env or None,
-                            task.run_dir, task.timeout)
+            return TaskItem(
+                key,
+                digest,
+                task.args,
+                task.kwargs,
+                None,
+                task.env or None,
+                task.run_dir,
+                task.timeout,
+            )
         argv = task.argv()
         if task.nprocs > 1 or self.launcher_config.task_executor_name == "mpi":
             argv = [self.launcher_config.mpiexec, "-n", str(task.nprocs), *argv]
-        return TaskItem(key, None, (), {}, argv, task.env or None, task.run_dir, task.timeout,
-                        task.nprocs)
+        return TaskItem(
+            key, None, (), {}, argv, task.env or None, task.run_dir, task.timeout, task.nprocs
+        )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; the future gives its value or raises."""
         return self._value_future(self.map_tasks(fn, [(args, kwargs)]).futures[0])
 
-    def map_tasks(self, fn: Callable[..., Any],
-                  calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]) -> Batch:
+    def map_tasks(
+        self, fn: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> Batch:
         """One task per ``(args, kwargs)`` pair, without building Task models (fast path)."""
         with self._lock:
             digest, blob = self._function(fn)
-            items = [TaskItem(next(self._keys), digest, args, kwargs, None, None, None, None)
-                     for args, kwargs in calls]
+            items = [
+                TaskItem(next(self._keys), digest, args, kwargs, None, None, None, None)
+                for args, kwargs in calls
+            ]
             ids = [f"task-{item.key}" for item in items]
             return self._submit_items(items, ids, {digest: blob})
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-            timeout: float | None = None) -> Iterator[Any]:
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+    ) -> Iterator[Any]:
         """Like ``Executor.map``: values in order; the first failure raises its TaskError."""
         batch = self.map_tasks(fn, ((args, {}) for args in zip(*iterables, strict=False)))
 
@@ -426,11 +481,15 @@ class Launcher:
 def _check_supported(task: Task) -> None:
     """Refuse what this version cannot honour, rather than ignore it silently."""
     if task.cpu_affinity or task.gpu_affinity:
-        raise ConfigError(f"task {task.task_id}: cpu_affinity/gpu_affinity are not honoured yet; "
-                          "remove them (each task is already pinned to the CPU slot it runs on)")
+        raise ConfigError(
+            f"task {task.task_id}: cpu_affinity/gpu_affinity are not honoured yet; "
+            "remove them (each task is already pinned to the CPU slot it runs on)"
+        )
     if task.ngpus_per_process:
-        raise ConfigError(f"task {task.task_id}: ngpus_per_process={task.ngpus_per_process}, but "
-                          "GPU placement is not available in this version")
+        raise ConfigError(
+            f"task {task.task_id}: ngpus_per_process={task.ngpus_per_process}, but "
+            "GPU placement is not available in this version"
+        )
 
 
 _live: weakref.WeakSet[Launcher] = weakref.WeakSet()

@@ -91,8 +91,10 @@ class LauncherConfig(BaseModel):
     @classmethod
     def _known_name(cls, value: object) -> object:
         if isinstance(value, str) and value in _UNSUPPORTED:
-            raise ValueError(f"{value!r}: {_UNSUPPORTED[value]}; use 'multiprocessing', "
-                             "'mpi' (executors) or 'zmq' (comm)")
+            raise ValueError(
+                f"{value!r}: {_UNSUPPORTED[value]}; use 'multiprocessing', "
+                "'mpi' (executors) or 'zmq' (comm)"
+            )
         return value
 
     @classmethod

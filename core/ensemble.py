@@ -41,8 +41,15 @@ from core.spec_values import CHECKS, brief, check_param, check_run_dir
 from core.task import Task
 from core.template import Field, Piece, fill, render_value, split_template
 
-__all__ = ("MAX_TASKS", "RELATIONS", "TASKS_GROUP", "Source", "Task", "expand_tasks",
-           "load_ensembles")
+__all__ = (
+    "MAX_TASKS",
+    "RELATIONS",
+    "TASKS_GROUP",
+    "Source",
+    "Task",
+    "expand_tasks",
+    "load_ensembles",
+)
 
 Source: TypeAlias = str | os.PathLike[str] | Mapping[str, Any]
 RELATIONS = ("one-to-one", "many-to-many")
@@ -93,10 +100,12 @@ def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, l
         if total > max_tasks:
             shown = ", ".join(f"{key}: {len(values)}" for key, values in ensemble.dims)
             alone = ensemble.count > max_tasks
-            raise ConfigError(f"ensemble {name!r}, key 'relation': {ensemble.relation} gives "
-                              f"{ensemble.count:,} tasks ({shown})"
-                              f"{'' if alone else f', {total:,} with the ensembles before it'}"
-                              f", over the limit of {max_tasks:,}; nothing was built")
+            raise ConfigError(
+                f"ensemble {name!r}, key 'relation': {ensemble.relation} gives "
+                f"{ensemble.count:,} tasks ({shown})"
+                f"{'' if alone else f', {total:,} with the ensembles before it'}"
+                f", over the limit of {max_tasks:,}; nothing was built"
+            )
         result[name] = ensemble.tasks()
     return result
 
@@ -113,31 +122,40 @@ def _read_source(source: Source) -> Mapping[str, Any]:
     elif isinstance(source, Mapping):
         top = source
     else:
-        raise ConfigError(f"ensemble source must be a JSON file path or a dict, "
-                          f"got {type(source).__name__}")
+        raise ConfigError(
+            f"ensemble source must be a JSON file path or a dict, got {type(source).__name__}"
+        )
     if not isinstance(top, Mapping) or not top:
-        raise ConfigError('ensemble source must be {"ensembles": {name: spec}} or a dict of '
-                          f"Task objects, got {brief(top)}")
+        raise ConfigError(
+            'ensemble source must be {"ensembles": {name: spec}} or a dict of '
+            f"Task objects, got {brief(top)}"
+        )
     if any(isinstance(value, Task) for value in top.values()):
         if not all(isinstance(value, Task) for value in top.values()):
             raise ConfigError("a dict of Task objects may hold only Task objects")
         return top
     if "ensembles" not in top:
-        raise ConfigError('ensemble source has no "ensembles" key: expected '
-                          '{"ensembles": {name: spec}} or a dict of Task objects; '
-                          f"got keys {', '.join(map(repr, top))}")
+        raise ConfigError(
+            'ensemble source has no "ensembles" key: expected '
+            '{"ensembles": {name: spec}} or a dict of Task objects; '
+            f"got keys {', '.join(map(repr, top))}"
+        )
     extra = [key for key in top if key != "ensembles"]
     if extra:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(map(repr, extra))}; "
-                          'only "ensembles" is allowed')
+        raise ConfigError(
+            f'unknown top-level key(s) {", ".join(map(repr, extra))}; only "ensembles" is allowed'
+        )
     specs = top["ensembles"]
     if not isinstance(specs, Mapping) or not specs:
-        raise ConfigError('"ensembles" must be a non-empty object {name: spec}, '
-                          f"got {brief(specs)}")
+        raise ConfigError(
+            f'"ensembles" must be a non-empty object {{name: spec}}, got {brief(specs)}'
+        )
     for name in specs:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"ensemble {name!r}: invalid name; use 1-128 letters, digits, "
-                              "'_', '.' or '-', starting with a letter, digit or '_'")
+            raise ConfigError(
+                f"ensemble {name!r}: invalid name; use 1-128 letters, digits, "
+                "'_', '.' or '-', starting with a letter, digit or '_'"
+            )
     return top
 
 
@@ -161,16 +179,19 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constant)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"ensemble file {str(path)!r} is not valid JSON: {exc.msg} "
-                          f"(line {exc.lineno}, column {exc.colno})") from None
+        raise ConfigError(
+            f"ensemble file {str(path)!r} is not valid JSON: {exc.msg} "
+            f"(line {exc.lineno}, column {exc.colno})"
+        ) from None
 
 
 def _checked_tasks(tasks: Mapping[str, Any]) -> list[Task]:
     seen: set[str] = set()
     for key, task in tasks.items():
         if key != task.task_id:
-            raise ConfigError(f"task {task.task_id!r} is stored under key {key!r}; "
-                              "key each task by its task_id")
+            raise ConfigError(
+                f"task {task.task_id!r} is stored under key {key!r}; key each task by its task_id"
+            )
         if task.task_id in seen:  # a Mapping other than dict may repeat keys
             raise ConfigError(f"task id {task.task_id!r} is used twice")
         seen.add(task.task_id)
@@ -184,8 +205,9 @@ class _Ensemble:
         self.name = name
         self.where = f"ensemble {name!r}"
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"{self.where}: the spec must be an object of keys, "
-                              f"got {brief(spec)}")
+            raise ConfigError(
+                f"{self.where}: the spec must be an object of keys, got {brief(spec)}"
+            )
         self.relation = self._relation(spec.get("relation", "one-to-one"))
         self.fixed: dict[str, Any] = {}
         self.dims: list[tuple[str, list[Any]]] = []
@@ -195,12 +217,15 @@ class _Ensemble:
             if key not in ("cmd_template", "relation"):
                 self._add(key, raw)
         if "cmd_template" not in spec:
-            raise self.error("cmd_template", 'missing; give the command line, e.g. '
-                             '"./exe -a {arg1}" with "arg1": [1, 2, 3]')
+            raise self.error(
+                "cmd_template",
+                'missing; give the command line, e.g. "./exe -a {arg1}" with "arg1": [1, 2, 3]',
+            )
         template = spec["cmd_template"]
         if not isinstance(template, str) or not template.strip():
-            raise self.error("cmd_template", f"must be a non-empty command line string, "
-                             f"got {brief(template)}")
+            raise self.error(
+                "cmd_template", f"must be a non-empty command line string, got {brief(template)}"
+            )
         fields = self._split("cmd_template", template, quoted=True)
         run_dir = self.fixed.get("run_dir")
         dir_fields = self._split("run_dir", run_dir, quoted=False) if run_dir else []
@@ -218,8 +243,10 @@ class _Ensemble:
 
     def _relation(self, relation: Any) -> str:
         if relation not in RELATIONS:
-            raise self.error("relation", f"unknown relation {relation!r}; use "
-                             f"{' or '.join(map(repr, RELATIONS))}")
+            raise self.error(
+                "relation",
+                f"unknown relation {relation!r}; use {' or '.join(map(repr, RELATIONS))}",
+            )
         return str(relation)
 
     def _add(self, key: str, raw: Any) -> None:
@@ -252,7 +279,8 @@ class _Ensemble:
                     ids = parse_generator(raw)
                     return None if ids is None else [[i] for i in ids]
                 is_sweep = isinstance(raw, (list, tuple)) and any(
-                    isinstance(item, (list, tuple)) for item in raw)
+                    isinstance(item, (list, tuple)) for item in raw
+                )
                 return list(raw) if is_sweep else None
             if isinstance(raw, (list, tuple)):
                 return list(raw)
@@ -262,8 +290,9 @@ class _Ensemble:
             raise self.error(key, str(exc)) from None
         return None
 
-    def _checked(self, key: str, check: Callable[[Any], Any], value: Any,
-                 index: int | None = None) -> Any:
+    def _checked(
+        self, key: str, check: Callable[[Any], Any], value: Any, index: int | None = None
+    ) -> Any:
         try:
             return check(value)
         except ValueError as exc:
@@ -276,8 +305,10 @@ class _Ensemble:
                 continue
             close = difflib.get_close_matches(key, [*CHECKS, "cmd_template", "relation"], 1, 0.75)
             if close:
-                raise self.error(key, f"unknown key, not a placeholder in cmd_template; "
-                                 f"did you mean {close[0]!r}?")
+                raise self.error(
+                    key,
+                    f"unknown key, not a placeholder in cmd_template; did you mean {close[0]!r}?",
+                )
 
     def _count(self) -> int:
         lengths = [(key, len(values)) for key, values in self.dims]
@@ -287,11 +318,14 @@ class _Ensemble:
         for key, n in long:
             if n != long[0][1]:
                 shown = ", ".join(f"{k}: {m}" for k, m in lengths)
-                raise self.error(key, f"lengths differ ({shown}); under one-to-one every list "
-                                 "longer than 1 must have the same length (a 1-element list is "
-                                 "used for every task); make them equal, or set \"relation\": "
-                                 "\"many-to-many\" for every combination "
-                                 f"({math.prod(m for _, m in lengths):,} tasks)")
+                raise self.error(
+                    key,
+                    f"lengths differ ({shown}); under one-to-one every list "
+                    "longer than 1 must have the same length (a 1-element list is "
+                    'used for every task); make them equal, or set "relation": '
+                    '"many-to-many" for every combination '
+                    f"({math.prod(m for _, m in lengths):,} tasks)",
+                )
         return long[0][1] if long else 1
 
     def _split(self, key: str, template: str, *, quoted: bool) -> list[Field]:
@@ -332,9 +366,11 @@ class _Ensemble:
             try:
                 text = format(value, spec) if spec else render_value(value)
             except (ValueError, TypeError) as exc:
-                raise self.error(key, f"format {{{key}:{spec}}} does not apply to "
-                                 f"{value!r}: {exc}") from None
+                raise self.error(
+                    key, f"format {{{key}:{spec}}} does not apply to {value!r}: {exc}"
+                ) from None
             return shlex.quote(text) if quote else text
+
         return render
 
     def _check_rendered_dir(self, path: str) -> None:
@@ -348,8 +384,13 @@ class _Ensemble:
             return itertools.product(*(range(len(values)) for _, values in self.dims))
         if not self.dims:
             return [()]
-        return zip(*(range(self.count) if len(values) > 1 else itertools.repeat(0, self.count)
-                     for _, values in self.dims), strict=True)
+        return zip(
+            *(
+                range(self.count) if len(values) > 1 else itertools.repeat(0, self.count)
+                for _, values in self.dims
+            ),
+            strict=True,
+        )
 
     def tasks(self) -> list[Task]:
         """Build the tasks; ids are ``<name>-<index>``, zero-padded to the widest index.
@@ -366,8 +407,10 @@ class _Ensemble:
         tasks = []
         with _gc_paused():
             for number, idx in enumerate(self._indices()):
-                changes = {"task_id": f"{self.name}-{number:0{width}d}",
-                           "executable": fill(self.command, idx)}
+                changes = {
+                    "task_id": f"{self.name}-{number:0{width}d}",
+                    "executable": fill(self.command, idx),
+                }
                 if self.run_dir is not None:
                     changes["run_dir"] = fill(self.run_dir, idx)
                     if self.dir_varies:
@@ -404,8 +447,7 @@ class _Copier:
 
     def __init__(self, like: Task, changes: Iterable[str]) -> None:
         self.state = like.__dict__
-        self.mutable = [key for key, value in self.state.items()
-                        if isinstance(value, (list, dict))]
+        self.mutable = [key for key, value in self.state.items() if isinstance(value, (list, dict))]
         self.fields_set = like.__pydantic_fields_set__ | set(changes)
 
     def copy(self, changes: dict[str, Any]) -> Task:

@@ -72,11 +72,13 @@ def parse_generator(text: str) -> list[int] | list[float] | None:
         if other is not None:
             name = other.group(1)
             hint = f"did you mean {name.lower()!r}? " if name.lower() in GENERATOR_NAMES else ""
-            raise ConfigError(f"{text!r}: unknown generator {name!r}; {hint}"
-                              f"known: {', '.join(_USAGE[n] for n in GENERATOR_NAMES)}")
+            raise ConfigError(
+                f"{text!r}: unknown generator {name!r}; {hint}"
+                f"known: {', '.join(_USAGE[n] for n in GENERATOR_NAMES)}"
+            )
         return None
     name = call.group(1)
-    args = _split_args(text, name, text[call.end():])
+    args = _split_args(text, name, text[call.end() :])
     if name == "range":
         return _range(text, args)
     if len(args) != 3:
@@ -90,7 +92,7 @@ def _split_args(text: str, name: str, rest: str) -> list[str]:
     close = rest.rfind(")")
     if close < 0:
         raise ConfigError(f"{text!r}: missing ')' to close {name}(")
-    trailing = rest[close + 1:].strip()
+    trailing = rest[close + 1 :].strip()
     if trailing:
         raise ConfigError(f"{text!r}: unexpected text after ')': {trailing!r}")
     inner = rest[:close]
@@ -120,8 +122,9 @@ def _count(text: str, arg: str) -> int:
 
 def _range(text: str, args: list[str]) -> list[int]:
     if len(args) > 3:
-        raise ConfigError(f"{text!r}: range takes 1 to 3 arguments ({_USAGE['range']}), "
-                          f"got {len(args)}")
+        raise ConfigError(
+            f"{text!r}: range takes 1 to 3 arguments ({_USAGE['range']}), got {len(args)}"
+        )
     for arg in args:
         if not _INT.fullmatch(arg):
             raise ConfigError(f"{text!r}: range takes integers, got {arg!r}")
@@ -132,8 +135,7 @@ def _range(text: str, args: list[str]) -> list[int]:
     if not values:
         raise ConfigError(f"{text!r}: the range is empty")
     if len(values) > MAX_VALUES:
-        raise ConfigError(f"{text!r}: {len(values):,} values is over the limit of "
-                          f"{MAX_VALUES:,}")
+        raise ConfigError(f"{text!r}: {len(values):,} values is over the limit of {MAX_VALUES:,}")
     return list(values)
 
 

@@ -27,14 +27,20 @@ class EnsembleLauncher:
         >>> write_results_to_json(results, "results.json")          # doctest: +SKIP
     """
 
-    def __init__(self, ensemble_file: Source | Mapping[str, Task],
-                 system_config: SystemConfig | None = None,
-                 launcher_config: LauncherConfig | None = None,
-                 Nodes: list[str] | None = None,
-                 pin_resources: bool = True, return_stdout: bool = False) -> None:
+    def __init__(
+        self,
+        ensemble_file: Source | Mapping[str, Task],
+        system_config: SystemConfig | None = None,
+        launcher_config: LauncherConfig | None = None,
+        Nodes: list[str] | None = None,
+        pin_resources: bool = True,
+        return_stdout: bool = False,
+    ) -> None:
         if Nodes is not None and len(set(Nodes)) > 1:
-            raise ConfigError(f"Nodes: {len(set(Nodes))} nodes given; this version runs on one "
-                              "node (the one it is started on)")
+            raise ConfigError(
+                f"Nodes: {len(set(Nodes))} nodes given; this version runs on one "
+                "node (the one it is started on)"
+            )
         self.tasks = expand_tasks(ensemble_file)
         self.system_config = system_config or SystemConfig(name="local")
         config = launcher_config or LauncherConfig.auto()
@@ -50,8 +56,9 @@ class EnsembleLauncher:
         """
         handler = _master_log_handler(self.launcher_config)
         try:
-            with Launcher(self.system_config, self.launcher_config,
-                          pin_resources=self.pin_resources) as launcher:
+            with Launcher(
+                self.system_config, self.launcher_config, pin_resources=self.pin_resources
+            ) as launcher:
                 batch = launcher.submit_tasks(self.tasks)
                 if on_start is not None:
                     on_start(batch, launcher)

@@ -140,7 +140,7 @@ class Master:
         n = self.tree.nchildren or max(1, math.isqrt(len(cpus)))
         n = min(n, len(cpus))
         size = -(-len(cpus) // n)
-        return [(False, cpus[i:i + size]) for i in range(0, len(cpus), size)]
+        return [(False, cpus[i : i + size]) for i in range(0, len(cpus), size)]
 
     def _start_child(self, is_worker: bool, cpus: tuple[int, ...]) -> None:
         tag = "w" if is_worker else "m"
@@ -149,19 +149,30 @@ class Master:
         options: WorkerOptions | SubMasterOptions
         if is_worker:
             options = WorkerOptions(
-                endpoint=self.router.endpoint, identity=identity, node=tree.node, cpus=cpus,
-                gpu_selector=tree.gpu_selector, pin=tree.pin, return_stdout=tree.return_stdout,
-                tail_bytes=tree.tail_bytes, keys=tree.keys,
-                report_interval_s=tree.report_interval_s if tree.log_dir else 0.0)
+                endpoint=self.router.endpoint,
+                identity=identity,
+                node=tree.node,
+                cpus=cpus,
+                gpu_selector=tree.gpu_selector,
+                pin=tree.pin,
+                return_stdout=tree.return_stdout,
+                tail_bytes=tree.tail_bytes,
+                keys=tree.keys,
+                report_interval_s=tree.report_interval_s if tree.log_dir else 0.0,
+            )
         else:
-            sub = TreeOptions(**{**{f: getattr(tree, f) for f in tree.__slots__},
-                                 "cpus": cpus, "levels_below": tree.levels_below - 1})
+            sub = TreeOptions(
+                **{
+                    **{f: getattr(tree, f) for f in tree.__slots__},
+                    "cpus": cpus,
+                    "levels_below": tree.levels_below - 1,
+                }
+            )
             options = SubMasterOptions(self.router.endpoint, identity, sub, tree.keys)
         role = "worker" if is_worker else "master"
         log_path = Path(tree.log_dir) / f"{role}-{identity.decode()}.log" if tree.log_dir else None
         process = spawn_local(role, options, tree.run_dir, identity, tree.run_id, log_path)
-        self.children[identity] = _ChildState(process=process, is_worker=is_worker,
-                                              slot_cpus=cpus)
+        self.children[identity] = _ChildState(process=process, is_worker=is_worker, slot_cpus=cpus)
         self.by_pidfd[process.pidfd] = identity
         self.poller.add(process.pidfd)
 
@@ -194,9 +205,13 @@ class Master:
         now = time.monotonic()
         if now >= self.next_report:
             self.next_report = now + self.tree.report_interval_s
-            log.info("status: %d done, %d failed, %d running or queued on children, %d pending",
-                     self.counts["done"], self.counts["failed"], len(self.placed),
-                     self.scheduler.num_pending)
+            log.info(
+                "status: %d done, %d failed, %d running or queued on children, %d pending",
+                self.counts["done"],
+                self.counts["failed"],
+                len(self.placed),
+                self.scheduler.num_pending,
+            )
 
     def _drain_children(self) -> None:
         while True:
@@ -223,8 +238,12 @@ class Master:
         state.node, state.cpus, state.nslots = message.node, message.cpus, message.nslots
         state.registered = True
         self.scheduler.add_child(child, message.node, message.nslots)
-        log.info("child %s registered: node %s, cpus %s", child.decode(), message.node,
-                 list(message.cpus))
+        log.info(
+            "child %s registered: node %s, cpus %s",
+            child.decode(),
+            message.node,
+            list(message.cpus),
+        )
         if not self.up and all(c.registered for c in self.children.values()):
             self.up = True
             cpus = tuple(sorted(c for s in self.children.values() for c in s.cpus))
@@ -240,8 +259,7 @@ class Master:
             self.cancelling.discard(key)
             self.scheduler.finished(child, key, item.end_time - item.start_time)
             if not item.node and state is not None:
-                item = item._replace(node=state.node,
-                                     cpus=self.wide_cpus.pop(key, state.cpus))
+                item = item._replace(node=state.node, cpus=self.wide_cpus.pop(key, state.cpus))
             self.counts["done" if item.status == "success" else "failed"] += 1
             out.append(item)
         self.upstream.deliver(out)
@@ -275,8 +293,9 @@ class Master:
         for key in dropped:
             self.items.pop(key, None)
         if dropped:
-            self.upstream.deliver([_ended(key, "cancelled", "cancelled before it started", now)
-                                   for key in dropped])
+            self.upstream.deliver(
+                [_ended(key, "cancelled", "cancelled before it started", now) for key in dropped]
+            )
         by_child: dict[bytes, list[int]] = {}
         for key in keys.difference(dropped):
             child = self.placed.get(key)
@@ -288,8 +307,13 @@ class Master:
             state = self.children[child]
             running = self.scheduler.running_on(child)
             item = self.items.get(running) if running is not None else None
-            if (state.is_worker and running in child_keys and item is not None
-                    and item.fn is not None and state.process is not None):
+            if (
+                state.is_worker
+                and running in child_keys
+                and item is not None
+                and item.fn is not None
+                and state.process is not None
+            ):
                 # A Python call cannot be interrupted in place: replace its worker.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(state.process.popen.pid, signal.SIGKILL)
@@ -305,7 +329,8 @@ class Master:
             batches.setdefault(child, []).append(item)
             if helpers:
                 cpus = self.children[child].cpus + tuple(
-                    c for h in helpers for c in self.children[h].cpus)
+                    c for h in helpers for c in self.children[h].cpus
+                )
                 self.wide_cpus[key] = cpus
                 wide.setdefault(child, {})[key] = cpus
         for child, items in batches.items():
@@ -325,11 +350,13 @@ class Master:
                 self._refuse(child, message, exc)
                 return
             for item in message.items:
-                self._send(child, Submit(items=[item], functions=message.functions,
-                                         cpus=message.cpus))
+                self._send(
+                    child, Submit(items=[item], functions=message.functions, cpus=message.cpus)
+                )
 
-    def _refuse(self, child: bytes, message: Submit | Cancel | Shutdown,
-                exc: BaseException) -> None:
+    def _refuse(
+        self, child: bytes, message: Submit | Cancel | Shutdown, exc: BaseException
+    ) -> None:
         if not isinstance(message, Submit):
             log.error("could not send %s to %s: %r", type(message).__name__, child.decode(), exc)
             return
@@ -338,9 +365,19 @@ class Master:
             self.items.pop(item.key, None)
             self.placed.pop(item.key, None)
             self.scheduler.finished(child, item.key)
-        self.upstream.deliver([_ended(item.key, "failed", f"the task's arguments could not be "
-                                      f"sent to a worker: {exc!r}", now,
-                                      exc_type=type(exc).__qualname__) for item in message.items])
+        self.upstream.deliver(
+            [
+                _ended(
+                    item.key,
+                    "failed",
+                    f"the task's arguments could not be sent to a worker: {exc!r}",
+                    now,
+                    exc_type=type(exc).__qualname__,
+                )
+                for item in message.items
+            ]
+        )
+
     def _child_exited(self, pidfd: int) -> None:
         child = self.by_pidfd.pop(pidfd)
         self.poller.remove(pidfd)
@@ -354,9 +391,11 @@ class Master:
         if self.stopping:
             return
         if not state.registered:
-            error = (f"{'worker' if state.is_worker else 'sub-master'} {child.decode()} on "
-                     f"{self.tree.node} died before it registered ({reason}); its log ends "
-                     f"with:\n{state.process.log_tail()}")
+            error = (
+                f"{'worker' if state.is_worker else 'sub-master'} {child.decode()} on "
+                f"{self.tree.node} died before it registered ({reason}); its log ends "
+                f"with:\n{state.process.log_tail()}"
+            )
             log.error(error)
             if not self.up:
                 self.upstream.started(0, (), error)
@@ -370,14 +409,23 @@ class Master:
             self.placed.pop(key, None)
             if key in self.cancelling:
                 self.cancelling.discard(key)
-                results.append(_ended(key, "cancelled", "cancelled while running", now,
-                                      state.node, state.cpus))
+                results.append(
+                    _ended(key, "cancelled", "cancelled while running", now, state.node, state.cpus)
+                )
             else:
                 what = "worker" if state.is_worker else "sub-master"
-                results.append(_ended(
-                    key, "failed", f"the {what} process running this task died ({reason}) on "
-                    f"node {state.node}, cpus {list(state.cpus)}", now, state.node, state.cpus,
-                    "core.errors.WorkerLost"))
+                results.append(
+                    _ended(
+                        key,
+                        "failed",
+                        f"the {what} process running this task died ({reason}) on "
+                        f"node {state.node}, cpus {list(state.cpus)}",
+                        now,
+                        state.node,
+                        state.cpus,
+                        "core.errors.WorkerLost",
+                    )
+                )
             del item
         for key in [k for k, c in self.placed.items() if c == child]:
             del self.placed[key]
@@ -403,8 +451,15 @@ class Master:
         self.ctx.term()
 
 
-def _ended(key: int, status: str, why: str, now: float, node: str = "",
-           cpus: tuple[int, ...] = (), exc_type: str | None = None) -> ResultItem:
+def _ended(
+    key: int,
+    status: str,
+    why: str,
+    now: float,
+    node: str = "",
+    cpus: tuple[int, ...] = (),
+    exc_type: str | None = None,
+) -> ResultItem:
     return ResultItem(key, status, None, None, None, None, why, exc_type, now, now, node, cpus)
 
 
@@ -414,13 +469,16 @@ class ParentLink:
     def __init__(self, options: SubMasterOptions) -> None:
         self.options = options
         self.ctx = new_context()
-        self.channel = Channel.connect_dealer(self.ctx, options.parent_endpoint, options.identity,
-                                              options.parent_keys)
+        self.channel = Channel.connect_dealer(
+            self.ctx, options.parent_endpoint, options.identity, options.parent_keys
+        )
 
     def watch(self, poller: Poller) -> None:
+        """Wake the loop when the parent sends something."""
         poller.add(self.channel)
 
     def take(self, ready: set[object]) -> list[Submit | Cancel | Shutdown]:
+        """The parent's commands that arrived."""
         commands: list[Submit | Cancel | Shutdown] = []
         if self.channel.socket not in ready:
             return commands
@@ -435,15 +493,19 @@ class ParentLink:
         return commands
 
     def deliver(self, results: list[ResultItem]) -> None:
+        """Send results to the parent."""
         self.channel.send(Results(items=results))
 
     def started(self, nslots: int, cpus: tuple[int, ...], error: str | None) -> None:
+        """Register with the parent once the subtree is up."""
         if error is not None:
             raise LaunchError(error)
-        self.channel.send(Register(node=self.options.tree.node, pid=os.getpid(), cpus=cpus,
-                                   nslots=nslots))
+        self.channel.send(
+            Register(node=self.options.tree.node, pid=os.getpid(), cpus=cpus, nslots=nslots)
+        )
 
     def close(self) -> None:
+        """Close the link."""
         self.channel.close()
         self.ctx.term()
 

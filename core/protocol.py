@@ -110,6 +110,8 @@ class UndecodableSubmit(ProtocolError):
     def __init__(self, keys: list[int], cause: BaseException) -> None:
         super().__init__(f"could not unpickle the tasks' arguments: {cause!r}")
         self.keys = keys
+
+
 _KIND_OF = {cls: i for i, cls in enumerate(_KINDS)}
 
 
@@ -135,8 +137,10 @@ def decode(frames: list[bytes]) -> Message:
     if (len(frames) == 3) != (kind == _SUBMIT):
         raise ProtocolError(f"malformed message: {len(frames)} frames for kind {kind}")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version} from peer, this process speaks "
-                            f"{PROTOCOL_VERSION}; run the same ensemble-mcp version everywhere")
+        raise ProtocolError(
+            f"protocol version {version} from peer, this process speaks "
+            f"{PROTOCOL_VERSION}; run the same ensemble-mcp version everywhere"
+        )
     if kind >= len(_KINDS):
         raise ProtocolError(f"unknown message kind {kind}")
     cls = _KINDS[kind]

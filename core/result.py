@@ -115,7 +115,8 @@ def write_results_to_json(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"summary": summary, "results": [r.to_dict() for r in records]},
-                              indent=1))
+    tmp.write_text(
+        json.dumps({"summary": summary, "results": [r.to_dict() for r in records]}, indent=1)
+    )
     tmp.replace(out)
     return out

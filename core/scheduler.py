@@ -79,9 +79,10 @@ class Scheduler:
         self.num_slots -= state.nslots
         if state.reserved_by is not None and state.reserved_by in self.reservations:
             self.reservations[state.reserved_by] = tuple(
-                c for c in self.reservations[state.reserved_by] if c != child)
+                c for c in self.reservations[state.reserved_by] if c != child
+            )
         outstanding = list(state.outstanding)
-        running, requeue = outstanding[: state.nslots], outstanding[state.nslots:]
+        running, requeue = outstanding[: state.nslots], outstanding[state.nslots :]
         for key in running:
             self._release(key)
         if requeue:
@@ -130,7 +131,8 @@ class Scheduler:
         if duration_s is not None:
             mean = self.mean_duration_s
             self.mean_duration_s = (
-                duration_s if mean is None else mean + _EWMA * (duration_s - mean))
+                duration_s if mean is None else mean + _EWMA * (duration_s - mean)
+            )
 
     def _release(self, key: int) -> None:
         self.wide.pop(key, None)
@@ -161,7 +163,8 @@ class Scheduler:
         open_children = sorted(
             (len(s.outstanding) / s.nslots, child, s.nslots * (1 + extra) - len(s.outstanding))
             for child, s in self.children.items()
-            if s.reserved_by is None and len(s.outstanding) < s.nslots * (1 + extra))
+            if s.reserved_by is None and len(s.outstanding) < s.nslots * (1 + extra)
+        )
         room = sum(r for _, _, r in open_children)
         keys: list[int] = []
         while len(keys) < room:
@@ -183,7 +186,7 @@ class Scheduler:
         position = 0
         for _, child, child_room in open_children:
             state = self.children[child]
-            for key in keys[position:position + min(child_room, share)]:
+            for key in keys[position : position + min(child_room, share)]:
                 state.outstanding.append(key)
                 out.append(Assignment(child, key))
             position += min(child_room, share)

@@ -44,8 +44,14 @@ class ChildProcess:
             os.close(self.pidfd)
 
 
-def spawn_local(role: str, options: Any, run_dir: Path, identity: bytes, run_id: str,
-                log_path: Path | None = None) -> ChildProcess:
+def spawn_local(
+    role: str,
+    options: Any,
+    run_dir: Path,
+    identity: bytes,
+    run_id: str,
+    log_path: Path | None = None,
+) -> ChildProcess:
     """Start ``python -m core <role> <options file>`` in its own session on this node.
 
     The options are pickled to a 0600 file in the run's 0700 directory (never on the command
@@ -58,13 +64,23 @@ def spawn_local(role: str, options: Any, run_dir: Path, identity: bytes, run_id:
     with os.fdopen(fd, "wb") as out:
         pickle.dump(options, out)
     log_path = log_path or run_dir / f"{name}.log"
-    env = {**os.environ, RUN_MARKER: run_id, CHILD_MARKER: name,
-           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {
+        **os.environ,
+        RUN_MARKER: run_id,
+        CHILD_MARKER: name,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
     log = log_path.open("ab")
     try:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "core", role, str(options_path)], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, env=env, start_new_session=True, cwd=os.getcwd())
+            [sys.executable, "-m", "core", role, str(options_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            cwd=os.getcwd(),
+        )
     except OSError as exc:
         raise LaunchError(f"could not start a {role} process with {sys.executable}: {exc}") from exc
     finally:

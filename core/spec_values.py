@@ -22,14 +22,19 @@ def _whole(minimum: int) -> Callable[[Any], int]:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"must be a whole number >= {minimum}, got {value!r}")
         return value
+
     return check
 
 
 def _check_timeout(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"must be a number of seconds > 0 (or null for none), got {value!r}")
     return float(value)
 
@@ -47,15 +52,18 @@ def check_run_dir(value: Any) -> str | None:
     if not isinstance(value, str) or not value or "\0" in value:
         raise ValueError(f"must be a non-empty path without NUL bytes, got {value!r}")
     if ".." in value.split("/"):
-        raise ValueError(f"{value!r} contains '..'; a run_dir may not climb out of its "
-                         "parent: give an absolute path instead")
+        raise ValueError(
+            f"{value!r} contains '..'; a run_dir may not climb out of its "
+            "parent: give an absolute path instead"
+        )
     return value
 
 
 def _check_env(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise ValueError(f'must be an object of strings, e.g. {{"OMP_NUM_THREADS": "4"}}, '
-                         f"got {brief(value)}")
+        raise ValueError(
+            f'must be an object of strings, e.g. {{"OMP_NUM_THREADS": "4"}}, got {brief(value)}'
+        )
     for name, text in value.items():
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
             raise ValueError(f"variable name {name!r} must be a non-empty string without '='")
@@ -71,13 +79,17 @@ def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[
             return None
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
-            raise ValueError(f"must be a comma-separated string or a list of {kind} ids, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"must be a comma-separated string or a list of {kind} ids, got {value!r}"
+            )
         try:
             return [convert(item) for item in items]
         except ValueError:
-            raise ValueError(f"{value!r} is not a list of {kind} ids; to give each task its "
-                             "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]") from None
+            raise ValueError(
+                f"{value!r} is not a list of {kind} ids; to give each task its "
+                "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]"
+            ) from None
+
     return check
 
 

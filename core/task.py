@@ -49,8 +49,10 @@ class Task(BaseModel):
     @model_validator(mode="after")
     def _args_only_for_callables(self) -> Task:
         if self.kind == "command" and (self.args or self.kwargs):
-            raise ValueError("args and kwargs apply to Python callables; put a command's "
-                             "arguments in the command itself")
+            raise ValueError(
+                "args and kwargs apply to Python callables; put a command's "
+                "arguments in the command itself"
+            )
         return self
 
     @property

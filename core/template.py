@@ -21,8 +21,9 @@ def fill(pieces: list[Piece], idx: tuple[int, ...]) -> str:
     return "".join([p if isinstance(p, str) else p[1][idx[p[0]]] for p in pieces])
 
 
-def split_template(template: str, *, keys: Sequence[str], reserved: Container[str],
-                   quoted: bool) -> list[Field]:
+def split_template(
+    template: str, *, keys: Sequence[str], reserved: Container[str], quoted: bool
+) -> list[Field]:
     """Split ``template`` into literal text and ``(key, format_spec)`` fields, checking each.
 
     Args:
@@ -47,34 +48,48 @@ def split_template(template: str, *, keys: Sequence[str], reserved: Container[st
             quoting = _quoting_after(literal, quoting)
         if field is None:
             continue
-        shown = "{" + field + (f"!{conversion}" if conversion else "") + \
-            (f":{spec}" if spec else "") + "}"
+        shown = (
+            "{"
+            + field
+            + (f"!{conversion}" if conversion else "")
+            + (f":{spec}" if spec else "")
+            + "}"
+        )
         if not field:
             raise ValueError(f"empty placeholder {shown}; name a key, e.g. {{arg1}}")
         if conversion or (spec and "{" in spec):
-            raise ValueError(f"placeholder {shown}: only {{name}} and {{name:format}} are "
-                             "supported")
+            raise ValueError(
+                f"placeholder {shown}: only {{name}} and {{name:format}} are supported"
+            )
         if field in reserved:
             raise ValueError(f"{shown} cannot be a placeholder")
         if field not in keys:
             given = ", ".join(k for k in keys if k not in reserved) or "none"
-            raise ValueError(f"placeholder {shown} has no value; add a key {field!r} to the "
-                             f"ensemble (keys given: {given})")
+            raise ValueError(
+                f"placeholder {shown} has no value; add a key {field!r} to the "
+                f"ensemble (keys given: {given})"
+            )
         if quoted and quoting:
-            raise ValueError(f"placeholder {shown} is {_QUOTING[quoting]}; remove the quoting "
-                             "around it: values are shell-quoted for you")
+            raise ValueError(
+                f"placeholder {shown} is {_QUOTING[quoting]}; remove the quoting "
+                "around it: values are shell-quoted for you"
+            )
         pieces.append((field, spec or ""))
     if quoted and quoting:
         raise ValueError(f"unbalanced quoting: {template!r} ends {_QUOTING[quoting]}")
     return pieces
 
 
-_QUOTING = {"'": "inside single quotes", '"': "inside double quotes",
-            "\\": "after a backslash", '"\\': "after a backslash"}
+_QUOTING = {
+    "'": "inside single quotes",
+    '"': "inside double quotes",
+    "\\": "after a backslash",
+    '"\\': "after a backslash",
+}
 
 
 def _quoting_after(text: str, state: str) -> str:
-    """The POSIX shell quoting after ``text``: "" or the open quote, then "\\" if escaping."""
+    r"""The POSIX shell quoting after ``text``: "" or the open quote, then "\\" if escaping."""
     for char in text:
         if state.endswith("\\"):
             state = state[:-1]

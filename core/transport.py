@@ -51,8 +51,9 @@ class Channel:
         self.socket = socket
 
     @classmethod
-    def bind_router(cls, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
-                    keys: CurveKeys | None = None) -> Channel:
+    def bind_router(
+        cls, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, keys: CurveKeys | None = None
+    ) -> Channel:
         """Bind a ROUTER at ``endpoint`` (``ipc://path`` or ``tcp://host:port``; port 0 = any).
 
         On tcp the socket is a CURVE server that admits only the children's key (ZAP).
@@ -79,8 +80,13 @@ class Channel:
     endpoint: str = ""
 
     @classmethod
-    def connect_dealer(cls, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: bytes,
-                       keys: CurveKeys | None = None) -> Channel:
+    def connect_dealer(
+        cls,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        identity: bytes,
+        keys: CurveKeys | None = None,
+    ) -> Channel:
         """Connect a DEALER with ``identity`` to a parent's ROUTER."""
         sock = _socket(ctx, zmq.DEALER, endpoint, keys, linger_ms=2000)
         sock.setsockopt(zmq.IDENTITY, identity)
@@ -108,8 +114,13 @@ class Channel:
         self.socket.close(linger=0)
 
 
-def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str,
-            keys: CurveKeys | None, linger_ms: int) -> zmq.Socket[bytes]:
+def _socket(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    endpoint: str,
+    keys: CurveKeys | None,
+    linger_ms: int,
+) -> zmq.Socket[bytes]:
     if endpoint.startswith("tcp://") and keys is None:
         raise ValueError("a tcp:// endpoint needs CURVE keys")
     sock = ctx.socket(kind)
@@ -131,7 +142,8 @@ def _allow_only(ctx: zmq.Context[zmq.Socket[bytes]], client_public: bytes) -> No
 
     keydir = private_dir("ensemble-mcp-keys-")
     (keydir / "children.key").write_text(
-        "metadata\ncurve\n    public-key = \"" + client_public.decode() + "\"\n")
+        'metadata\ncurve\n    public-key = "' + client_public.decode() + '"\n'
+    )
     auth = zmq.auth.thread.ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(keydir))
@@ -163,4 +175,3 @@ class Poller:
         """The sockets and fds that are readable, waiting at most ``timeout_ms``."""
         wait = None if timeout_ms is None else int(timeout_ms)
         return {sock for sock, _ in self._poller.poll(wait)}
-

@@ -106,8 +106,9 @@ class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.ctx = new_context()
-        self.channel = Channel.connect_dealer(self.ctx, options.endpoint, options.identity,
-                                              options.keys)
+        self.channel = Channel.connect_dealer(
+            self.ctx, options.endpoint, options.identity, options.keys
+        )
         self.queue: deque[TaskItem] = deque()
         self.cpus_of: dict[int, tuple[int, ...]] = {}
         self.functions: dict[bytes, Callable[..., Any] | BaseException] = {}
@@ -149,6 +150,7 @@ class Worker:
         self.handle(message)
 
     def handle(self, message: object) -> None:
+        """Act on one message from the parent."""
         if isinstance(message, Submit):
             for digest, blob in message.functions.items():
                 try:
@@ -163,13 +165,26 @@ class Worker:
             for item in self.queue:
                 if item.key in keys:
                     now = time.time()
-                    self.emit(ResultItem(item.key, "cancelled", None, None, None, None,
-                                         "cancelled before it started", None, now, now))
+                    self.emit(
+                        ResultItem(
+                            item.key,
+                            "cancelled",
+                            None,
+                            None,
+                            None,
+                            None,
+                            "cancelled before it started",
+                            None,
+                            now,
+                            now,
+                        )
+                    )
             self.queue = kept
         elif isinstance(message, Shutdown):
             self.stopping = True
 
     def emit(self, result: ResultItem) -> None:
+        """Queue a result; flush unless tasks are tiny."""
         now = time.monotonic()
         if not self.out:
             self.first_out = now
@@ -177,11 +192,15 @@ class Worker:
         duration = result.end_time - result.start_time
         self.mean_s += 0.2 * (duration - self.mean_s)
         # Hold results back only while tasks are tiny: then the next ones end within moments.
-        if (self.mean_s > _HOLD_IF_SHORTER_S or len(self.out) >= _FLUSH_EVERY
-                or now - self.first_out > _FLUSH_AFTER_S):
+        if (
+            self.mean_s > _HOLD_IF_SHORTER_S
+            or len(self.out) >= _FLUSH_EVERY
+            or now - self.first_out > _FLUSH_AFTER_S
+        ):
             self.flush()
 
     def flush(self) -> None:
+        """Send the queued results to the parent."""
         if not self.out:
             return
         items, self.out = self.out, []
@@ -197,28 +216,58 @@ class Worker:
                 try:
                     self.channel.send(Results(items=[item]))
                 except Exception as exc:  # noqa: BLE001
-                    self.channel.send(Results(items=[item._replace(
-                        status="failed", value=None, exception_type=type(exc).__qualname__,
-                        exception=f"the task's return value could not be pickled: {exc!r}")]))
+                    self.channel.send(
+                        Results(
+                            items=[
+                                item._replace(
+                                    status="failed",
+                                    value=None,
+                                    exception_type=type(exc).__qualname__,
+                                    exception="the task's return value could not be pickled: "
+                                    f"{exc!r}",
+                                )
+                            ]
+                        )
+                    )
 
     def run(self, item: TaskItem) -> ResultItem:
+        """Run one task; never raises."""
         try:
             return self.run_call(item) if item.fn is not None else self.run_command(item)
         except Exception as exc:  # noqa: BLE001 - a launcher bug must not take the worker down
             now = time.time()
-            return ResultItem(item.key, "failed", None, None, None, None,
-                              f"internal launcher error: {self._describe(item, exc)}",
-                              type(exc).__qualname__, now, now)
+            return ResultItem(
+                item.key,
+                "failed",
+                None,
+                None,
+                None,
+                None,
+                f"internal launcher error: {self._describe(item, exc)}",
+                type(exc).__qualname__,
+                now,
+                now,
+            )
 
     # -- Python callables -------------------------------------------------------------------
 
     def run_call(self, item: TaskItem) -> ResultItem:
+        """Run a Python callable in this process."""
         fn = self.functions.get(item.fn)  # type: ignore[arg-type]
         start = time.time()
         if fn is None or isinstance(fn, BaseException):
-            return ResultItem(item.key, "failed", None, None, None, None,
-                              f"the function could not be loaded in the worker: {fn!r}",
-                              type(fn).__qualname__, start, time.time())
+            return ResultItem(
+                item.key,
+                "failed",
+                None,
+                None,
+                None,
+                None,
+                f"the function could not be loaded in the worker: {fn!r}",
+                type(fn).__qualname__,
+                start,
+                time.time(),
+            )
         captured = io.StringIO() if self.options.return_stdout else None
         status, value, exception, exc_type = "success", None, None, None
         if item.timeout:
@@ -236,9 +285,10 @@ class Worker:
         finally:
             if item.timeout:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        stdout = captured.getvalue()[-self.options.tail_bytes:] if captured else None
-        return ResultItem(item.key, status, value, stdout, None, None, exception, exc_type,
-                          start, time.time())
+        stdout = captured.getvalue()[-self.options.tail_bytes :] if captured else None
+        return ResultItem(
+            item.key, status, value, stdout, None, None, exception, exc_type, start, time.time()
+        )
 
     def _event_loop(self) -> Any:
         if self.loop is None:
@@ -250,24 +300,41 @@ class Worker:
     def _describe(self, item: TaskItem, exc: BaseException) -> str:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[1:])
         head = f"{type(exc).__qualname__}: {exc}"
-        return f"{head}\n### task {item.key} on node {self.options.node}, cpus " \
-               f"{list(self.options.cpus)}\n{tb}"[-20000:]
+        return (
+            f"{head}\n### task {item.key} on node {self.options.node}, cpus "
+            f"{list(self.options.cpus)}\n{tb}"[-20000:]
+        )
 
     # -- commands ---------------------------------------------------------------------------
 
     def run_command(self, item: TaskItem) -> ResultItem:
+        """Run a command as a child process in its own session."""
         argv = list(item.argv or ())
         env = self._command_env(item)
         start = time.time()
         try:
             proc = subprocess.Popen(
-                argv, stdin=self.devnull,
+                argv,
+                stdin=self.devnull,
                 stdout=subprocess.PIPE if self.options.return_stdout else self.devnull,
-                stderr=subprocess.PIPE, cwd=item.cwd, env=env, start_new_session=True)
+                stderr=subprocess.PIPE,
+                cwd=item.cwd,
+                env=env,
+                start_new_session=True,
+            )
         except OSError as exc:
-            return ResultItem(item.key, "failed", None, None, None, None,
-                              f"could not start {argv[0]!r}: {exc}", type(exc).__qualname__,
-                              start, time.time())
+            return ResultItem(
+                item.key,
+                "failed",
+                None,
+                None,
+                None,
+                None,
+                f"could not start {argv[0]!r}: {exc}",
+                type(exc).__qualname__,
+                start,
+                time.time(),
+            )
         _current_command.append(proc.pid)
         try:
             return self._watch(item, proc, start)
@@ -305,8 +372,11 @@ class Worker:
         try:
             while not exited:
                 now = time.time()
-                flush_at = (time.time() + self.first_out + _FLUSH_AFTER_S - time.monotonic()
-                            if self.out else None)
+                flush_at = (
+                    time.time() + self.first_out + _FLUSH_AFTER_S - time.monotonic()
+                    if self.out
+                    else None
+                )
                 waits = [t for t in (deadline, kill_at, flush_at) if t is not None]
                 timeout_ms = max(0.0, (min(waits) - now) * 1000) if waits else None
                 ready = poller.poll(timeout_ms)
@@ -346,8 +416,9 @@ class Worker:
             exception = f"timed out after {item.timeout} s"
         elif status == "failed":
             exception = _exit_text(returncode)
-        return ResultItem(item.key, status, None, stdout, stderr, returncode, exception, None,
-                          start, time.time())
+        return ResultItem(
+            item.key, status, None, stdout, stderr, returncode, exception, None, start, time.time()
+        )
 
     def _control(self, running: TaskItem) -> bool:
         """Handle messages that arrive while a command runs; True if it must be cancelled."""

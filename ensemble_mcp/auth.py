@@ -19,8 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 TOKEN_ENV = "ENSEMBLE_MCP_TOKEN"  # noqa: S105 - a variable name, not a secret
 # RFC 6750 b64token: what fits in a header unquoted, e.g. secrets.token_urlsafe(32).
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_MISSING = (f"missing Authorization header; send 'Authorization: Bearer <token>' with the "
-            f"server's token (${TOKEN_ENV})")
+_MISSING = (
+    f"missing Authorization header; send 'Authorization: Bearer <token>' with the "
+    f"server's token (${TOKEN_ENV})"
+)
 _INVALID_REQUEST = -32600
 _HOW_TO_MAKE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -33,8 +35,9 @@ def check_token(token: str, field: str = "auth_token") -> str:
             (``=`` only at the end); the message names ``field``.
     """
     if not _TOKEN_CHARS.fullmatch(token):
-        problem = "is empty" if not token else "may hold only letters, digits, -._~+/ and " \
-                                                 "trailing ="
+        problem = (
+            "is empty" if not token else "may hold only letters, digits, -._~+/ and trailing ="
+        )
         raise ValueError(f"{field} {problem}; make one with: {_HOW_TO_MAKE}")
     return token
 
@@ -50,8 +53,9 @@ def token_from_env(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 class BearerAuth:
-    """ASGI middleware: HTTP and WebSocket requests without ``Authorization: Bearer <token>``
-    get 401; lifespan events pass through untouched.
+    """ASGI middleware: a request without ``Authorization: Bearer <token>`` gets 401.
+
+    HTTP and WebSocket requests are checked; lifespan events pass through untouched.
 
     Args:
         app: the application to protect.
@@ -63,6 +67,7 @@ class BearerAuth:
         self._token = check_token(token).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on if it carries the token; answer 401 otherwise."""
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -89,12 +94,26 @@ class BearerAuth:
 
 async def _send_401(send: Send, problem: str, *, has_credentials: bool) -> None:
     # RFC 6750 3.1: no error code when the request carried no credentials at all.
-    challenge = 'Bearer realm="ensemble-mcp"' + (', error="invalid_token"' if has_credentials
-                                                  else "")
+    challenge = 'Bearer realm="ensemble-mcp"' + (
+        ', error="invalid_token"' if has_credentials else ""
+    )
     # A JSON-RPC error, as the SDK's own HTTP errors are: its client shows the message.
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-        "code": _INVALID_REQUEST, "message": f"Unauthorized: {problem}"}}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", challenge.encode())]})
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": _INVALID_REQUEST, "message": f"Unauthorized: {problem}"},
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", challenge.encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

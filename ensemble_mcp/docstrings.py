@@ -23,7 +23,7 @@ class Docstring:
 
 
 def parse_docstring(doc: str | None) -> Docstring:
-    """Split a Google- or NumPy-style docstring into its text and its parameter descriptions.
+    r"""Split a Google- or NumPy-style docstring into its text and its parameter descriptions.
 
     Example:
         >>> parse_docstring('Flame speed.\\n\\nArgs:\\n    p: pressure in atm.').params
@@ -37,8 +37,11 @@ def parse_docstring(doc: str | None) -> Docstring:
         line = lines[i]
         if _SECTION.match(line.strip()) and not line.startswith(" "):
             i = _read_google(lines, i + 1, params)
-        elif (_NUMPY_SECTION.match(line.strip()) and i + 1 < len(lines)
-              and set(lines[i + 1].strip()) == {"-"}):
+        elif (
+            _NUMPY_SECTION.match(line.strip())
+            and i + 1 < len(lines)
+            and set(lines[i + 1].strip()) == {"-"}
+        ):
             i = _read_numpy(lines, i + 2, params)
         else:
             kept.append(line)

@@ -50,8 +50,13 @@ class Ensemble:
 class Registry:
     """The ensembles this server runs or has run, bounded in time and number."""
 
-    def __init__(self, *, ttl_s: float = 3600.0, max_ensembles: int = 100,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 3600.0,
+        max_ensembles: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if ttl_s <= 0 or max_ensembles < 1:
             raise ValueError("ttl_s must be > 0 and max_ensembles >= 1")
         self.ttl_s = ttl_s
@@ -72,15 +77,30 @@ class Registry:
         with self._lock:
             self._prune()
             if len(self._ensembles) >= self.max_ensembles:
-                raise ToolError(f"{len(self._ensembles)} ensembles are still running, the most "
-                                "this server keeps; wait for one to finish or cancel one with "
-                                "ensemble_cancel. Nothing was run.")
+                raise ToolError(
+                    f"{len(self._ensembles)} ensembles are still running, the most "
+                    "this server keeps; wait for one to finish or cancel one with "
+                    "ensemble_cancel. Nothing was run."
+                )
 
-    def add(self, spec: EnsembleSpec, plan: Plan, echoes: list[dict[str, Any]], batch: Batch,
-            converter: ResultConverter) -> Ensemble:
+    def add(
+        self,
+        spec: EnsembleSpec,
+        plan: Plan,
+        echoes: list[dict[str, Any]],
+        batch: Batch,
+        converter: ResultConverter,
+    ) -> Ensemble:
         """Register a started ensemble under a new unguessable id."""
-        ensemble = Ensemble(f"{spec.name}-{secrets.token_hex(6)}", spec, plan, echoes, batch,
-                            converter, started=self._clock())
+        ensemble = Ensemble(
+            f"{spec.name}-{secrets.token_hex(6)}",
+            spec,
+            plan,
+            echoes,
+            batch,
+            converter,
+            started=self._clock(),
+        )
         with self._lock:
             self._ensembles[ensemble.ensemble_id] = ensemble
         return ensemble
@@ -95,8 +115,10 @@ class Registry:
             self._prune()
             ensemble = self._ensembles.get(ensemble_id)
         if ensemble is None:
-            raise ToolError(f"no ensemble has id {ensemble_id!r}; ids come from a *_submit tool, "
-                            f"and finished ensembles are dropped after {self.ttl_s:g} s")
+            raise ToolError(
+                f"no ensemble has id {ensemble_id!r}; ids come from a *_submit tool, "
+                f"and finished ensembles are dropped after {self.ttl_s:g} s"
+            )
         return ensemble
 
     def clear(self) -> None:
@@ -167,36 +189,58 @@ class ResultsOutput(BaseModel):
 def submit_output(ensemble: Ensemble) -> CallToolResult:
     """The result of a ``<tool>_submit`` call."""
     plan = ensemble.plan
-    out = SubmitOutput(ensemble_id=ensemble.ensemble_id, tool=ensemble.spec.name,
-                       total=plan.total, relation=plan.relation, lengths=plan.lengths,
-                       broadcast=list(plan.broadcast))
-    text = (f"Started ensemble {out.ensemble_id}: {out.total} tasks of {out.tool}. "
-            f'Call ensemble_status(ensemble_id="{out.ensemble_id}") until finished is true, '
-            "then ensemble_results to read them.")
-    return CallToolResult(content=[TextContent(type="text", text=text)],
-                          structured_content=out.model_dump(mode="json"))
+    out = SubmitOutput(
+        ensemble_id=ensemble.ensemble_id,
+        tool=ensemble.spec.name,
+        total=plan.total,
+        relation=plan.relation,
+        lengths=plan.lengths,
+        broadcast=list(plan.broadcast),
+    )
+    text = (
+        f"Started ensemble {out.ensemble_id}: {out.total} tasks of {out.tool}. "
+        f'Call ensemble_status(ensemble_id="{out.ensemble_id}") until finished is true, '
+        "then ensemble_results to read them."
+    )
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=out.model_dump(mode="json"),
+    )
 
 
 def status_output(ensemble: Ensemble, clock: Callable[[], float]) -> StatusOutput:
     """The status of an ensemble now."""
     counts = ensemble.counts()
     total = ensemble.plan.total
-    return StatusOutput(ensemble_id=ensemble.ensemble_id, tool=ensemble.spec.name, total=total,
-                        done=total - counts["pending"], finished=counts["pending"] == 0,
-                        counts=counts, elapsed_s=round(clock() - ensemble.started, 3))
+    return StatusOutput(
+        ensemble_id=ensemble.ensemble_id,
+        tool=ensemble.spec.name,
+        total=total,
+        done=total - counts["pending"],
+        finished=counts["pending"] == 0,
+        counts=counts,
+        elapsed_s=round(clock() - ensemble.started, 3),
+    )
 
 
-STATUS_HELP = ("Progress of an ensemble started by a *_submit tool: tasks done, counts by "
-               "status, finished true/false.")
-RESULTS_HELP = ("Results of an ensemble started by a *_submit tool, in task order, one page at a "
-                "time (limit at most 1000); call again with next_offset until it is null. "
-                "Tasks not ended yet show status pending.")
-CANCEL_HELP = ("Cancel an ensemble started by a *_submit tool: tasks not ended stop and end "
-               "cancelled; results of ended tasks stay readable.")
+STATUS_HELP = (
+    "Progress of an ensemble started by a *_submit tool: tasks done, counts by "
+    "status, finished true/false."
+)
+RESULTS_HELP = (
+    "Results of an ensemble started by a *_submit tool, in task order, one page at a "
+    "time (limit at most 1000); call again with next_offset until it is null. "
+    "Tasks not ended yet show status pending."
+)
+CANCEL_HELP = (
+    "Cancel an ensemble started by a *_submit tool: tasks not ended stop and end "
+    "cancelled; results of ended tasks stay readable."
+)
 
 
-def add_ensemble_tools(server: MCPServer[Any], registry: Registry,
-                       clock: Callable[[], float] = time.monotonic) -> None:
+def add_ensemble_tools(
+    server: MCPServer[Any], registry: Registry, clock: Callable[[], float] = time.monotonic
+) -> None:
     """Register ``ensemble_status``, ``ensemble_results`` and ``ensemble_cancel`` on ``server``."""
 
     @server.tool(name="ensemble_status", description=STATUS_HELP)
@@ -216,18 +260,21 @@ def add_ensemble_tools(server: MCPServer[Any], registry: Registry,
         results = [f.result() if f.done() else None for f in futures]
         entries, note = ensemble.converter.entries(offset, ensemble.echoes[offset:stop], results)
         counts = ensemble.counts()
-        out = {"ensemble_id": ensemble.ensemble_id, "total": total,
-               "finished": counts["pending"] == 0, "offset": offset,
-               "next_offset": stop if stop < total else None, "counts": counts,
-               "tasks": entries}
-        summary = summarize(ensemble.spec, ensemble.plan, entries,
-                            clock() - ensemble.started, note)
+        out = {
+            "ensemble_id": ensemble.ensemble_id,
+            "total": total,
+            "finished": counts["pending"] == 0,
+            "offset": offset,
+            "next_offset": stop if stop < total else None,
+            "counts": counts,
+            "tasks": entries,
+        }
+        summary = summarize(ensemble.spec, ensemble.plan, entries, clock() - ensemble.started, note)
         summary["counts"] = counts
         text = render_text(summary, entries, max_lines=ensemble.converter.limits.text_lines)
         if stop < total:
             text += f"\nnext page: offset={stop}"
-        return CallToolResult(content=[TextContent(type="text", text=text)],
-                              structured_content=out)
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out)
 
     @server.tool(name="ensemble_cancel", description=CANCEL_HELP)
     async def ensemble_cancel(ensemble_id: str) -> StatusOutput:
@@ -236,4 +283,3 @@ def add_ensemble_tools(server: MCPServer[Any], registry: Registry,
         return status_output(ensemble, clock)
 
     del ensemble_status, ensemble_results, ensemble_cancel
-

@@ -36,7 +36,8 @@ class OutputLimits:
 
 ANY_JSON: dict[str, Any] = {
     "type": ["string", "number", "integer", "boolean", "object", "array", "null"],
-    "description": "the task's return value"}
+    "description": "the task's return value",
+}
 _SUMMARY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "How the tasks were formed and how they ended.",
@@ -44,12 +45,21 @@ _SUMMARY_SCHEMA: dict[str, Any] = {
         "tool": {"type": "string"},
         "total": {"type": "integer", "description": "number of tasks"},
         "relation": {"type": "string", "enum": ["one-to-one", "many-to-many"]},
-        "lengths": {"type": "object", "additionalProperties": {"type": "integer"},
-                    "description": "each list's length after broadcast"},
-        "broadcast": {"type": "array", "items": {"type": "string"},
-                      "description": "lists of one value used for every task"},
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"},
-                   "description": "tasks per status"},
+        "lengths": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "each list's length after broadcast",
+        },
+        "broadcast": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "lists of one value used for every task",
+        },
+        "counts": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "tasks per status",
+        },
         "wall_time_s": {"type": "number"},
         "note": {"type": "string"},
     },
@@ -96,8 +106,12 @@ class ResultConverter:
         self.limits = limits
         self._returns: TypeAdapter[list[Any]] = TypeAdapter(list[spec.returns])  # type: ignore[name-defined]
 
-    def entries(self, first_index: int, echoes: Sequence[dict[str, Any]],
-                results: Sequence[TaskResult | None]) -> tuple[list[dict[str, Any]], str | None]:
+    def entries(
+        self,
+        first_index: int,
+        echoes: Sequence[dict[str, Any]],
+        results: Sequence[TaskResult | None],
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Entries for consecutive tasks from ``first_index``; ``None`` results are pending.
 
         Returns the entries and a note when some results were left out for the total bound.
@@ -124,8 +138,10 @@ class ResultConverter:
             out.append(entry)
         note = None
         if omitted:
-            note = (f"{omitted} results left out: the output passed {self.limits.total_bytes:,} "
-                    "bytes; page them with ensemble_results")
+            note = (
+                f"{omitted} results left out: the output passed {self.limits.total_bytes:,} "
+                "bytes; page them with ensemble_results"
+            )
         return out, note
 
     def _check_returns(self, results: Sequence[TaskResult | None]) -> dict[int, Any]:
@@ -136,15 +152,16 @@ class ResultConverter:
             checked = self._returns.dump_python(self._returns.validate_python(raw), mode="json")
             return dict(zip(ok, checked, strict=True))
         except ValidationError as exc:
-            bad = {err["loc"][0]: err["msg"] for err in exc.errors(include_url=False)
-                   if err["loc"]}
+            bad = {err["loc"][0]: err["msg"] for err in exc.errors(include_url=False) if err["loc"]}
         values: dict[int, Any] = {}
         single = TypeAdapter(self.spec.returns)
         for pos, k in enumerate(ok):
             if pos in bad:
-                values[k] = _Invalid(f"the task returned {_short(raw[pos])}, which does not match "
-                                     f"its return type {_type_name(self.spec.returns)}: "
-                                     f"{bad[pos]}")
+                values[k] = _Invalid(
+                    f"the task returned {_short(raw[pos])}, which does not match "
+                    f"its return type {_type_name(self.spec.returns)}: "
+                    f"{bad[pos]}"
+                )
             else:
                 values[k] = single.dump_python(single.validate_python(raw[pos]), mode="json")
         return values
@@ -167,8 +184,10 @@ class ResultConverter:
         else:
             size = len(json.dumps(value))
             if size > self.limits.result_bytes:
-                entry["note"] = (f"result of {size:,} bytes (JSON) left out: above the "
-                                 f"{self.limits.result_bytes:,}-byte bound")
+                entry["note"] = (
+                    f"result of {size:,} bytes (JSON) left out: above the "
+                    f"{self.limits.result_bytes:,}-byte bound"
+                )
                 return budget
         if size > budget:
             entry["note"] = _OMITTED_NOTE
@@ -182,8 +201,11 @@ class ResultConverter:
         if res.status is TaskStatus.TIMEOUT:
             return "timed out" + (f" after {res.duration_s:.3g} s" if res.duration_s else "")
         if res.returncode is not None:
-            code = (f"killed by signal {-res.returncode}" if res.returncode < 0
-                    else f"exit code {res.returncode}")
+            code = (
+                f"killed by signal {-res.returncode}"
+                if res.returncode < 0
+                else f"exit code {res.returncode}"
+            )
             stderr = _tail((res.stderr or "").strip(), self.limits.text_chars)[0]
             return f"{code}; stderr: {stderr}" if stderr else code
         return _tail(_exception_head(res.exception or "failed"), self.limits.text_chars)[0]
@@ -233,15 +255,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
 
-def summarize(spec: EnsembleSpec, plan: Plan, entries: Iterable[dict[str, Any]],
-              wall_time_s: float, note: str | None = None) -> dict[str, Any]:
+def summarize(
+    spec: EnsembleSpec,
+    plan: Plan,
+    entries: Iterable[dict[str, Any]],
+    wall_time_s: float,
+    note: str | None = None,
+) -> dict[str, Any]:
     """The summary block: how the tasks were formed and counts by status."""
     counts = dict.fromkeys(STATUSES, 0)
     for entry in entries:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     summary: dict[str, Any] = {
-        "tool": spec.name, "total": plan.total, "relation": plan.relation,
-        "lengths": dict(plan.lengths), "broadcast": list(plan.broadcast), "counts": counts,
+        "tool": spec.name,
+        "total": plan.total,
+        "relation": plan.relation,
+        "lengths": dict(plan.lengths),
+        "broadcast": list(plan.broadcast),
+        "counts": counts,
         "wall_time_s": round(wall_time_s, 6),
     }
     if note:
@@ -249,10 +280,17 @@ def summarize(spec: EnsembleSpec, plan: Plan, entries: Iterable[dict[str, Any]],
     return summary
 
 
-def render_text(summary: dict[str, Any], entries: Sequence[dict[str, Any]], *,
-                max_lines: int, line_chars: int = 200) -> str:
-    """The compact text content: the summary, one line per task up to ``max_lines``, the rest
-    counted."""
+def render_text(
+    summary: dict[str, Any],
+    entries: Sequence[dict[str, Any]],
+    *,
+    max_lines: int,
+    line_chars: int = 200,
+) -> str:
+    """The compact text content: the summary, then one line per task.
+
+    Tasks past ``max_lines`` are only counted.
+    """
     lines = [summary_line(summary)]
     lines.extend(_clip(_entry_line(entry), line_chars) for entry in entries[:max_lines])
     rest = entries[max_lines:]
@@ -270,8 +308,10 @@ def summary_line(summary: dict[str, Any]) -> str:
     if summary["broadcast"]:
         formed += f"; used for every task: {', '.join(summary['broadcast'])}"
     counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v)
-    line = (f"{summary['tool']}: {summary['total']} tasks ({formed}): {counts or 'none ran'}; "
-            f"{summary['wall_time_s']:.3g} s")
+    line = (
+        f"{summary['tool']}: {summary['total']} tasks ({formed}): {counts or 'none ran'}; "
+        f"{summary['wall_time_s']:.3g} s"
+    )
     if summary.get("note"):
         line += f"\nnote: {summary['note']}"
     return line

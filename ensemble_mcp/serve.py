@@ -19,17 +19,21 @@ TRANSPORTS = ("streamable-http", "stdio")
 def add_serve_command(subparsers: Any) -> None:
     """Register the ``serve`` sub-command on an argparse sub-parser set."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "serve", help="run an MCP server defined in a module or file",
+        "serve",
+        help="run an MCP server defined in a module or file",
         description="Run the Server object TARGET names: 'pkg.module:server' or "
-                    "'path/to/file.py:server' (attribute defaults to 'server'). On a shared "
-                    "machine set ENSEMBLE_MCP_TOKEN: HTTP requests then need "
-                    "'Authorization: Bearer <token>'.")
+        "'path/to/file.py:server' (attribute defaults to 'server'). On a shared "
+        "machine set ENSEMBLE_MCP_TOKEN: HTTP requests then need "
+        "'Authorization: Bearer <token>'.",
+    )
     parser.add_argument("target", help="module:attribute or file.py:attribute")
     parser.add_argument("--transport", choices=TRANSPORTS, default="streamable-http")
-    parser.add_argument("--host", default=None,
-                        help="address to bind (default: the server's, 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="port to listen on (default: the server's, 9276)")
+    parser.add_argument(
+        "--host", default=None, help="address to bind (default: the server's, 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="port to listen on (default: the server's, 9276)"
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -66,8 +70,11 @@ def load_server(target: str) -> Any:
 
     where, _, attr = target.partition(":")
     attr = attr or "server"
-    module = _load_file(Path(where)) if where.endswith(".py") or "/" in where \
+    module = (
+        _load_file(Path(where))
+        if where.endswith(".py") or "/" in where
         else importlib.import_module(where)
+    )
     server = getattr(module, attr, None)
     if server is None:
         raise AttributeError(f"{where} has no attribute {attr!r} (give it as {where}:NAME)")
@@ -100,10 +107,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_serving(process: subprocess.Popen[Any], host: str, port: int,
-                       timeout_s: float = 60.0) -> None:
-    """Wait until ``process`` accepts TCP connections on ``port`` (it binds after its launcher
-    has started).
+def wait_until_serving(
+    process: subprocess.Popen[Any], host: str, port: int, timeout_s: float = 60.0
+) -> None:
+    """Wait until ``process`` accepts TCP connections on ``port``.
+
+    The server binds after its launcher has started.
 
     Raises:
         RuntimeError: the process exited first.
@@ -112,8 +121,10 @@ def wait_until_serving(process: subprocess.Popen[Any], host: str, port: int,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} before "
-                               f"listening on {host}:{port}")
+            raise RuntimeError(
+                f"the server exited with code {process.returncode} before "
+                f"listening on {host}:{port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return

@@ -71,8 +71,9 @@ class _EnsembleTool(Tool):
 
     runner: Runner = Field(exclude=True)
 
-    async def run(self, arguments: dict[str, Any], context: Context[Any, Any],
-                  convert_result: bool = False) -> Any:
+    async def run(
+        self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
+    ) -> Any:
         try:
             result = await self.runner(arguments, context)
         except ToolError as exc:
@@ -93,9 +94,13 @@ class _Options:
 
     def task_fields(self) -> dict[str, Any]:
         """The Task fields that differ from their defaults (fewer fields: faster tasks)."""
-        fields = {"nnodes": self.nnodes, "ppn": self.ppn,
-                  "ngpus_per_process": self.ngpus_per_process, "env": self.env,
-                  "timeout": self.timeout}
+        fields = {
+            "nnodes": self.nnodes,
+            "ppn": self.ppn,
+            "ngpus_per_process": self.ngpus_per_process,
+            "env": self.env,
+            "timeout": self.timeout,
+        }
         defaults = {"nnodes": 1, "ppn": 1, "ngpus_per_process": 0, "env": {}, "timeout": None}
         return {k: v for k, v in fields.items() if v != defaults[k]}
 
@@ -108,19 +113,24 @@ class _Registered:
 
 
 class _Launchers:
-    """The server's warm launchers: started when the first session opens, stopped after the
-    last closes. Tools with their own configs get their own launcher."""
+    """The server's warm launchers: started when the first session opens, stopped after the last.
 
-    def __init__(self, system_config: SystemConfig | None,
-                 launcher_config: LauncherConfig | None) -> None:
+    Tools with their own configs get their own launcher.
+    """
+
+    def __init__(
+        self, system_config: SystemConfig | None, launcher_config: LauncherConfig | None
+    ) -> None:
         self._configs: dict[str, tuple[SystemConfig | None, LauncherConfig | None]] = {
-            "": (system_config, launcher_config)}
+            "": (system_config, launcher_config)
+        }
         self._launchers: dict[str, Launcher] = {}
         self._refs = 0
         self._lock = threading.Lock()
 
-    def key(self, system_config: SystemConfig | None,
-            launcher_config: LauncherConfig | None) -> str:
+    def key(
+        self, system_config: SystemConfig | None, launcher_config: LauncherConfig | None
+    ) -> str:
         """The key of the launcher for these configs (registering them if new)."""
         if system_config is None and launcher_config is None:
             return ""
@@ -167,15 +177,18 @@ class _Launchers:
         """
         with self._lock:
             if self._refs <= 0:
-                raise ToolError("the server's launcher is not running (the server is starting "
-                                "or stopping); call again shortly")
+                raise ToolError(
+                    "the server's launcher is not running (the server is starting "
+                    "or stopping); call again shortly"
+                )
             return self._launchers.get(key) or self._start(key)
 
     def _start(self, key: str) -> Launcher:
         system_config, launcher_config = self._configs[key]
         # A command tool's result is its stdout, so the launcher always captures it.
         config = (launcher_config or LauncherConfig.auto()).model_copy(
-            update={"return_stdout": True})
+            update={"return_stdout": True}
+        )
         launcher = Launcher(system_config, config)
         launcher.start()
         self._launchers[key] = launcher
@@ -208,12 +221,21 @@ class Server(MCPServer[Any]):
         **mcpserver_kwargs: passed to ``MCPServer`` (``log_level`` defaults to WARNING).
     """
 
-    def __init__(self, name: str = "ensemble-mcp", port: int = 9276, host: str = "127.0.0.1",
-                 *, system_config: SystemConfig | None = None,
-                 launcher_config: LauncherConfig | None = None, max_tasks: int = 10_000,
-                 output_limits: OutputLimits | None = None, ensemble_ttl_s: float = 3600.0,
-                 max_ensembles: int = 100, auth_token: str | None = None,
-                 **mcpserver_kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str = "ensemble-mcp",
+        port: int = 9276,
+        host: str = "127.0.0.1",
+        *,
+        system_config: SystemConfig | None = None,
+        launcher_config: LauncherConfig | None = None,
+        max_tasks: int = 10_000,
+        output_limits: OutputLimits | None = None,
+        ensemble_ttl_s: float = 3600.0,
+        max_ensembles: int = 100,
+        auth_token: str | None = None,
+        **mcpserver_kwargs: Any,
+    ) -> None:
         if max_tasks < 1:
             raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
         if not 0 <= port <= 65535:
@@ -261,8 +283,10 @@ class Server(MCPServer[Any]):
 
     @property
     def launcher(self) -> Launcher | None:
-        """The shared launcher while the server runs (a session is open or ``start`` was
-        called), else None."""
+        """The shared launcher while the server runs, else None.
+
+        The server runs while a session is open or after ``start``.
+        """
         return self._launchers.running()
 
     @property
@@ -275,22 +299,31 @@ class Server(MCPServer[Any]):
         """How many ensembles this server has launched (calls rejected before launch excluded)."""
         return self._num_calls
 
-    def run(self, transport: Literal["stdio", "sse", "streamable-http"] = "stdio",
-            **kwargs: Any) -> None:
-        """Serve over ``stdio`` or ``streamable-http`` (on the constructor's host and port) until
-        interrupted; Ctrl-C stops it cleanly."""
+    def run(
+        self, transport: Literal["stdio", "sse", "streamable-http"] = "stdio", **kwargs: Any
+    ) -> None:
+        """Serve over ``stdio`` or ``streamable-http`` until interrupted.
+
+        HTTP binds the constructor's host and port; Ctrl-C stops the server cleanly.
+        """
         if transport != "stdio":
             kwargs.setdefault("host", self.host)
             kwargs.setdefault("port", self.port)
             if self._auth_token is None and not _is_loopback(kwargs["host"]):
-                logger.warning("serving on %s without a token: anyone who reaches this address "
-                               "can run tools; set %s", kwargs["host"], TOKEN_ENV)
+                logger.warning(
+                    "serving on %s without a token: anyone who reaches this address "
+                    "can run tools; set %s",
+                    kwargs["host"],
+                    TOKEN_ENV,
+                )
         with contextlib.suppress(KeyboardInterrupt):
             super().run(transport, **kwargs)
 
     def streamable_http_app(self, **kwargs: Any) -> Starlette:
-        """The SDK's streamable-HTTP app (Host/Origin checks included), behind ``BearerAuth``
-        when the server has a token."""
+        """The SDK's streamable-HTTP app (Host/Origin checks included).
+
+        When the server has a token, the app sits behind ``BearerAuth``.
+        """
         app = super().streamable_http_app(**kwargs)
         if self._auth_token is not None:
             app.add_middleware(BearerAuth, token=self._auth_token)
@@ -307,14 +340,17 @@ class Server(MCPServer[Any]):
     @overload
     def ensemble_tool(self, fn: None = None, /, **options: Any) -> Callable[[F], F]: ...
 
-    def ensemble_tool(self, fn: Callable[..., Any] | str | None = None, /,
-                      **options: Any) -> Any:
+    def ensemble_tool(self, fn: Callable[..., Any] | str | None = None, /, **options: Any) -> Any:
         """Register an ensemble tool: each parameter becomes a list, one task per element.
 
         Use it bare (``@server.ensemble_tool``), with options
         (``@server.ensemble_tool(name=..., timeout=60)``), or on a command template
         (``server.ensemble_tool("./sim --p {p}", name="sim")``), where each ``{name}`` becomes
         a list parameter and each value one argv element (no shell).
+
+        Args:
+            fn: the function or command template; None returns a decorator.
+            **options: the tool's options, below.
 
         Keyword Args:
             name: the tool name (default: the function name).
@@ -336,32 +372,53 @@ class Server(MCPServer[Any]):
             self._add(fn, **options)
             return fn
         if fn is None:
+
             def decorator(func: F) -> F:
                 self._add(func, **options)
                 return func
+
             return decorator
         self._add(fn, **options)
         return fn
 
-    def _add(self, target: Callable[..., Any] | str, *, name: str | None = None,
-             description: str | None = None, nnodes: int = 1, ppn: int = 1,
-             ngpus_per_process: int = 0, env: Mapping[str, str] | None = None,
-             timeout: float | None = None, system_config: SystemConfig | None = None,
-             launcher_config: LauncherConfig | None = None,
-             params: Mapping[str, Any] | None = None, submit_tool: bool = True) -> None:
+    def _add(
+        self,
+        target: Callable[..., Any] | str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        nnodes: int = 1,
+        ppn: int = 1,
+        ngpus_per_process: int = 0,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        system_config: SystemConfig | None = None,
+        launcher_config: LauncherConfig | None = None,
+        params: Mapping[str, Any] | None = None,
+        submit_tool: bool = True,
+    ) -> None:
         if isinstance(target, str):
             spec = spec_from_template(target, name=name, description=description, params=params)
         elif callable(target):
             if params is not None:
-                raise ValueError("params= types the placeholders of a command template; a "
-                                 "function's parameters are typed by its annotations")
+                raise ValueError(
+                    "params= types the placeholders of a command template; a "
+                    "function's parameters are typed by its annotations"
+                )
             spec = spec_from_function(target, name=name, description=description)
         else:
-            raise TypeError(f"ensemble_tool takes a function or a command template string, got "
-                            f"{type(target).__name__}")
-        options = _Options(nnodes=nnodes, ppn=ppn, ngpus_per_process=ngpus_per_process,
-                           env=dict(env or {}), timeout=timeout,
-                           launcher_key=self._launchers.key(system_config, launcher_config))
+            raise TypeError(
+                f"ensemble_tool takes a function or a command template string, got "
+                f"{type(target).__name__}"
+            )
+        options = _Options(
+            nnodes=nnodes,
+            ppn=ppn,
+            ngpus_per_process=ngpus_per_process,
+            env=dict(env or {}),
+            timeout=timeout,
+            launcher_key=self._launchers.key(system_config, launcher_config),
+        )
         _check_options(spec, options)
         entry = _Registered(spec, options, ResultConverter(spec, self.output_limits))
         names = [spec.name, f"{spec.name}_submit"] if submit_tool else [spec.name]
@@ -369,24 +426,44 @@ class Server(MCPServer[Any]):
         if taken:
             raise ValueError(f"a tool named {taken[0]!r} already exists; pass name=...")
         schema = input_schema(spec)
-        self._register(spec.name, describe(spec, max_tasks=self.max_tasks), schema,
-                       output_schema(spec), lambda args, ctx: self._call(entry, args, ctx))
+        self._register(
+            spec.name,
+            describe(spec, max_tasks=self.max_tasks),
+            schema,
+            output_schema(spec),
+            lambda args, ctx: self._call(entry, args, ctx),
+        )
         if submit_tool:
-            self._register(f"{spec.name}_submit", _submit_help(spec.name), schema,
-                           SubmitOutput.model_json_schema(),
-                           lambda args, ctx: self._submit(entry, args))
+            self._register(
+                f"{spec.name}_submit",
+                _submit_help(spec.name),
+                schema,
+                SubmitOutput.model_json_schema(),
+                lambda args, ctx: self._submit(entry, args),
+            )
             if not self._job_tools:
                 add_ensemble_tools(self, self._registry)
                 self._job_tools = True
 
-    def _register(self, name: str, description: str, schema: dict[str, Any],
-                  output: dict[str, Any], runner: Runner) -> None:
+    def _register(
+        self,
+        name: str,
+        description: str,
+        schema: dict[str, Any],
+        output: dict[str, Any],
+        runner: Runner,
+    ) -> None:
         validate_and_warn_tool_name(name)
         arguments = create_model(f"{name}Arguments", __base__=ArgModelBase)
         tool = _EnsembleTool(
-            fn=runner, name=name, description=description, parameters=schema,
+            fn=runner,
+            name=name,
+            description=description,
+            parameters=schema,
             fn_metadata=FuncMetadata(arg_model=arguments, output_schema=output),
-            is_async=True, runner=runner)
+            is_async=True,
+            runner=runner,
+        )
         # ToolManager only builds tools from functions; this one carries its own schema.
         self._tool_manager._tools[name] = tool
 
@@ -403,11 +480,13 @@ class Server(MCPServer[Any]):
         extra = opts.task_fields()
         for i, (kwargs, echo) in enumerate(plan.tasks()):
             if isinstance(executable, CommandTemplate):
-                tasks.append(Task(task_id=f"{prefix}{i}", executable=executable.render(kwargs),
-                                  **extra))
+                tasks.append(
+                    Task(task_id=f"{prefix}{i}", executable=executable.render(kwargs), **extra)
+                )
             else:
-                tasks.append(Task(task_id=f"{prefix}{i}", executable=executable, kwargs=kwargs,
-                                  **extra))
+                tasks.append(
+                    Task(task_id=f"{prefix}{i}", executable=executable, kwargs=kwargs, **extra)
+                )
             echoes.append(echo)
         launcher = self._launchers.get(opts.launcher_key)
         try:
@@ -415,14 +494,16 @@ class Server(MCPServer[Any]):
         except (ConfigError, LauncherBroken) as exc:
             raise ToolError(f"the launcher refused the tasks: {exc}. Nothing was run.") from exc
 
-    async def _start_batch(self, entry: _Registered,
-                           plan: Plan) -> tuple[Batch, list[dict[str, Any]]]:
+    async def _start_batch(
+        self, entry: _Registered, plan: Plan
+    ) -> tuple[Batch, list[dict[str, Any]]]:
         if plan.total > _INLINE_LAUNCH_MAX:  # building thousands of Tasks would stall other calls
             return await anyio.to_thread.run_sync(self._launch, entry, plan)
         return self._launch(entry, plan)
 
-    async def _call(self, entry: _Registered, arguments: dict[str, Any],
-                    ctx: Context[Any, Any]) -> CallToolResult:
+    async def _call(
+        self, entry: _Registered, arguments: dict[str, Any], ctx: Context[Any, Any]
+    ) -> CallToolResult:
         plan = plan_ensemble(entry.spec, arguments, max_tasks=self.max_tasks)
         started = time.perf_counter()
         batch, echoes = await self._start_batch(entry, plan)
@@ -431,8 +512,10 @@ class Server(MCPServer[Any]):
         entries, note = entry.converter.entries(0, echoes, results)
         summary = summarize(entry.spec, plan, entries, wall, note)
         text = render_text(summary, entries, max_lines=self.output_limits.text_lines)
-        return CallToolResult(content=[TextContent(type="text", text=text)],
-                              structured_content={"summary": summary, "tasks": entries})
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)],
+            structured_content={"summary": summary, "tasks": entries},
+        )
 
     async def _submit(self, entry: _Registered, arguments: dict[str, Any]) -> CallToolResult:
         plan = plan_ensemble(entry.spec, arguments, max_tasks=self.max_tasks)
@@ -464,8 +547,9 @@ async def _collect(batch: Batch, ctx: Context[Any, Any], total: int) -> list[Tas
     return results
 
 
-def _progress_reporter(ctx: Context[Any, Any],
-                       total: int) -> Callable[[int], Awaitable[None]] | None:
+def _progress_reporter(
+    ctx: Context[Any, Any], total: int
+) -> Callable[[int], Awaitable[None]] | None:
     try:
         ctx.request_context  # noqa: B018 - raises outside a request
     except ValueError:
@@ -493,15 +577,21 @@ class _TaskOptions(BaseModel):
 
 def _check_options(spec: EnsembleSpec, options: _Options) -> None:
     try:
-        _TaskOptions(nnodes=options.nnodes, ppn=options.ppn,
-                     ngpus_per_process=options.ngpus_per_process, env=options.env,
-                     timeout=options.timeout)
+        _TaskOptions(
+            nnodes=options.nnodes,
+            ppn=options.ppn,
+            ngpus_per_process=options.ngpus_per_process,
+            env=options.env,
+            timeout=options.timeout,
+        )
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise ValueError(f"{spec.name}: option {first['loc'][0]}: {first['msg']}") from None
     if not spec.is_command and options.nnodes * options.ppn > 1:
-        raise ValueError(f"{spec.name}: nnodes={options.nnodes}, ppn={options.ppn} need a "
-                         "command template; a Python function runs in one process")
+        raise ValueError(
+            f"{spec.name}: nnodes={options.nnodes}, ppn={options.ppn} need a "
+            "command template; a Python function runs in one process"
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -512,7 +602,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _submit_help(tool: str) -> str:
-    return (f"Only for ensembles that run for many minutes: for an ordinary request call {tool}, "
-            f"which returns the results. Starts the same ensemble as {tool} (same arguments) "
-            "without waiting and returns an ensemble_id; then call ensemble_status until finished, "
-            "and ensemble_results to read the results.")
+    return (
+        f"Only for ensembles that run for many minutes: for an ordinary request call {tool}, "
+        f"which returns the results. Starts the same ensemble as {tool} (same arguments) "
+        "without waiting and returns an ensemble_id; then call ensemble_status until finished, "
+        "and ensemble_results to read the results."
+    )

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import paramiko
 
-__all__ = ("BROKEN", "SshConnection", "Target", "TunnelError", "channel_error", "probe",
-           "resolve_target")
+__all__ = (
+    "BROKEN",
+    "SshConnection",
+    "Target",
+    "TunnelError",
+    "channel_error",
+    "probe",
+    "resolve_target",
+)
 
 # One logger for the whole tunnel, as before the split, so logging settings keep applying.
 logger = logging.getLogger("ensemble_mcp.tunnel")
@@ -82,21 +89,30 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
         with os.fdopen(fd, "a") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
-        logger.warning("accepted new host key for %s (%s), saved to %s",
-                       hostname, key.fingerprint, self.save_to)
+        logger.warning(
+            "accepted new host key for %s (%s), saved to %s",
+            hostname,
+            key.fingerprint,
+            self.save_to,
+        )
 
 
 class SshConnection:
     """One authenticated SSH connection, tuned for forwarding."""
 
-    def __init__(self, client: paramiko.SSHClient, transport: paramiko.Transport,
-                 session: paramiko.Channel | None) -> None:
+    def __init__(
+        self,
+        client: paramiko.SSHClient,
+        transport: paramiko.Transport,
+        session: paramiko.Channel | None,
+    ) -> None:
         self.client = client
         self.transport = transport
         self.session = session  # paramiko closes a channel once nothing refers to it
 
     @property
     def active(self) -> bool:
+        """Whether the SSH transport is still up."""
         return bool(self.transport.is_active())
 
     @classmethod
@@ -114,10 +130,17 @@ class SshConnection:
         client.set_missing_host_key_policy(_HostKeyPolicy(save_to))
         try:
             client.connect(
-                target.host, port=target.port, username=target.user, sock=sock,
-                key_filename=list(target.key_files) or None, allow_agent=True, look_for_keys=True,
-                timeout=target.timeout_s, banner_timeout=target.timeout_s,
-                auth_timeout=target.timeout_s, channel_timeout=target.timeout_s,
+                target.host,
+                port=target.port,
+                username=target.user,
+                sock=sock,
+                key_filename=list(target.key_files) or None,
+                allow_agent=True,
+                look_for_keys=True,
+                timeout=target.timeout_s,
+                banner_timeout=target.timeout_s,
+                auth_timeout=target.timeout_s,
+                channel_timeout=target.timeout_s,
                 transport_factory=_make_transport,
             )
         except BaseException as e:
@@ -169,7 +192,7 @@ class _ReadAheadSocket:
             if self._end == 0:
                 return b""
         end = min(self._end, self._start + nbytes)
-        out = bytes(self._view[self._start:end])
+        out = bytes(self._view[self._start : end])
         self._start = end
         return out
 
@@ -194,12 +217,16 @@ def _dial(target: Target) -> socket.socket:
     try:
         sock = socket.create_connection((target.host, target.port), timeout=target.timeout_s)
     except socket.gaierror as e:
-        raise TunnelError(f"cannot resolve SSH host {target.host!r}: {e.strerror}; check the "
-                          f"name or the HostName of {target.alias!r} in {_SSH_CONFIG}") from e
+        raise TunnelError(
+            f"cannot resolve SSH host {target.host!r}: {e.strerror}; check the "
+            f"name or the HostName of {target.alias!r} in {_SSH_CONFIG}"
+        ) from e
     except OSError as e:
         reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise TunnelError(f"SSH host {target.host}:{target.port} is unreachable ({reason}); check "
-                          "the host name, the port, and that you are on the right network") from e
+        raise TunnelError(
+            f"SSH host {target.host}:{target.port} is unreachable ({reason}); check "
+            "the host name, the port, and that you are on the right network"
+        ) from e
     # Small requests must not wait for Nagle's algorithm (~40 ms per round trip).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -214,20 +241,23 @@ def _connect_error(target: Target, e: Exception) -> TunnelError:
             f"it is not in {files}. Check the fingerprint with your site's documentation, then "
             f"either log in once with `ssh -p {target.port} {target.user}@{target.host}` or add it "
             f"with `ssh-keyscan -p {target.port} {target.host} >> {target.known_hosts[0]}`, or "
-            "pass accept_new_host_key=True (CLI: --accept-new-host-key) to trust and save it")
+            "pass accept_new_host_key=True (CLI: --accept-new-host-key) to trust and save it"
+        )
     if isinstance(e, paramiko.BadHostKeyException):
         return TunnelError(
             f"host key for {target.key_name} has CHANGED: the server sent {e.key.get_name()} "
             f"{e.key.fingerprint} but {files} pins {e.expected_key.fingerprint}. This may be an "
             "attack; refusing to connect. If the host was really reinstalled, remove the old "
             f"entry with `ssh-keygen -R '{target.key_name}' -f {target.known_hosts[0]}` and "
-            "accept the new key")
+            "accept the new key"
+        )
     if isinstance(e, paramiko.AuthenticationException):
         tried = [*target.key_files, "ssh-agent keys", "~/.ssh/id_* keys"]
         return TunnelError(
             f"authentication failed for {target.where} ({e}); tried: {', '.join(tried)}. Add your "
             "public key to ~/.ssh/authorized_keys on the host, load it into ssh-agent, or pass "
-            "key_filename (CLI: -i KEY)")
+            "key_filename (CLI: -i KEY)"
+        )
     if isinstance(e, paramiko.SSHException):
         return TunnelError(f"SSH handshake with {target.where} failed: {e}")
     return TunnelError(f"SSH connection to {target.where} failed during login: {e!r}")
@@ -241,17 +271,23 @@ def _open_pty_session(transport: paramiko.Transport, target: Target) -> paramiko
         chan.get_pty()
         chan.exec_command(_PTY_COMMAND)
     except BROKEN as e:
-        logger.info("no pty session on %s (%s): small round trips may take ~40 ms more",
-                    target.where, e)
+        logger.info(
+            "no pty session on %s (%s): small round trips may take ~40 ms more", target.where, e
+        )
         return None
     return chan
 
 
 def resolve_target(
-    user: str | None, alias: str, port: int | None,
+    user: str | None,
+    alias: str,
+    port: int | None,
     key_filename: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
-    known_hosts: str | os.PathLike[str] | None, accept_new: bool, timeout_s: float,
-    keepalive_s: float, pty_session: bool,
+    known_hosts: str | os.PathLike[str] | None,
+    accept_new: bool,
+    timeout_s: float,
+    keepalive_s: float,
+    pty_session: bool,
 ) -> Target:
     """Where and how to log in to ``alias``, with ``~/.ssh/config`` applied to it.
 
@@ -310,13 +346,15 @@ def probe(transport: paramiko.Transport, target: Target, dest: tuple[str, int]) 
         TunnelError: the channel was refused or the connection broke.
     """
     try:
-        chan = transport.open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
-                                      timeout=target.timeout_s)
+        chan = transport.open_channel(
+            "direct-tcpip", dest, ("127.0.0.1", 0), timeout=target.timeout_s
+        )
     except paramiko.ChannelException as e:
         raise TunnelError(channel_error(e, target, dest)) from e
     except BROKEN as e:
-        raise TunnelError(f"SSH connection to {target.where} failed while checking "
-                          f"{dest[0]}:{dest[1]}: {e!r}") from e
+        raise TunnelError(
+            f"SSH connection to {target.where} failed while checking {dest[0]}:{dest[1]}: {e!r}"
+        ) from e
     with contextlib.suppress(*BROKEN):
         chan.close()
 
@@ -324,9 +362,13 @@ def probe(transport: paramiko.Transport, target: Target, dest: tuple[str, int]) 
 def channel_error(e: paramiko.ChannelException, target: Target, dest: tuple[str, int]) -> str:
     """Why the SSH server refused a channel to ``dest``, and what to do about it."""
     if e.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:
-        return (f"remote port closed: nothing accepts connections on {dest[0]}:{dest[1]} as seen "
-                f"from {target.host}; start the server there or check remote_port/remote_dest_host")
+        return (
+            f"remote port closed: nothing accepts connections on {dest[0]}:{dest[1]} as seen "
+            f"from {target.host}; start the server there or check remote_port/remote_dest_host"
+        )
     if e.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
-        return (f"the SSH server {target.host} refuses port forwarding to {dest[0]}:{dest[1]} "
-                "(sshd_config AllowTcpForwarding/PermitOpen); ask its administrators")
+        return (
+            f"the SSH server {target.host} refuses port forwarding to {dest[0]}:{dest[1]} "
+            "(sshd_config AllowTcpForwarding/PermitOpen); ask its administrators"
+        )
     return f"the SSH server {target.host} refused a channel to {dest[0]}:{dest[1]}: {e.text}"

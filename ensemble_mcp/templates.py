@@ -37,10 +37,12 @@ class CommandTemplate:
             pieces: list[tuple[str, str | None]] = []
             for literal, name, spec, conversion in string.Formatter().parse(token):
                 if name is not None and (not name.isidentifier() or spec or conversion):
-                    raise ValueError(f"command template {template!r}: placeholder "
-                                     f"{{{name}{'!' + conversion if conversion else ''}"
-                                     f"{':' + spec if spec else ''}}} must be a plain name "
-                                     "such as {pressure}")
+                    raise ValueError(
+                        f"command template {template!r}: placeholder "
+                        f"{{{name}{'!' + conversion if conversion else ''}"
+                        f"{':' + spec if spec else ''}}} must be a plain name "
+                        "such as {pressure}"
+                    )
                 pieces.append((literal, name))
                 if name is not None:
                     names[name] = None
@@ -49,8 +51,12 @@ class CommandTemplate:
 
     def render(self, values: Mapping[str, Any]) -> list[str]:
         """The argv of one task: each value is substituted inside its token, never split."""
-        return ["".join(lit + ("" if name is None else _format_value(values[name]))
-                        for lit, name in pieces) for pieces in self.tokens]
+        return [
+            "".join(
+                lit + ("" if name is None else _format_value(values[name])) for lit, name in pieces
+            )
+            for pieces in self.tokens
+        ]
 
 
 def _format_value(value: Any) -> str:

@@ -107,8 +107,9 @@ class EnsembleSpec:
         return tuple(p.name for p in self.params)
 
 
-def spec_from_function(fn: Callable[..., Any], *, name: str | None = None,
-                       description: str | None = None) -> EnsembleSpec:
+def spec_from_function(
+    fn: Callable[..., Any], *, name: str | None = None, description: str | None = None
+) -> EnsembleSpec:
     """Build the spec of a tool that runs ``fn`` once per task.
 
     Raises:
@@ -123,22 +124,32 @@ def spec_from_function(fn: Callable[..., Any], *, name: str | None = None,
     params = []
     for p in sig.parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-            raise ValueError(f"{tool_name}: parameter {p.name!r} is {p.kind.description}; an "
-                             "ensemble tool passes every value by keyword")
+            raise ValueError(
+                f"{tool_name}: parameter {p.name!r} is {p.kind.description}; an "
+                "ensemble tool passes every value by keyword"
+            )
         _check_param_name(tool_name, p.name)
         annotation = hints.get(p.name, Any)
         if getattr(annotation, "__name__", "") == "Context":
-            raise ValueError(f"{tool_name}: parameter {p.name!r} asks for the MCP Context, but "
-                             "an ensemble task runs in a worker process, not in the server")
+            raise ValueError(
+                f"{tool_name}: parameter {p.name!r} asks for the MCP Context, but "
+                "an ensemble task runs in a worker process, not in the server"
+            )
         params.append(_param(p.name, annotation, p.default, doc.params.get(p.name)))
     returns = hints.get("return", Any)
     text = description if description is not None else doc.text
-    return EnsembleSpec(name=tool_name, params=tuple(params), returns=returns, doc=text,
-                        executable=fn)
+    return EnsembleSpec(
+        name=tool_name, params=tuple(params), returns=returns, doc=text, executable=fn
+    )
 
 
-def spec_from_template(template: str, *, name: str | None, description: str | None = None,
-                       params: Mapping[str, Any] | None = None) -> EnsembleSpec:
+def spec_from_template(
+    template: str,
+    *,
+    name: str | None,
+    description: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> EnsembleSpec:
     """Build the spec of a tool that runs a command template once per task.
 
     ``params`` optionally types placeholders (``{"p": Annotated[float, Field(gt=0)]}``);
@@ -148,26 +159,36 @@ def spec_from_template(template: str, *, name: str | None, description: str | No
         ValueError: no name, a malformed template, or ``params`` naming an unknown placeholder.
     """
     if not name:
-        raise ValueError(f"a command template tool needs a name: ensemble_tool({template!r}, "
-                         "name=...)")
+        raise ValueError(
+            f"a command template tool needs a name: ensemble_tool({template!r}, name=...)"
+        )
     command = CommandTemplate.parse(template)
     given = dict(params or {})
     extra = sorted(set(given) - set(command.names))
     if extra:
-        raise ValueError(f"{name}: params {extra} are not placeholders of {template!r} "
-                         f"(placeholders: {list(command.names)})")
+        raise ValueError(
+            f"{name}: params {extra} are not placeholders of {template!r} "
+            f"(placeholders: {list(command.names)})"
+        )
     specs = []
     for pname in command.names:
         _check_param_name(name, pname)
         specs.append(_param(pname, given.get(pname, TemplateValue), inspect.Parameter.empty, None))
-    return EnsembleSpec(name=name, params=tuple(specs), returns=str,
-                        doc=description or f"Runs the command `{template}`.", executable=command)
+    return EnsembleSpec(
+        name=name,
+        params=tuple(specs),
+        returns=str,
+        doc=description or f"Runs the command `{template}`.",
+        executable=command,
+    )
 
 
 def _check_param_name(tool: str, pname: str) -> None:
     if pname == "relation":
-        raise ValueError(f"{tool}: parameter name 'relation' is reserved for the ensemble "
-                         "relation; rename the parameter")
+        raise ValueError(
+            f"{tool}: parameter name 'relation' is reserved for the ensemble "
+            "relation; rename the parameter"
+        )
     if pname.startswith("_"):
         raise ValueError(f"{tool}: parameter {pname!r} starts with '_', which MCP tools reject")
 
@@ -187,17 +208,24 @@ def _param(pname: str, annotation: Any, default: Any, doc_text: str | None) -> P
                 kept.append(meta)
         element = Annotated.__class_getitem__((base, *kept)) if kept else base
     required = default is inspect.Parameter.empty
-    return Param(name=pname, element=element, required=required,
-                 default=None if required else default, description=description)
+    return Param(
+        name=pname,
+        element=element,
+        required=required,
+        default=None if required else default,
+        description=description,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Schema and description
 
 
-_RELATION_HELP = ('"one-to-one" (default): element i of every list forms task i; '
-                  '"many-to-many": every combination of the lists (a full grid, all pairs, '
-                  'a sweep of one list against another).')
+_RELATION_HELP = (
+    '"one-to-one" (default): element i of every list forms task i; '
+    '"many-to-many": every combination of the lists (a full grid, all pairs, '
+    "a sweep of one list against another)."
+)
 
 
 def input_schema(spec: EnsembleSpec) -> dict[str, Any]:
@@ -213,10 +241,15 @@ def input_schema(spec: EnsembleSpec) -> dict[str, Any]:
         if not p.required and _is_json(p.default):
             prop["default"] = [p.default]
         properties[p.name] = prop
-    properties["relation"] = {"type": "string", "enum": list(RELATIONS),
-                              "default": "one-to-one", "description": _RELATION_HELP}
+    properties["relation"] = {
+        "type": "string",
+        "enum": list(RELATIONS),
+        "default": "one-to-one",
+        "description": _RELATION_HELP,
+    }
     schema: dict[str, Any] = {
-        "type": "object", "properties": properties,
+        "type": "object",
+        "properties": properties,
         "required": [p.name for p in spec.params if p.required],
         "additionalProperties": False,
     }
@@ -307,12 +340,13 @@ class Plan:
         values = list(self.values.values())
         echoes = list(self.json_values.values())
         for idx in self.indices():
-            yield ({n: v[j] for n, v, j in zip(names, values, idx, strict=True)},
-                   {n: v[j] for n, v, j in zip(names, echoes, idx, strict=True)})
+            yield (
+                {n: v[j] for n, v, j in zip(names, values, idx, strict=True)},
+                {n: v[j] for n, v, j in zip(names, echoes, idx, strict=True)},
+            )
 
 
-def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *,
-                  max_tasks: int) -> Plan:
+def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks: int) -> Plan:
     """Check one call's arguments and lay out its tasks.
 
     Under ``one-to-one``, a 1-element list or a bare value is used for every task; lists longer
@@ -328,20 +362,22 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *,
     if isinstance(relation, list) and len(relation) == 1:
         relation = relation[0]  # the list habit of every other argument
     if relation not in RELATIONS:
-        problems.append(f'relation must be "one-to-one" or "many-to-many", got '
-                        f"{_show(relation)}")
+        problems.append(f'relation must be "one-to-one" or "many-to-many", got {_show(relation)}')
     unknown = [k for k in args if k not in spec.param_names]
     if unknown:
-        problems.append(f"unknown argument{'s' if len(unknown) > 1 else ''} "
-                        f"{', '.join(repr(k) for k in unknown)}; the arguments are: "
-                        f"{_known(spec)}")
+        problems.append(
+            f"unknown argument{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}; the arguments are: "
+            f"{_known(spec)}"
+        )
     raw: dict[str, list[Any]] = {}
     for p in spec.params:
         value = args.get(p.name)
         if value is None:
             if p.required:
-                problems.append(f"missing argument {p.name!r}: a list of {p.type_label} "
-                                "values, one per task")
+                problems.append(
+                    f"missing argument {p.name!r}: a list of {p.type_label} values, one per task"
+                )
             continue
         raw[p.name] = _as_list(p, value)
         if not raw[p.name]:
@@ -355,8 +391,14 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *,
     if relation == "one-to-one":
         broadcast = tuple(n for n, k in lengths.items() if k == 1 and total > 1)
         lengths = dict.fromkeys(lengths, total)
-    return Plan(relation=relation, values=values, json_values=json_values, lengths=lengths,
-                broadcast=broadcast, total=total)
+    return Plan(
+        relation=relation,
+        values=values,
+        json_values=json_values,
+        lengths=lengths,
+        broadcast=broadcast,
+        total=total,
+    )
 
 
 def _as_list(p: Param, value: Any) -> list[Any]:
@@ -372,28 +414,42 @@ def _as_list(p: Param, value: Any) -> list[Any]:
     return value
 
 
-def _count(spec: EnsembleSpec, relation: str, raw: dict[str, list[Any]],
-           lengths: dict[str, int], max_tasks: int) -> int:
+def _count(
+    spec: EnsembleSpec,
+    relation: str,
+    raw: dict[str, list[Any]],
+    lengths: dict[str, int],
+    max_tasks: int,
+) -> int:
     if relation == "many-to-many":
         total = math.prod(lengths.values())
         formed = " x ".join(f"{n} {k}" for n, k in lengths.items())
         if total > max_tasks:
-            raise _error([f'this call would run {total:,} tasks ({formed}, relation '
-                          f'"many-to-many"), above the cap of {max_tasks:,} tasks per call; '
-                          "split it into several calls"])
+            raise _error(
+                [
+                    f"this call would run {total:,} tasks ({formed}, relation "
+                    f'"many-to-many"), above the cap of {max_tasks:,} tasks per call; '
+                    "split it into several calls"
+                ]
+            )
         return total
     long = {n: k for n, k in lengths.items() if k > 1}
     if len(set(long.values())) > 1:
         raise EnsembleInputError(_unequal_message(spec, raw, long, max_tasks))
     total = max(lengths.values(), default=1)
     if total > max_tasks:
-        raise _error([f"this call would run {total:,} tasks (lists of {total:,} values), above "
-                      f"the cap of {max_tasks:,} tasks per call; split it into several calls"])
+        raise _error(
+            [
+                f"this call would run {total:,} tasks (lists of {total:,} values), above "
+                f"the cap of {max_tasks:,} tasks per call; split it into several calls"
+            ]
+        )
     return total
 
 
-def _validate(spec: EnsembleSpec,
-              raw: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+def _validate(
+    spec: EnsembleSpec, raw: dict[str, list[Any]]
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
     problems: list[str] = []
     values: dict[str, list[Any]] = {}
     json_values: dict[str, list[Any]] = {}
@@ -406,8 +462,9 @@ def _validate(spec: EnsembleSpec,
             for err in exc.errors(include_url=False)[:_MAX_PROBLEMS]:
                 index = err["loc"][0] if err["loc"] else 0
                 shown = _show(raw[p.name][index]) if isinstance(index, int) else "?"
-                problems.append(f"{p.name}[{index}] = {shown} is not a valid {p.type_label}: "
-                                f"{err['msg']}")
+                problems.append(
+                    f"{p.name}[{index}] = {shown} is not a valid {p.type_label}: {err['msg']}"
+                )
             continue
         json_values[p.name] = p.adapter.dump_python(values[p.name], mode="json")
     if problems:
@@ -425,8 +482,9 @@ def _error(problems: list[str]) -> EnsembleInputError:
     return EnsembleInputError("\n".join(f"- {s}" for s in shown) + f"\n{NOTHING_RUN}")
 
 
-def _unequal_message(spec: EnsembleSpec, raw: dict[str, list[Any]], long: dict[str, int],
-                     max_tasks: int) -> str:
+def _unequal_message(
+    spec: EnsembleSpec, raw: dict[str, list[Any]], long: dict[str, int], max_tasks: int
+) -> str:
     top = max(long.values())
     parts = [f"{n} has {k} values" for n, k in long.items()]
     shorter = [n for n, k in long.items() if k != top]

@@ -66,7 +66,8 @@ def _listen(host: str, port: int) -> socket.socket:
             raise TunnelError(
                 f"local port {port} on {host} is already in use; pass another local_port "
                 f"(CLI: --local-port; 0 picks a free one) or stop the program listening there "
-                f"(`ss -ltnp 'sport = :{port}'`)") from e
+                f"(`ss -ltnp 'sport = :{port}'`)"
+            ) from e
         raise TunnelError(f"cannot listen on {host}:{port}: {e.strerror}") from e
     sock.setblocking(False)
     return sock
@@ -75,8 +76,20 @@ def _listen(host: str, port: int) -> socket.socket:
 class _Link:
     """One forwarded connection: a local socket, its channel, and bytes not yet delivered."""
 
-    __slots__ = ("chan", "chan_eof", "chan_fd", "chan_mask", "on_chan", "on_sock", "sock",
-                 "sock_eof", "sock_fd", "sock_mask", "to_chan", "to_sock")
+    __slots__ = (
+        "chan",
+        "chan_eof",
+        "chan_fd",
+        "chan_mask",
+        "on_chan",
+        "on_sock",
+        "sock",
+        "sock_eof",
+        "sock_fd",
+        "sock_mask",
+        "to_chan",
+        "to_sock",
+    )
 
     def __init__(self, sock: socket.socket, chan: paramiko.Channel) -> None:
         self.sock, self.chan = sock, chan
@@ -101,8 +114,14 @@ class Tunnel:
         error: Why the tunnel stopped by itself, or None.
     """
 
-    def __init__(self, listener: socket.socket, ssh: SshConnection, target: Target,
-                 remote_host: str, remote_port: int) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        ssh: SshConnection,
+        target: Target,
+        remote_host: str,
+        remote_port: int,
+    ) -> None:
         self.local_host, self.local_port = listener.getsockname()[:2]
         self.remote_host, self.remote_port = remote_host, remote_port
         self.ssh_host = target.alias
@@ -124,20 +143,27 @@ class Tunnel:
         self._sel.register(listener, selectors.EVENT_READ, self._on_accept)
         self._sel.register(self._wake_end, selectors.EVENT_READ, self._on_wake)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunnel-open")
-        self._thread = threading.Thread(target=self._run, name=f"tunnel-{self.local_port}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"tunnel-{self.local_port}", daemon=True
+        )
         self._thread.start()
 
     def __repr__(self) -> str:
         state = "closed" if self._stopped.is_set() else "open"
-        return (f"<Tunnel {self.local_host}:{self.local_port} -> {self.ssh_host} -> "
-                f"{self.remote_host}:{self.remote_port} {state}>")
+        return (
+            f"<Tunnel {self.local_host}:{self.local_port} -> {self.ssh_host} -> "
+            f"{self.remote_host}:{self.remote_port} {state}>"
+        )
 
     def __enter__(self) -> Tunnel:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __iter__(self) -> Iterator[Tunnel]:
@@ -181,8 +207,12 @@ class Tunnel:
             try:
                 self._ssh = SshConnection.open(self._target)
             except TunnelError as e:
-                self._fail(TunnelError(f"SSH connection to {self._target.where} dropped and "
-                                       f"reconnecting failed: {e}"))
+                self._fail(
+                    TunnelError(
+                        f"SSH connection to {self._target.where} dropped and "
+                        f"reconnecting failed: {e}"
+                    )
+                )
                 raise
             return self._ssh.transport
 
@@ -196,8 +226,9 @@ class Tunnel:
         chan = None
         for attempt in (1, 2):
             try:
-                chan = self._transport().open_channel("direct-tcpip", dest, peer,
-                                                      timeout=self._target.timeout_s)
+                chan = self._transport().open_channel(
+                    "direct-tcpip", dest, peer, timeout=self._target.timeout_s
+                )
                 break
             except TunnelError:
                 break
@@ -343,7 +374,7 @@ class Tunnel:
         data = link.to_sock
         try:
             while data:
-                data = data[link.sock.send(data):]
+                data = data[link.sock.send(data) :]
         except BlockingIOError:
             pass
         except OSError:
@@ -362,7 +393,8 @@ class Tunnel:
             self._drop(link)
             return
         sock_mask = (0 if link.sock_eof or link.to_chan else selectors.EVENT_READ) | (
-            selectors.EVENT_WRITE if link.to_sock else 0)
+            selectors.EVENT_WRITE if link.to_sock else 0
+        )
         chan_mask = 0 if link.chan_eof or link.to_sock else selectors.EVENT_READ
         link.sock_mask = self._watch(link.sock_fd, link.sock_mask, sock_mask, link.on_sock)
         link.chan_mask = self._watch(link.chan_fd, link.chan_mask, chan_mask, link.on_chan)
@@ -445,17 +477,30 @@ def start_tunnel(
     _check_port("remote_port", remote_port)
     if port is not None:
         _check_port("port", port)
-    for name, value in (("compute_node_host", compute_node_host),
-                        ("remote_dest_host", remote_dest_host), ("bind_host", bind_host)):
+    for name, value in (
+        ("compute_node_host", compute_node_host),
+        ("remote_dest_host", remote_dest_host),
+        ("bind_host", bind_host),
+    ):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must be a non-empty host name, got {value!r}")
     if not keepalive_s > 0 or not timeout_s > 0:
         raise ValueError(f"keepalive_s and timeout_s must be > 0, got {keepalive_s}, {timeout_s}")
-    target = resolve_target(user_name, compute_node_host, port, key_filename, known_hosts,
-                             accept_new_host_key, timeout_s, keepalive_s, pty_session)
+    target = resolve_target(
+        user_name,
+        compute_node_host,
+        port,
+        key_filename,
+        known_hosts,
+        accept_new_host_key,
+        timeout_s,
+        keepalive_s,
+        pty_session,
+    )
     if not _is_loopback(bind_host):
-        logger.warning("tunnel listens on %s: anyone who can reach it uses your SSH login",
-                       bind_host)
+        logger.warning(
+            "tunnel listens on %s: anyone who can reach it uses your SSH login", bind_host
+        )
     listener = _listen(bind_host, local_port)
     try:
         ssh = SshConnection.open(target)

@@ -24,22 +24,46 @@ def add_tunnel_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("destination", metavar="[user@]host",
-                        help="SSH login; host may be an alias from ~/.ssh/config")
+    parser.add_argument(
+        "destination",
+        metavar="[user@]host",
+        help="SSH login; host may be an alias from ~/.ssh/config",
+    )
     parser.add_argument("remote_port", type=int, help="port of the MCP server on the remote side")
-    parser.add_argument("--local-port", type=int, default=None,
-                        help="local port to listen on (default: remote_port; 0 picks a free one)")
-    parser.add_argument("--remote-host", default="localhost",
-                        help="destination host as seen from the SSH host (default: localhost)")
+    parser.add_argument(
+        "--local-port",
+        type=int,
+        default=None,
+        help="local port to listen on (default: remote_port; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--remote-host",
+        default="localhost",
+        help="destination host as seen from the SSH host (default: localhost)",
+    )
     parser.add_argument("--bind", default="127.0.0.1", help="local address (default: 127.0.0.1)")
-    parser.add_argument("-i", dest="key_filename", metavar="KEY", action="append",
-                        help="private key file (repeatable); ssh-agent and ~/.ssh/id_* follow")
-    parser.add_argument("--known-hosts", metavar="FILE",
-                        help="known_hosts file (default: ~/.ssh/known_hosts)")
-    parser.add_argument("-p", dest="ssh_port", type=int, metavar="SSH_PORT",
-                        help="SSH port (default: ~/.ssh/config Port, else 22)")
-    parser.add_argument("--accept-new-host-key", action="store_true",
-                        help="trust an unknown host key and save it (a changed key is refused)")
+    parser.add_argument(
+        "-i",
+        dest="key_filename",
+        metavar="KEY",
+        action="append",
+        help="private key file (repeatable); ssh-agent and ~/.ssh/id_* follow",
+    )
+    parser.add_argument(
+        "--known-hosts", metavar="FILE", help="known_hosts file (default: ~/.ssh/known_hosts)"
+    )
+    parser.add_argument(
+        "-p",
+        dest="ssh_port",
+        type=int,
+        metavar="SSH_PORT",
+        help="SSH port (default: ~/.ssh/config Port, else 22)",
+    )
+    parser.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="trust an unknown host key and save it (a changed key is refused)",
+    )
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
@@ -51,9 +75,16 @@ def run_tunnel(args: argparse.Namespace) -> int:
     local_port = args.remote_port if args.local_port is None else args.local_port
     try:
         tunnel = start_tunnel(
-            user or None, host, local_port, args.remote_port, args.remote_host,
-            key_filename=args.key_filename, known_hosts=args.known_hosts, port=args.ssh_port,
-            accept_new_host_key=args.accept_new_host_key, bind_host=args.bind,
+            user or None,
+            host,
+            local_port,
+            args.remote_port,
+            args.remote_host,
+            key_filename=args.key_filename,
+            known_hosts=args.known_hosts,
+            port=args.ssh_port,
+            accept_new_host_key=args.accept_new_host_key,
+            bind_host=args.bind,
         )
     except (TunnelError, ValueError) as e:
         sys.stderr.write(f"ensemble-mcp tunnel: error: {e}\n")
@@ -64,7 +95,8 @@ def run_tunnel(args: argparse.Namespace) -> int:
             sys.stdout.write(
                 f"forwarding {tunnel.local_host}:{tunnel.local_port} -> {tunnel.ssh_host} -> "
                 f"{tunnel.remote_host}:{tunnel.remote_port}; MCP URL "
-                f"http://{tunnel.local_host}:{tunnel.local_port}/mcp (Ctrl-C to stop)\n")
+                f"http://{tunnel.local_host}:{tunnel.local_port}/mcp (Ctrl-C to stop)\n"
+            )
             sys.stdout.flush()
             tunnel.wait()
     except KeyboardInterrupt:

@@ -30,8 +30,10 @@ async def run(url: str, out: Any = sys.stdout, token: str | None = None) -> int:
     """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = httpx2.Timeout(30, read=300)  # the SDK's defaults; results may take long
-    async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
-            Client(streamable_http_client(url, http_client=http)) as client:
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
         tools = (await client.list_tools()).tools
         print(f"tools on {url}: {', '.join(t.name for t in tools)}", file=out)
 
@@ -54,18 +56,28 @@ def format_table(output: dict[str, Any]) -> str:
     tasks = output["tasks"]
     names = list(tasks[0]["params"]) if tasks else []
     header = ["#", *names, "status", "result", "time (s)"]
-    rows = [[str(t["index"]), *(str(t["params"][n]) for n in names), t["status"],
-             str(t.get("result", t.get("error", ""))),
-             f"{t['duration_s']:.4f}" if t.get("duration_s") is not None else "-"]
-            for t in tasks]
+    rows = [
+        [
+            str(t["index"]),
+            *(str(t["params"][n]) for n in names),
+            t["status"],
+            str(t.get("result", t.get("error", ""))),
+            f"{t['duration_s']:.4f}" if t.get("duration_s") is not None else "-",
+        ]
+        for t in tasks
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     summary = output["summary"]
     counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v)
-    lines.append(f"{summary['total']} tasks ({summary['relation']}): {counts} in "
-                 f"{summary['wall_time_s']:.3f} s")
+    lines.append(
+        f"{summary['total']} tasks ({summary['relation']}): {counts} in "
+        f"{summary['wall_time_s']:.3f} s"
+    )
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Reach an MCP server on a compute node through an SSH tunnel: list its tools, call one.
+r"""Reach an MCP server on a compute node through an SSH tunnel: list its tools, call one.
 
 The server listens on 127.0.0.1:PORT of the compute node (``ensemble-mcp serve``, or any MCP
 streamable-HTTP server); this client runs on the login node or a laptop::
@@ -63,8 +63,9 @@ async def call_through_tunnel(
 
 def main(argv: Sequence[str] | None = None) -> int:
     token_from_environment = os.environ.get("ENSEMBLE_MCP_TOKEN") or None
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("destination", metavar="[user@]host")
     parser.add_argument("remote_port", type=int)
     parser.add_argument("--tool", required=True, help="tool to call")
@@ -78,11 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = json.loads(args.args)
     if not isinstance(arguments, dict):
         parser.error("--args must be a JSON object")
-    names, result = asyncio.run(call_through_tunnel(
-        args.destination, args.remote_port, args.tool, arguments, path=args.path,
-        token=token_from_environment, key_filename=args.key_filename, port=args.port,
-        known_hosts=args.known_hosts, accept_new_host_key=args.accept_new_host_key,
-    ))
+    names, result = asyncio.run(
+        call_through_tunnel(
+            args.destination,
+            args.remote_port,
+            args.tool,
+            arguments,
+            path=args.path,
+            token=token_from_environment,
+            key_filename=args.key_filename,
+            port=args.port,
+            known_hosts=args.known_hosts,
+            accept_new_host_key=args.accept_new_host_key,
+        )
+    )
     print("tools:", ", ".join(names))
     if result.structured_content is not None:
         print(json.dumps(result.structured_content, indent=2))

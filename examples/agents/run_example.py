@@ -35,8 +35,10 @@ def main() -> int:
     args = parser.parse_args()
     port = args.port or free_port()
     token = secrets.token_urlsafe(32)
-    server = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--port", str(port)],
-                              env={**os.environ, "ENSEMBLE_MCP_TOKEN": token})
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "server.py"), "--port", str(port)],
+        env={**os.environ, "ENSEMBLE_MCP_TOKEN": token},
+    )
     try:
         wait_until_serving(server, "127.0.0.1", port)
         return anyio.run(run, f"http://127.0.0.1:{port}/mcp", sys.stdout, token)

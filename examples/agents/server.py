@@ -38,8 +38,10 @@ def flame_speed(pressure: float, temperature: float) -> float:
 
 
 # The same model as an external program: each value is one argv element, no shell involved.
-_PROGRAM = ("import sys; p, t = map(float, sys.argv[1:]); "
-            "print(round(0.38 * (t / 298.0) ** 1.77 * p ** -0.5, 4))")
+_PROGRAM = (
+    "import sys; p, t = map(float, sys.argv[1:]); "
+    "print(round(0.38 * (t / 298.0) ** 1.77 * p ** -0.5, 4))"
+)
 server.ensemble_tool(
     f"{shlex.quote(sys.executable)} -c {shlex.quote(_PROGRAM)} {{pressure}} {{temperature}}",
     name="flame_speed_cli",
@@ -54,8 +56,9 @@ server.ensemble_tool(
 def main() -> None:
     """Serve the tools; ``--transport stdio`` for clients that start the server themselves."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transport", choices=("streamable-http", "stdio"),
-                        default="streamable-http")
+    parser.add_argument(
+        "--transport", choices=("streamable-http", "stdio"), default="streamable-http"
+    )
     parser.add_argument("--host", default=server.host)
     parser.add_argument("--port", type=int, default=server.port)
     args = parser.parse_args()

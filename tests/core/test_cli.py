@@ -23,29 +23,59 @@ def write(path: Path, ensembles: dict) -> Path:
 
 def test_the_seed_quick_start_runs_five_tasks_and_writes_their_results(tmp_path: Path) -> None:
     # The seed README's example with ./exe replaced by a real command.
-    config = write(tmp_path / "config.json", {"example_ensemble": {
-        "nnodes": 1, "ppn": 1, "cmd_template": "echo -a {arg1} -b {arg2}",
-        "arg1": "linspace(0, 10, 5)", "arg2": "linspace(0, 1, 5)", "relation": "one-to-one"}})
+    config = write(
+        tmp_path / "config.json",
+        {
+            "example_ensemble": {
+                "nnodes": 1,
+                "ppn": 1,
+                "cmd_template": "echo -a {arg1} -b {arg2}",
+                "arg1": "linspace(0, 10, 5)",
+                "arg2": "linspace(0, 1, 5)",
+                "relation": "one-to-one",
+            }
+        },
+    )
     results = EnsembleLauncher(str(config), return_stdout=True).run()
     assert [r.stdout for r in results] == [
-        "-a 0.0 -b 0.0\n", "-a 2.5 -b 0.25\n", "-a 5.0 -b 0.5\n", "-a 7.5 -b 0.75\n",
-        "-a 10.0 -b 1.0\n"]
+        "-a 0.0 -b 0.0\n",
+        "-a 2.5 -b 0.25\n",
+        "-a 5.0 -b 0.5\n",
+        "-a 7.5 -b 0.75\n",
+        "-a 10.0 -b 1.0\n",
+    ]
     out = write_results_to_json(results, tmp_path / "results.json")
     doc = json.loads(out.read_text())
-    assert doc["summary"] == {"total": 5, "success": 5, "failed": 0, "timeout": 0,
-                              "cancelled": 0}
+    assert doc["summary"] == {"total": 5, "success": 5, "failed": 0, "timeout": 0, "cancelled": 0}
     first = doc["results"][0]
     assert first["task_id"] == results[0].task_id and first["status"] == "success"
-    assert set(first) >= {"stdout", "stderr", "returncode", "exception", "start_time",
-                          "end_time", "node", "cpus", "gpus", "result"}
+    assert set(first) >= {
+        "stdout",
+        "stderr",
+        "returncode",
+        "exception",
+        "start_time",
+        "end_time",
+        "node",
+        "cpus",
+        "gpus",
+        "result",
+    }
 
 
 def test_cli_run_exits_1_and_reports_the_failures(tmp_path: Path) -> None:
-    config = write(tmp_path / "e.json", {"codes": {"cmd_template": "sh -c 'exit $0' {code}",
-                                                   "code": [0, 3, 0]}})
+    config = write(
+        tmp_path / "e.json",
+        {"codes": {"cmd_template": "sh -c 'exit $0' {code}", "code": [0, 3, 0]}},
+    )
     out = tmp_path / "r.json"
-    proc = subprocess.run([*CLI, "run", str(config), "-o", str(out), "--no-progress"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [*CLI, "run", str(config), "-o", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "3 tasks: 2 success, 1 failed" in proc.stderr
     assert "codes-1: failed: exit code 3" in proc.stderr
@@ -55,9 +85,23 @@ def test_cli_run_exits_1_and_reports_the_failures(tmp_path: Path) -> None:
 
 def test_cli_run_exits_0_with_a_progress_bar_and_writes_logs(tmp_path: Path) -> None:
     config = write(tmp_path / "e.json", {"ok": {"cmd_template": "true {i}", "i": "range(4)"}})
-    proc = subprocess.run([*CLI, "run", str(config), "-o", str(tmp_path / "r.json"), "--logs",
-                           "--report-interval", "0.01"], capture_output=True, text=True,
-                          timeout=120, check=False, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "run",
+            str(config),
+            "-o",
+            str(tmp_path / "r.json"),
+            "--logs",
+            "--report-interval",
+            "0.01",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "4 tasks: 4 success" in proc.stderr
     assert "4 ok, 0 failed" in proc.stdout + proc.stderr
@@ -66,10 +110,16 @@ def test_cli_run_exits_0_with_a_progress_bar_and_writes_logs(tmp_path: Path) -> 
 
 
 def test_cli_run_rejects_a_bad_file_with_exit_2_and_a_clear_message(tmp_path: Path) -> None:
-    config = write(tmp_path / "e.json", {"bad": {"cmd_template": "echo {a} {b}",
-                                                 "a": [1, 2, 3], "b": [1, 2]}})
-    proc = subprocess.run([*CLI, "run", str(config), "--no-progress"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    config = write(
+        tmp_path / "e.json", {"bad": {"cmd_template": "echo {a} {b}", "a": [1, 2, 3], "b": [1, 2]}}
+    )
+    proc = subprocess.run(
+        [*CLI, "run", str(config), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "'bad'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -86,7 +136,10 @@ def test_system_config_fills_ids_and_auto_config_follows_the_node_count() -> Non
     assert SystemConfig(gpus=["0", "0", "1"]).ngpus == 3
     assert Config.auto(1).nlevels == 0
     assert (Config.auto(64).nlevels, Config.auto(65).nlevels, Config.auto(4096).nlevels) == (
-        1, 2, 3)
+        1,
+        2,
+        3,
+    )
 
 
 def test_ensemble_launcher_refuses_several_nodes_for_now() -> None:

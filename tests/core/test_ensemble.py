@@ -33,14 +33,16 @@ def error_of(source: Any, **kwargs: Any) -> str:
 
 # --- the seed's format --------------------------------------------------------------------------
 
+
 def test_seed_readme_example_expands_to_five_paired_tasks() -> None:
     tasks = expand_tasks(DATA / "seed_example.json")
 
     assert [t.task_id for t in tasks] == [f"example_ensemble-{i}" for i in range(5)]
     assert [t.argv() for t in tasks] == [
         ["./exe", "-a", a, "-b", b]
-        for a, b in zip(["0.0", "2.5", "5.0", "7.5", "10.0"], ["0.0", "0.25", "0.5", "0.75", "1.0"],
-                        strict=True)
+        for a, b in zip(
+            ["0.0", "2.5", "5.0", "7.5", "10.0"], ["0.0", "0.25", "0.5", "0.75", "1.0"], strict=True
+        )
     ]
     assert {(t.nnodes, t.ppn, t.shell) for t in tasks} == {(1, 1, False)}
 
@@ -60,10 +62,20 @@ def test_every_ensemble_of_a_file_expands_in_file_order() -> None:
     groups = load_ensembles(DATA / "sweeps.json")
 
     assert {name: len(tasks) for name, tasks in groups.items()} == {
-        "flame": 4, "grid": 6, "scaling": 4, "pinned_ensemble": 1}
+        "flame": 4,
+        "grid": 6,
+        "scaling": 4,
+        "pinned_ensemble": 1,
+    }
     assert list(groups) == ["flame", "grid", "scaling", "pinned_ensemble"]
     assert [t.task_id for t in expand_tasks(DATA / "sweeps.json")][:6] == [
-        "flame-0", "flame-1", "flame-2", "flame-3", "grid-0", "grid-1"]
+        "flame-0",
+        "flame-1",
+        "flame-2",
+        "flame-3",
+        "grid-0",
+        "grid-1",
+    ]
 
 
 def test_seed_pinning_example_gives_affinity_lists() -> None:
@@ -76,6 +88,7 @@ def test_seed_pinning_example_gives_affinity_lists() -> None:
 
 # --- relations and broadcast --------------------------------------------------------------------
 
+
 def test_one_to_one_pairs_lists_element_by_element() -> None:
     tasks = one({"cmd_template": "run {a} {b}", "a": [1, 2, 3], "b": ["x", "y", "z"]})
 
@@ -83,18 +96,31 @@ def test_one_to_one_pairs_lists_element_by_element() -> None:
 
 
 def test_many_to_many_takes_the_product_with_the_last_key_fastest() -> None:
-    tasks = one({"cmd_template": "run {a} {b}", "relation": "many-to-many",
-                 "a": [1, 2], "b": ["x", "y", "z"]})
+    tasks = one(
+        {
+            "cmd_template": "run {a} {b}",
+            "relation": "many-to-many",
+            "a": [1, 2],
+            "b": ["x", "y", "z"],
+        }
+    )
 
     assert [t.executable for t in tasks] == [
-        "run 1 x", "run 1 y", "run 1 z", "run 2 x", "run 2 y", "run 2 z"]
+        "run 1 x",
+        "run 1 y",
+        "run 1 z",
+        "run 2 x",
+        "run 2 y",
+        "run 2 z",
+    ]
 
 
 def test_a_one_element_list_is_used_for_every_task() -> None:
     tasks = load_ensembles(DATA / "sweeps.json")["flame"]
 
     assert [t.argv()[2:] for t in tasks] == [
-        [p, "--temperature", "300"] for p in ["1", "2", "5", "10"]]
+        [p, "--temperature", "300"] for p in ["1", "2", "5", "10"]
+    ]
 
 
 def test_a_bare_value_is_used_for_every_task() -> None:
@@ -104,8 +130,9 @@ def test_a_bare_value_is_used_for_every_task() -> None:
 
 
 def test_many_to_many_counts_a_one_element_list_once() -> None:
-    tasks = one({"cmd_template": "run {p} {t}", "relation": "many-to-many",
-                 "p": [1, 2, 5, 10], "t": [300]})
+    tasks = one(
+        {"cmd_template": "run {p} {t}", "relation": "many-to-many", "p": [1, 2, 5, 10], "t": [300]}
+    )
 
     assert [t.executable for t in tasks] == ["run 1 300", "run 2 300", "run 5 300", "run 10 300"]
 
@@ -120,15 +147,21 @@ def test_a_list_of_ppn_values_gives_tasks_with_different_ppn() -> None:
     tasks = load_ensembles(DATA / "sweeps.json")["scaling"]
 
     assert [(t.ppn, t.executable, t.cpu_affinity) for t in tasks] == [
-        (1, "./bench --ranks 1", [0]), (2, "./bench --ranks 2", [0, 1]),
-        (3, "./bench --ranks 3", [0, 1, 2]), (4, "./bench --ranks 4", [0, 1, 2, 3])]
+        (1, "./bench --ranks 1", [0]),
+        (2, "./bench --ranks 2", [0, 1]),
+        (3, "./bench --ranks 3", [0, 1, 2]),
+        (4, "./bench --ranks 4", [0, 1, 2, 3]),
+    ]
 
 
 def test_a_list_key_missing_from_the_template_is_still_a_sweep_dimension() -> None:
     tasks = one({"cmd_template": "./simulate", "replica": "range(3)", "nnodes": [1, 2, 3]})
 
     assert [(t.executable, t.nnodes) for t in tasks] == [
-        ("./simulate", 1), ("./simulate", 2), ("./simulate", 3)]
+        ("./simulate", 1),
+        ("./simulate", 2),
+        ("./simulate", 3),
+    ]
 
 
 @quick
@@ -157,6 +190,7 @@ def test_one_to_one_gives_the_common_length_or_names_every_length(lengths: list[
 
 # --- placeholders, rendering, ids ---------------------------------------------------------------
 
+
 def test_numbers_render_in_shortest_form() -> None:
     tasks = one({"cmd_template": "x {v}", "v": [3, 0.25, 1e-05, 1e16, -2.0, True]})
 
@@ -176,8 +210,13 @@ def test_double_braces_give_literal_braces() -> None:
 
 
 def test_settings_may_be_placeholders_too() -> None:
-    [task] = one({"cmd_template": "mpiexec -n {ppn} --cpu-list {cpu_affinity} ./a",
-                  "ppn": 2, "cpu_affinity": "0,1"})
+    [task] = one(
+        {
+            "cmd_template": "mpiexec -n {ppn} --cpu-list {cpu_affinity} ./a",
+            "ppn": 2,
+            "cpu_affinity": "0,1",
+        }
+    )
 
     assert task.argv() == ["mpiexec", "-n", "2", "--cpu-list", "0,1", "./a"]
 
@@ -190,8 +229,12 @@ def test_task_ids_are_padded_to_the_width_of_the_largest_index() -> None:
 
 
 def test_task_ids_are_deterministic_and_unique_across_ensembles() -> None:
-    source = {"ensembles": {name: {"cmd_template": "x {i}", "i": "range(11)"}
-                            for name in ["a", "a-1", "a-10", "a.1"]}}
+    source = {
+        "ensembles": {
+            name: {"cmd_template": "x {i}", "i": "range(11)"}
+            for name in ["a", "a-1", "a-10", "a.1"]
+        }
+    }
     first, second = expand_tasks(source), expand_tasks(source)
 
     assert [t.task_id for t in first] == [t.task_id for t in second]
@@ -202,16 +245,22 @@ def test_run_dir_placeholders_are_substituted_without_quoting() -> None:
     tasks = load_ensembles(DATA / "sweeps.json")["grid"]
 
     assert [t.run_dir for t in tasks] == [
-        "runs/coarse.msh-0.001", "runs/coarse.msh-0.01", "runs/coarse.msh-0.1",
-        "runs/fine.msh-0.001", "runs/fine.msh-0.01", "runs/fine.msh-0.1"]
+        "runs/coarse.msh-0.001",
+        "runs/coarse.msh-0.01",
+        "runs/coarse.msh-0.1",
+        "runs/fine.msh-0.001",
+        "runs/fine.msh-0.01",
+        "runs/fine.msh-0.1",
+    ]
 
 
 def test_affinities_take_strings_lists_and_per_task_lists() -> None:
-    tasks = one({"cmd_template": "x", "cpu_affinity": [[0, 1], "2, 3"],
-                 "gpu_affinity": ["0.0", 1]})
+    tasks = one({"cmd_template": "x", "cpu_affinity": [[0, 1], "2, 3"], "gpu_affinity": ["0.0", 1]})
 
     assert [(t.cpu_affinity, t.gpu_affinity) for t in tasks] == [
-        ([0, 1], ["0.0", "1"]), ([2, 3], ["0.0", "1"])]
+        ([0, 1], ["0.0", "1"]),
+        ([2, 3], ["0.0", "1"]),
+    ]
 
 
 def test_a_generator_on_an_affinity_gives_one_id_per_task() -> None:
@@ -229,8 +278,16 @@ def test_env_is_one_value_for_every_task_and_tasks_share_no_mutable_state() -> N
 
 
 def test_copied_tasks_equal_freshly_validated_ones() -> None:
-    tasks = one({"cmd_template": "x {i}", "i": "range(3)", "timeout": 5, "env": {"A": "b"},
-                 "run_dir": "r/{i}", "ppn": [1, 2, 2]})
+    tasks = one(
+        {
+            "cmd_template": "x {i}",
+            "i": "range(3)",
+            "timeout": 5,
+            "env": {"A": "b"},
+            "run_dir": "r/{i}",
+            "ppn": [1, 2, 2],
+        }
+    )
 
     for task in tasks:
         fresh = CoreTask(**{name: getattr(task, name) for name in task.model_fields_set})
@@ -238,8 +295,10 @@ def test_copied_tasks_equal_freshly_validated_ones() -> None:
 
 
 def test_a_dict_of_task_objects_is_returned_as_is() -> None:
-    tasks = {"task-1": Task(task_id="task-1", executable=print, args=(10, 0.5)),
-             "task-2": Task(task_id="task-2", executable="echo hi")}
+    tasks = {
+        "task-1": Task(task_id="task-1", executable=print, args=(10, 0.5)),
+        "task-2": Task(task_id="task-2", executable="echo hi"),
+    }
 
     assert expand_tasks(tasks) == list(tasks.values())
     assert expand_tasks(tasks)[0] is tasks["task-1"]
@@ -254,8 +313,25 @@ def test_a_generator_string_inside_a_list_is_a_plain_value() -> None:
 
 # --- injection safety ---------------------------------------------------------------------------
 
-HOSTILE = ["a; rm -rf /", "$(id)", "`id`", "a b", "'", '"', "\\", "", "-rf", "*", "x\ny",
-           "#c", "$HOME", "a'b\"c", "{x}", "&& true", "|"]
+HOSTILE = [
+    "a; rm -rf /",
+    "$(id)",
+    "`id`",
+    "a b",
+    "'",
+    '"',
+    "\\",
+    "",
+    "-rf",
+    "*",
+    "x\ny",
+    "#c",
+    "$HOME",
+    "a'b\"c",
+    "{x}",
+    "&& true",
+    "|",
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -268,8 +344,10 @@ def test_a_hostile_value_stays_one_argv_element(value: str) -> None:
 def test_hostile_values_reach_a_real_shell_literally() -> None:
     tasks = one({"cmd_template": "printf %s {v}", "v": HOSTILE, "shell": True})
 
-    outputs = [subprocess.run(t.argv(), capture_output=True, text=True, timeout=10, check=True)
-               .stdout for t in tasks]
+    outputs = [
+        subprocess.run(t.argv(), capture_output=True, text=True, timeout=10, check=True).stdout
+        for t in tasks
+    ]
     assert outputs == HOSTILE
 
 
@@ -281,12 +359,15 @@ def test_any_text_value_is_exactly_one_argv_element(value: str) -> None:
     assert task.argv() == ["./exe", f"--name={value}", value]
 
 
-@pytest.mark.parametrize(("template", "where"), [
-    ("echo '{v}'", "inside single quotes"),
-    ('echo "{v}"', "inside double quotes"),
-    ("echo \\{v}", "after a backslash"),
-    ("echo 'a' \"--x={v}\"", "inside double quotes"),
-])
+@pytest.mark.parametrize(
+    ("template", "where"),
+    [
+        ("echo '{v}'", "inside single quotes"),
+        ('echo "{v}"', "inside double quotes"),
+        ("echo \\{v}", "after a backslash"),
+        ("echo 'a' \"--x={v}\"", "inside double quotes"),
+    ],
+)
 def test_a_placeholder_inside_quotes_is_rejected(template: str, where: str) -> None:
     message = error_of({"ensembles": {"q": {"cmd_template": template, "v": 1}}})
 
@@ -295,20 +376,24 @@ def test_a_placeholder_inside_quotes_is_rejected(template: str, where: str) -> N
 
 # --- generators ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "values"), [
-    ("linspace(0, 1, 5)", [0.0, 0.25, 0.5, 0.75, 1.0]),
-    ("linspace(0, 1, 11)", [i / 10 for i in range(11)]),
-    ("linspace(0.1, 0.5, 5)", [0.1, 0.2, 0.3, 0.4, 0.5]),
-    ("linspace(2, -2, 3)", [2.0, 0.0, -2.0]),
-    ("linspace(7, 9, 1)", [7.0]),
-    ("logspace(-5, 0, 6)", [1e-05, 1e-04, 1e-03, 1e-02, 0.1, 1.0]),
-    ("logspace(0, 3, 4)", [1.0, 10.0, 100.0, 1000.0]),
-    ("range(3)", [0, 1, 2]),
-    ("range(2, 8, 3)", [2, 5]),
-    ("range(5, 0, -2)", [5, 3, 1]),
-    ("  linspace (\t-1.5e0 ,2.5E+0,  3 )  ", [-1.5, 0.5, 2.5]),
-    ("range( -2 , 1 )", [-2, -1, 0]),
-])
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("linspace(0, 1, 5)", [0.0, 0.25, 0.5, 0.75, 1.0]),
+        ("linspace(0, 1, 11)", [i / 10 for i in range(11)]),
+        ("linspace(0.1, 0.5, 5)", [0.1, 0.2, 0.3, 0.4, 0.5]),
+        ("linspace(2, -2, 3)", [2.0, 0.0, -2.0]),
+        ("linspace(7, 9, 1)", [7.0]),
+        ("logspace(-5, 0, 6)", [1e-05, 1e-04, 1e-03, 1e-02, 0.1, 1.0]),
+        ("logspace(0, 3, 4)", [1.0, 10.0, 100.0, 1000.0]),
+        ("range(3)", [0, 1, 2]),
+        ("range(2, 8, 3)", [2, 5]),
+        ("range(5, 0, -2)", [5, 3, 1]),
+        ("  linspace (\t-1.5e0 ,2.5E+0,  3 )  ", [-1.5, 0.5, 2.5]),
+        ("range( -2 , 1 )", [-2, -1, 0]),
+    ],
+)
 def test_generators_give_exact_values(text: str, values: list[float]) -> None:
     result = parse_generator(text)
 
@@ -316,35 +401,50 @@ def test_generators_give_exact_values(text: str, values: list[float]) -> None:
     assert [type(v) for v in result or []] == [type(v) for v in values]
 
 
-@pytest.mark.parametrize("text", ["input.json", "sin(x)", "linspace", "data(1).csv", "range",
-                                  "f(a, b)", "", "(1, 2)", "config-1.json"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "input.json",
+        "sin(x)",
+        "linspace",
+        "data(1).csv",
+        "range",
+        "f(a, b)",
+        "",
+        "(1, 2)",
+        "config-1.json",
+    ],
+)
 def test_a_string_that_is_no_generator_call_is_a_plain_value(text: str) -> None:
     assert parse_generator(text) is None
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("linspace(0, 1)", "linspace takes 3 arguments (linspace(a, b, n)), got 2"),
-    ("logspace(0, 1, 2, 3)", "logspace takes 3 arguments"),
-    ("range(1, 2, 3, 4)", "range takes 1 to 3 arguments"),
-    ("range()", "range needs arguments"),
-    ("linspace(0, 1, 0)", "n must be at least 1, got 0"),
-    ("linspace(0, 1, -3)", "n must be at least 1, got -3"),
-    ("linspace(0, 1, 2.5)", "n must be a whole number, got '2.5'"),
-    ("linspace(a, 1, 3)", "argument 1 ('a') is not a number"),
-    ("linspace(0, 1e, 3)", "argument 2 ('1e') is not a number"),
-    ("linspace(0,, 3)", "argument 2 is empty"),
-    ("linspace(0, 1, 3) + 1", "unexpected text after ')': '+ 1'"),
-    ("linspace(0, 1, 3", "missing ')'"),
-    ("range(0, 5, 0)", "range step must not be 0"),
-    ("range(5, 0)", "the range is empty"),
-    ("range(1.5)", "range takes integers, got '1.5'"),
-    ("range(10**9)", "is not a number"),
-    ("range(0, 10000000000)", "over the limit of 1,000,000"),
-    ("arange(0, 1, 5)", "unknown generator 'arange'"),
-    ("Linspace(0, 1, 5)", "did you mean 'linspace'?"),
-    ("linspace(1e999, 1, 2)", "out of the range of a float"),
-    ("logspace(0, 400, 2)", "too large for a float"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("linspace(0, 1)", "linspace takes 3 arguments (linspace(a, b, n)), got 2"),
+        ("logspace(0, 1, 2, 3)", "logspace takes 3 arguments"),
+        ("range(1, 2, 3, 4)", "range takes 1 to 3 arguments"),
+        ("range()", "range needs arguments"),
+        ("linspace(0, 1, 0)", "n must be at least 1, got 0"),
+        ("linspace(0, 1, -3)", "n must be at least 1, got -3"),
+        ("linspace(0, 1, 2.5)", "n must be a whole number, got '2.5'"),
+        ("linspace(a, 1, 3)", "argument 1 ('a') is not a number"),
+        ("linspace(0, 1e, 3)", "argument 2 ('1e') is not a number"),
+        ("linspace(0,, 3)", "argument 2 is empty"),
+        ("linspace(0, 1, 3) + 1", "unexpected text after ')': '+ 1'"),
+        ("linspace(0, 1, 3", "missing ')'"),
+        ("range(0, 5, 0)", "range step must not be 0"),
+        ("range(5, 0)", "the range is empty"),
+        ("range(1.5)", "range takes integers, got '1.5'"),
+        ("range(10**9)", "is not a number"),
+        ("range(0, 10000000000)", "over the limit of 1,000,000"),
+        ("arange(0, 1, 5)", "unknown generator 'arange'"),
+        ("Linspace(0, 1, 5)", "did you mean 'linspace'?"),
+        ("linspace(1e999, 1, 2)", "out of the range of a float"),
+        ("logspace(0, 400, 2)", "too large for a float"),
+    ],
+)
 def test_a_malformed_generator_names_the_problem(text: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_generator(text)
@@ -367,7 +467,9 @@ def test_linspace_round_trips_formatted_endpoints(a: float, b: float, n: int) ->
 
 
 @quick
-@given(st.integers(-10**4, 10**4), st.integers(-10**4, 10**4), st.integers(-99, 99).filter(bool))
+@given(
+    st.integers(-(10**4), 10**4), st.integers(-(10**4), 10**4), st.integers(-99, 99).filter(bool)
+)
 def test_range_matches_python_range(start: int, stop: int, step: int) -> None:
     expected = list(range(start, stop, step))
     if expected:
@@ -389,6 +491,7 @@ def test_junk_never_raises_anything_but_config_error(prefix: str, junk: str) -> 
 
 # --- bad input ----------------------------------------------------------------------------------
 
+
 def test_unequal_lengths_name_every_key_and_both_fixes() -> None:
     message = error_of(DATA / "unequal_lengths.json")
 
@@ -397,57 +500,92 @@ def test_unequal_lengths_name_every_key_and_both_fixes() -> None:
     assert "a 1-element list is used for every task" in message
 
 
-@pytest.mark.parametrize(("spec", "key", "problem"), [
-    ({"cmd_template": "x", "relation": "zip"}, "relation",
-     "unknown relation 'zip'; use 'one-to-one' or 'many-to-many'"),
-    ({"arg1": [1, 2]}, "cmd_template", "missing"),
-    ({"cmd_template": ["a", "b"]}, "cmd_template", "must be a non-empty command line string"),
-    ({"cmd_template": "  "}, "cmd_template", "must be a non-empty command line string"),
-    ({"cmd_template": "x {arg3}", "arg1": 1}, "cmd_template",
-     "placeholder {arg3} has no value; add a key 'arg3' to the ensemble (keys given: arg1)"),
-    ({"cmd_template": "x {}"}, "cmd_template", "empty placeholder {}"),
-    ({"cmd_template": "x {a!r}", "a": 1}, "cmd_template", "only {name} and {name:format}"),
-    ({"cmd_template": "x {a:{w}}", "a": 1, "w": 3}, "cmd_template", "only {name} and"),
-    ({"cmd_template": "x {a", "a": 1}, "cmd_template", "write '{{' and '}}'"),
-    ({"cmd_template": "x } {a}", "a": 1}, "cmd_template", "write '{{' and '}}'"),
-    ({"cmd_template": "x {env}", "env": {}}, "cmd_template", "{env} cannot be a placeholder"),
-    ({"cmd_template": "x 'oops {a}", "a": 1}, "cmd_template", "inside single quotes"),
-    ({"cmd_template": "x 'oops", "a": 1}, "cmd_template",
-     "unbalanced quoting: \"x 'oops\" ends inside single quotes"),
-    ({"cmd_template": "x \\", "a": 1}, "cmd_template", "ends after a backslash"),
-    ({"cmd_template": "x {a:d}", "a": "text"}, "a", "format {a:d} does not apply to 'text'"),
-    ({"cmd_template": "x", "a": "linspace(0, 1)"}, "a", "linspace takes 3 arguments"),
-    ({"cmd_template": "x", "a": []}, "a", "the list is empty"),
-    ({"cmd_template": "x", "a": [1, None]}, "a", "element 1: must be a string, a number"),
-    ({"cmd_template": "x", "a": {"b": 1}}, "a", "must be a string, a number or true/false"),
-    ({"cmd_template": "x", "a": "nul\0"}, "a", "contains a NUL byte"),
-    ({"cmd_template": "x", "nnodes": "two"}, "nnodes", "must be a whole number >= 1, got 'two'"),
-    ({"cmd_template": "x", "nnodes": True}, "nnodes", "must be a whole number >= 1, got True"),
-    ({"cmd_template": "x", "ppn": [1, 0]}, "ppn", "element 1: must be a whole number >= 1"),
-    ({"cmd_template": "x", "ppn": 1.5}, "ppn", "must be a whole number >= 1, got 1.5"),
-    ({"cmd_template": "x", "ngpus_per_process": -1}, "ngpus_per_process", ">= 0"),
-    ({"cmd_template": "x", "timeout": -1}, "timeout", "must be a number of seconds > 0"),
-    ({"cmd_template": "x", "timeout": "soon"}, "timeout", "got 'soon'"),
-    ({"cmd_template": "x", "shell": "yes"}, "shell", "must be true or false, got 'yes'"),
-    ({"cmd_template": "x", "env": ["A=1"]}, "env", "must be an object of strings"),
-    ({"cmd_template": "x", "env": {"A": 4}}, "env", "value of 'A' must be a string (write \"4\")"),
-    ({"cmd_template": "x", "env": {"A=B": "1"}}, "env", "variable name 'A=B'"),
-    ({"cmd_template": "x", "cpu_affinity": "0,one"}, "cpu_affinity", "is not a list of CPU ids"),
-    ({"cmd_template": "x", "cpu_affinity": ["0,1", "2,3"]}, "cpu_affinity",
-     "use a list of lists, e.g. [[0, 1], [2, 3]]"),
-    ({"cmd_template": "x", "gpu_affinity": [[]]}, "gpu_affinity", "element 0: must be a comma"),
-    ({"cmd_template": "x", "run_dir": "../up"}, "run_dir", "contains '..'"),
-    ({"cmd_template": "x", "run_dir": "r/{d}", "d": ["ok", "../../etc"]}, "run_dir",
-     "'r/../../etc' contains '..'"),
-    ({"cmd_template": "x", "run_dir": "{d}", "d": ["ok", ""]}, "run_dir", "non-empty path"),
-    ({"cmd_template": "x", "run_dir": 3}, "run_dir", "non-empty path"),
-    ({"cmd_template": "x", "task_id": "t"}, "task_id", "task ids are generated"),
-    ({"cmd_template": "x", "executable": "./a"}, "executable", "give the command line as"),
-    ({"cmd_template": "x", "tiemout": 5}, "tiemout", "did you mean 'timeout'?"),
-    ({"cmd_template": "x", "relations": "many-to-many"}, "relations", "did you mean 'relation'?"),
-])
-def test_bad_input_names_the_ensemble_key_and_problem(spec: dict[str, Any], key: str,
-                                                      problem: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "key", "problem"),
+    [
+        (
+            {"cmd_template": "x", "relation": "zip"},
+            "relation",
+            "unknown relation 'zip'; use 'one-to-one' or 'many-to-many'",
+        ),
+        ({"arg1": [1, 2]}, "cmd_template", "missing"),
+        ({"cmd_template": ["a", "b"]}, "cmd_template", "must be a non-empty command line string"),
+        ({"cmd_template": "  "}, "cmd_template", "must be a non-empty command line string"),
+        (
+            {"cmd_template": "x {arg3}", "arg1": 1},
+            "cmd_template",
+            "placeholder {arg3} has no value; add a key 'arg3' to the ensemble (keys given: arg1)",
+        ),
+        ({"cmd_template": "x {}"}, "cmd_template", "empty placeholder {}"),
+        ({"cmd_template": "x {a!r}", "a": 1}, "cmd_template", "only {name} and {name:format}"),
+        ({"cmd_template": "x {a:{w}}", "a": 1, "w": 3}, "cmd_template", "only {name} and"),
+        ({"cmd_template": "x {a", "a": 1}, "cmd_template", "write '{{' and '}}'"),
+        ({"cmd_template": "x } {a}", "a": 1}, "cmd_template", "write '{{' and '}}'"),
+        ({"cmd_template": "x {env}", "env": {}}, "cmd_template", "{env} cannot be a placeholder"),
+        ({"cmd_template": "x 'oops {a}", "a": 1}, "cmd_template", "inside single quotes"),
+        (
+            {"cmd_template": "x 'oops", "a": 1},
+            "cmd_template",
+            'unbalanced quoting: "x \'oops" ends inside single quotes',
+        ),
+        ({"cmd_template": "x \\", "a": 1}, "cmd_template", "ends after a backslash"),
+        ({"cmd_template": "x {a:d}", "a": "text"}, "a", "format {a:d} does not apply to 'text'"),
+        ({"cmd_template": "x", "a": "linspace(0, 1)"}, "a", "linspace takes 3 arguments"),
+        ({"cmd_template": "x", "a": []}, "a", "the list is empty"),
+        ({"cmd_template": "x", "a": [1, None]}, "a", "element 1: must be a string, a number"),
+        ({"cmd_template": "x", "a": {"b": 1}}, "a", "must be a string, a number or true/false"),
+        ({"cmd_template": "x", "a": "nul\0"}, "a", "contains a NUL byte"),
+        (
+            {"cmd_template": "x", "nnodes": "two"},
+            "nnodes",
+            "must be a whole number >= 1, got 'two'",
+        ),
+        ({"cmd_template": "x", "nnodes": True}, "nnodes", "must be a whole number >= 1, got True"),
+        ({"cmd_template": "x", "ppn": [1, 0]}, "ppn", "element 1: must be a whole number >= 1"),
+        ({"cmd_template": "x", "ppn": 1.5}, "ppn", "must be a whole number >= 1, got 1.5"),
+        ({"cmd_template": "x", "ngpus_per_process": -1}, "ngpus_per_process", ">= 0"),
+        ({"cmd_template": "x", "timeout": -1}, "timeout", "must be a number of seconds > 0"),
+        ({"cmd_template": "x", "timeout": "soon"}, "timeout", "got 'soon'"),
+        ({"cmd_template": "x", "shell": "yes"}, "shell", "must be true or false, got 'yes'"),
+        ({"cmd_template": "x", "env": ["A=1"]}, "env", "must be an object of strings"),
+        (
+            {"cmd_template": "x", "env": {"A": 4}},
+            "env",
+            "value of 'A' must be a string (write \"4\")",
+        ),
+        ({"cmd_template": "x", "env": {"A=B": "1"}}, "env", "variable name 'A=B'"),
+        (
+            {"cmd_template": "x", "cpu_affinity": "0,one"},
+            "cpu_affinity",
+            "is not a list of CPU ids",
+        ),
+        (
+            {"cmd_template": "x", "cpu_affinity": ["0,1", "2,3"]},
+            "cpu_affinity",
+            "use a list of lists, e.g. [[0, 1], [2, 3]]",
+        ),
+        ({"cmd_template": "x", "gpu_affinity": [[]]}, "gpu_affinity", "element 0: must be a comma"),
+        ({"cmd_template": "x", "run_dir": "../up"}, "run_dir", "contains '..'"),
+        (
+            {"cmd_template": "x", "run_dir": "r/{d}", "d": ["ok", "../../etc"]},
+            "run_dir",
+            "'r/../../etc' contains '..'",
+        ),
+        ({"cmd_template": "x", "run_dir": "{d}", "d": ["ok", ""]}, "run_dir", "non-empty path"),
+        ({"cmd_template": "x", "run_dir": 3}, "run_dir", "non-empty path"),
+        ({"cmd_template": "x", "task_id": "t"}, "task_id", "task ids are generated"),
+        ({"cmd_template": "x", "executable": "./a"}, "executable", "give the command line as"),
+        ({"cmd_template": "x", "tiemout": 5}, "tiemout", "did you mean 'timeout'?"),
+        (
+            {"cmd_template": "x", "relations": "many-to-many"},
+            "relations",
+            "did you mean 'relation'?",
+        ),
+    ],
+)
+def test_bad_input_names_the_ensemble_key_and_problem(
+    spec: dict[str, Any], key: str, problem: str
+) -> None:
     message = error_of({"ensembles": {"bad": spec}})
 
     assert message.startswith(f"ensemble 'bad', key {key!r}: ")
@@ -456,9 +594,11 @@ def test_bad_input_names_the_ensemble_key_and_problem(spec: dict[str, Any], key:
 
 def test_a_spec_that_is_not_an_object_of_string_keys_is_rejected() -> None:
     assert error_of({"ensembles": {"bad": ["x"]}}).startswith(
-        "ensemble 'bad': the spec must be an object of keys")
+        "ensemble 'bad': the spec must be an object of keys"
+    )
     assert error_of({"ensembles": {"bad": {"cmd_template": "x", 1: [2]}}}) == (
-        "ensemble 'bad': key 1 is not a string")
+        "ensemble 'bad': key 1 is not a string"
+    )
 
 
 @pytest.mark.parametrize("name", ["bad name", "", "-lead", "a/b", "x" * 129, "é"])
@@ -468,16 +608,19 @@ def test_an_invalid_ensemble_name_is_rejected(name: str) -> None:
     assert message.startswith(f"ensemble {name!r}: invalid name")
 
 
-@pytest.mark.parametrize(("source", "problem"), [
-    ({"runs": {}}, 'ensemble source has no "ensembles" key'),
-    ({"ensembles": {}, "extra": 1}, "unknown top-level key(s) 'extra'"),
-    ({"ensembles": {}}, '"ensembles" must be a non-empty object'),
-    ({"ensembles": [1]}, '"ensembles" must be a non-empty object'),
-    ({}, 'must be {"ensembles": {name: spec}}'),
-    (42, "must be a JSON file path or a dict"),
-    ({"t": Task(task_id="t", executable="x"), "u": {}}, "may hold only Task objects"),
-    ({"t": Task(task_id="u", executable="x")}, "task 'u' is stored under key 't'"),
-])
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ({"runs": {}}, 'ensemble source has no "ensembles" key'),
+        ({"ensembles": {}, "extra": 1}, "unknown top-level key(s) 'extra'"),
+        ({"ensembles": {}}, '"ensembles" must be a non-empty object'),
+        ({"ensembles": [1]}, '"ensembles" must be a non-empty object'),
+        ({}, 'must be {"ensembles": {name: spec}}'),
+        (42, "must be a JSON file path or a dict"),
+        ({"t": Task(task_id="t", executable="x"), "u": {}}, "may hold only Task objects"),
+        ({"t": Task(task_id="u", executable="x")}, "task 'u' is stored under key 't'"),
+    ],
+)
 def test_an_unknown_top_level_structure_is_rejected(source: Any, problem: str) -> None:
     assert problem in error_of(source)
 
@@ -503,15 +646,21 @@ def test_an_unreadable_or_invalid_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_a_fan_out_over_the_cap_gives_the_count_and_the_cap() -> None:
-    spec = {"cmd_template": "x", "relation": "many-to-many", "a": "range(2000)",
-            "b": "range(2000)"}
+    spec = {"cmd_template": "x", "relation": "many-to-many", "a": "range(2000)", "b": "range(2000)"}
 
     assert error_of({"ensembles": {"big": spec}}) == (
         "ensemble 'big', key 'relation': many-to-many gives 4,000,000 tasks (a: 2000, b: 2000), "
-        "over the limit of 1,000,000; nothing was built")
+        "over the limit of 1,000,000; nothing was built"
+    )
     assert "3,000 with the ensembles before it, over the limit of 2,500" in error_of(
-        {"ensembles": {"a": {"cmd_template": "x", "i": "range(1500)"},
-                       "b": {"cmd_template": "x", "i": "range(1500)"}}}, max_tasks=2500)
+        {
+            "ensembles": {
+                "a": {"cmd_template": "x", "i": "range(1500)"},
+                "b": {"cmd_template": "x", "i": "range(1500)"},
+            }
+        },
+        max_tasks=2500,
+    )
 
 
 def test_a_pydantic_error_becomes_a_config_error_naming_the_key() -> None:
@@ -527,8 +676,9 @@ def test_a_pydantic_error_becomes_a_config_error_naming_the_key() -> None:
 
 
 def test_a_generator_string_is_never_evaluated() -> None:
-    message = error_of({"ensembles": {"e": {"cmd_template": "x",
-                                            "a": "range(__import__('os').getpid())"}}})
+    message = error_of(
+        {"ensembles": {"e": {"cmd_template": "x", "a": "range(__import__('os').getpid())"}}}
+    )
 
     assert message.startswith("ensemble 'e', key 'a': \"range(__import__('os').getpid())\"")
     assert "is not a number" in message

@@ -50,8 +50,12 @@ def launcher() -> Iterator[Launcher]:
 
 
 def test_an_unpicklable_return_value_fails_that_task_only(launcher: Launcher) -> None:
-    batch = launcher.submit_tasks([Task(task_id="lock", executable=returns_a_lock),
-                                   Task(task_id="ok", executable=identity, args=(5,))])
+    batch = launcher.submit_tasks(
+        [
+            Task(task_id="lock", executable=returns_a_lock),
+            Task(task_id="ok", executable=identity, args=(5,)),
+        ]
+    )
     lock, ok = batch.results(timeout=30)
     assert lock.status is TaskStatus.FAILED
     assert "could not be pickled" in (lock.exception or "")
@@ -59,8 +63,10 @@ def test_an_unpicklable_return_value_fails_that_task_only(launcher: Launcher) ->
 
 
 def test_an_unpicklable_argument_fails_that_task_only(launcher: Launcher) -> None:
-    tasks = [Task(task_id=f"t{i}", executable=identity,
-                  args=(threading.Lock() if i == 1 else i,)) for i in range(3)]
+    tasks = [
+        Task(task_id=f"t{i}", executable=identity, args=(threading.Lock() if i == 1 else i,))
+        for i in range(3)
+    ]
     results = launcher.submit_tasks(tasks).results(timeout=30)
     assert [r.status.value for r in results] == ["success", "failed", "success"]
     assert "could not be sent" in (results[1].exception or "")
@@ -68,9 +74,11 @@ def test_an_unpicklable_argument_fails_that_task_only(launcher: Launcher) -> Non
 
 
 def test_an_argument_that_kills_the_worker_while_loading_fails_its_batch_and_recovers(
-        launcher: Launcher) -> None:
-    batch = launcher.submit_tasks([Task(task_id="x", executable=identity,
-                                        args=(ExitsWhenLoaded(),))])
+    launcher: Launcher,
+) -> None:
+    batch = launcher.submit_tasks(
+        [Task(task_id="x", executable=identity, args=(ExitsWhenLoaded(),))]
+    )
     (result,) = batch.results(timeout=30)
     assert result.status is TaskStatus.FAILED
     assert result.exception_type == "core.errors.WorkerLost"
@@ -78,15 +86,17 @@ def test_an_argument_that_kills_the_worker_while_loading_fails_its_batch_and_rec
 
 
 def test_an_argument_that_raises_while_loading_fails_its_task_and_spares_the_batch(
-        launcher: Launcher) -> None:
+    launcher: Launcher,
+) -> None:
     list(launcher.map(identity, range(2000)))  # tiny tasks: deep prefetch, many per message
-    tasks = [Task(task_id=f"t{i}", executable=identity,
-                  args=(ExplodesWhenLoaded() if i == 5 else i,)) for i in range(40)]
+    tasks = [
+        Task(task_id=f"t{i}", executable=identity, args=(ExplodesWhenLoaded() if i == 5 else i,))
+        for i in range(40)
+    ]
     results = launcher.submit_tasks(tasks).results(timeout=30)
     assert results[5].status is TaskStatus.FAILED
     assert "unpickled in the worker" in (results[5].exception or "")
-    assert [r.result for i, r in enumerate(results) if i != 5] == [
-        i for i in range(40) if i != 5]
+    assert [r.result for i, r in enumerate(results) if i != 5] == [i for i in range(40) if i != 5]
 
 
 def test_a_python_callable_cannot_ask_for_several_processes(launcher: Launcher) -> None:
@@ -95,8 +105,9 @@ def test_a_python_callable_cannot_ask_for_several_processes(launcher: Launcher) 
 
 
 def test_keyword_arguments_reach_the_function(launcher: Launcher) -> None:
-    (result,) = launcher.submit_tasks([Task(task_id="k", executable=echo_kwargs,
-                                            kwargs={"a": 1, "b": "x"})]).results(timeout=30)
+    (result,) = launcher.submit_tasks(
+        [Task(task_id="k", executable=echo_kwargs, kwargs={"a": 1, "b": "x"})]
+    ).results(timeout=30)
     assert result.result == {"a": 1, "b": "x"}
 
 
@@ -113,10 +124,10 @@ batch.results()
 
 
 @pytest.mark.parametrize("nlevels", [0, 1])
-def test_killing_the_client_with_sigkill_leaves_no_process_behind(
-        nlevels: int, mark: str) -> None:
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, mark, str(nlevels)],
-                              stdout=subprocess.PIPE, text=True)
+def test_killing_the_client_with_sigkill_leaves_no_process_behind(nlevels: int, mark: str) -> None:
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, mark, str(nlevels)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert client.stdout is not None
         run_id = client.stdout.readline().strip()

@@ -42,10 +42,13 @@ def where() -> tuple[int, str | None]:
     return os.getpid(), os.environ.get("ENSEMBLE_MCP_TEST_VAR")
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param({"nlevels": 0}, id="nlevels0-ipc"),
-    pytest.param({"nlevels": 1, "comm_name": "zmq"}, id="nlevels1-tcp-curve"),
-])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param({"nlevels": 0}, id="nlevels0-ipc"),
+        pytest.param({"nlevels": 1, "comm_name": "zmq"}, id="nlevels1-tcp-curve"),
+    ],
+)
 def launcher(request: pytest.FixtureRequest) -> Iterator[Launcher]:
     config = LauncherConfig(return_stdout=True, **request.param)
     with Launcher(launcher_config=config) as service:
@@ -74,8 +77,9 @@ def test_submit_raises_task_failed_with_the_remote_traceback(launcher: Launcher)
 
 
 def test_one_failing_task_never_fails_the_others(launcher: Launcher) -> None:
-    tasks = [Task(task_id=f"t{i}", executable=boom if i == 2 else square, args=(i,))
-             for i in range(5)]
+    tasks = [
+        Task(task_id=f"t{i}", executable=boom if i == 2 else square, args=(i,)) for i in range(5)
+    ]
     results = launcher.submit_tasks(tasks).results(timeout=30)
     assert [r.task_id for r in results] == [f"t{i}" for i in range(5)]
     assert [r.status.value for r in results] == ["success"] * 2 + ["failed"] + ["success"] * 2
@@ -84,9 +88,11 @@ def test_one_failing_task_never_fails_the_others(launcher: Launcher) -> None:
 
 def test_commands_capture_stdout_stderr_and_exit_code(launcher: Launcher) -> None:
     script = "import sys; print('out', sys.argv[1]); print('err', file=sys.stderr); sys.exit(3)"
-    tasks = [Task(task_id="ok", executable=["echo", "a b", "$(id)"]),
-             Task(task_id="bad", executable=[sys.executable, "-c", script, "x y"]),
-             Task(task_id="missing", executable=["/nonexistent/program"])]
+    tasks = [
+        Task(task_id="ok", executable=["echo", "a b", "$(id)"]),
+        Task(task_id="bad", executable=[sys.executable, "-c", script, "x y"]),
+        Task(task_id="missing", executable=["/nonexistent/program"]),
+    ]
     ok, bad, missing = launcher.submit_tasks(tasks).results(timeout=30)
     assert (ok.status, ok.stdout, ok.returncode) == (TaskStatus.SUCCESS, "a b $(id)\n", 0)
     assert (bad.status, bad.returncode) == (TaskStatus.FAILED, 3)
@@ -97,8 +103,12 @@ def test_commands_capture_stdout_stderr_and_exit_code(launcher: Launcher) -> Non
 
 def test_commands_get_env_and_run_dir(launcher: Launcher, tmp_path) -> None:
     run_dir = tmp_path / "run" / "a"
-    task = Task(task_id="env", executable=["sh", "-c", "echo $ENSEMBLE_MCP_TEST_VAR; pwd"],
-                env={"ENSEMBLE_MCP_TEST_VAR": "hello"}, run_dir=str(run_dir))
+    task = Task(
+        task_id="env",
+        executable=["sh", "-c", "echo $ENSEMBLE_MCP_TEST_VAR; pwd"],
+        env={"ENSEMBLE_MCP_TEST_VAR": "hello"},
+        run_dir=str(run_dir),
+    )
     (result,) = launcher.submit_tasks([task]).results(timeout=30)
     assert result.stdout == f"hello\n{run_dir}\n"
 
@@ -120,10 +130,10 @@ def test_a_python_task_past_its_timeout_ends_with_timeout(launcher: Launcher) ->
 
 
 def test_cancel_ends_running_and_queued_tasks_and_leaves_no_process(
-        launcher: Launcher, mark: str) -> None:
+    launcher: Launcher, mark: str
+) -> None:
     name, value = mark.split("=")
-    tasks = [Task(task_id=f"s{i}", executable=["sleep", "30"], env={name: value})
-             for i in range(6)]
+    tasks = [Task(task_id=f"s{i}", executable=["sleep", "30"], env={name: value}) for i in range(6)]
     tasks.append(Task(task_id="py", executable=sleep_then, args=(30, 0)))
     batch = launcher.submit_tasks(tasks)
     deadline = time.monotonic() + 10
@@ -142,10 +152,12 @@ def touch_then_sleep(path: str, seconds: float) -> None:
 
 
 def test_a_running_python_task_is_cancelled_by_replacing_its_worker(
-        launcher: Launcher, tmp_path) -> None:
+    launcher: Launcher, tmp_path
+) -> None:
     started = tmp_path / "started"
-    batch = launcher.submit_tasks([Task(task_id="py", executable=touch_then_sleep,
-                                        args=(str(started), 30))])
+    batch = launcher.submit_tasks(
+        [Task(task_id="py", executable=touch_then_sleep, args=(str(started), 30))]
+    )
     deadline = time.monotonic() + 10
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -157,9 +169,11 @@ def test_a_running_python_task_is_cancelled_by_replacing_its_worker(
 
 
 def test_a_task_that_kills_its_worker_fails_alone_and_the_service_goes_on(
-        launcher: Launcher) -> None:
+    launcher: Launcher,
+) -> None:
     tasks = [Task(task_id="die", executable=die)] + [
-        Task(task_id=f"ok{i}", executable=square, args=(i,)) for i in range(20)]
+        Task(task_id=f"ok{i}", executable=square, args=(i,)) for i in range(20)
+    ]
     results = launcher.submit_tasks(tasks).results(timeout=60)
     assert results[0].status is TaskStatus.FAILED
     assert results[0].exception_type == "core.errors.WorkerLost"
@@ -168,11 +182,13 @@ def test_a_task_that_kills_its_worker_fails_alone_and_the_service_goes_on(
 
 
 def test_many_batches_on_one_service_keep_their_results_apart(launcher: Launcher) -> None:
-    batches = [launcher.map_tasks(square, [((b * 100 + i,), {}) for i in range(50)])
-               for b in range(8)]
+    batches = [
+        launcher.map_tasks(square, [((b * 100 + i,), {}) for i in range(50)]) for b in range(8)
+    ]
     for b, batch in enumerate(batches):
         assert [r.result for r in batch.results(timeout=30)] == [
-            (b * 100 + i) ** 2 for i in range(50)]
+            (b * 100 + i) ** 2 for i in range(50)
+        ]
 
 
 def test_stream_yields_every_result_on_an_event_loop(launcher: Launcher) -> None:
@@ -202,12 +218,18 @@ def where_pid_only(_: int) -> tuple[int, None]:
 
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec (apt: openmpi-bin)")
-def test_a_two_process_command_runs_under_mpiexec_on_two_reserved_slots(
-        launcher: Launcher) -> None:
+def test_a_two_process_command_runs_under_mpiexec_on_two_reserved_slots(launcher: Launcher) -> None:
     rank = "echo rank=${OMPI_COMM_WORLD_RANK:-$PMI_RANK} size=${OMPI_COMM_WORLD_SIZE:-$PMI_SIZE}"
-    task = Task(task_id="mpi", executable=["sh", "-c", rank], ppn=2,
-                env={"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                     "OMPI_MCA_btl_base_warn_component_unused": "0"})
+    task = Task(
+        task_id="mpi",
+        executable=["sh", "-c", rank],
+        ppn=2,
+        env={
+            "OMPI_ALLOW_RUN_AS_ROOT": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "OMPI_MCA_btl_base_warn_component_unused": "0",
+        },
+    )
     (result,) = launcher.submit_tasks([task]).results(timeout=60)
     assert result.status is TaskStatus.SUCCESS, result.stderr
     assert sorted((result.stdout or "").split("\n")[:2]) == ["rank=0 size=2", "rank=1 size=2"]
@@ -222,10 +244,12 @@ def test_a_three_level_tree_runs_tasks_and_leaves_no_process() -> None:
     assert processes_of_run(deep.run_id) == []
 
 
-@pytest.mark.parametrize("field", [{"cpu_affinity": [0]}, {"gpu_affinity": ["0"]},
-                                   {"ngpus_per_process": 1}])
+@pytest.mark.parametrize(
+    "field", [{"cpu_affinity": [0]}, {"gpu_affinity": ["0"]}, {"ngpus_per_process": 1}]
+)
 def test_placement_requests_this_version_cannot_honour_are_refused(
-        launcher: Launcher, field: dict) -> None:
+    launcher: Launcher, field: dict
+) -> None:
     with pytest.raises(ConfigError, match="task t0"):
         launcher.submit_tasks([Task(task_id="t0", executable=["true"], **field)])
 
@@ -240,10 +264,12 @@ def test_a_small_batch_is_not_stuck_behind_a_big_one(launcher: Launcher) -> None
 
 
 def test_a_worker_killed_under_a_running_command_takes_the_command_with_it(
-        launcher: Launcher, mark: str) -> None:
+    launcher: Launcher, mark: str
+) -> None:
     name, value = mark.split("=")
-    task = Task(task_id="k", executable=["sh", "-c", "sleep 60 & kill -9 $PPID; wait"],
-                env={name: value})
+    task = Task(
+        task_id="k", executable=["sh", "-c", "sleep 60 & kill -9 $PPID; wait"], env={name: value}
+    )
     (result,) = launcher.submit_tasks([task]).results(timeout=30)
     assert result.status is TaskStatus.FAILED
     assert result.exception_type == "core.errors.WorkerLost"

@@ -25,8 +25,12 @@ from core.transport import Channel, CurveKeys, new_context, stop_authenticator
 def test_every_message_round_trips() -> None:
     item = TaskItem(7, b"d" * 16, (1, "a"), {"k": 2.5}, None, {"A": "1"}, "/tmp", 3.0)
     result = ResultItem(7, "success", {"x": [1]}, None, "err", 0, None, None, 1.0, 2.0, "n", (0,))
-    for message in (Register(node="n", pid=1, cpus=(0, 1)), Submit(items=[item]),
-                    Results(items=[result]), Cancel(keys=[1, 2])):
+    for message in (
+        Register(node="n", pid=1, cpus=(0, 1)),
+        Submit(items=[item]),
+        Results(items=[result]),
+        Cancel(keys=[1, 2]),
+    ):
         assert decode(encode(message)) == message
 
 

@@ -89,15 +89,18 @@ def point(p: Point, scale: Annotated[float, Field(gt=0, description="a factor > 
 
 def build_server() -> Server:
     """The server every MCP test talks to (small bounds so tests stay small)."""
-    srv = Server("ensemble-test", max_tasks=MAX_TASKS,
-                 output_limits=OutputLimits(text_chars=200, result_bytes=2000, text_lines=5))
+    srv = Server(
+        "ensemble-test",
+        max_tasks=MAX_TASKS,
+        output_limits=OutputLimits(text_chars=200, result_bytes=2000, text_lines=5),
+    )
     for fn in (add, async_scale, boom, noisy, big_text, big_list, wrong_type, point):
         srv.ensemble_tool(fn)
     env = {"TASK_MARK": TASK_MARK}
-    srv.ensemble_tool("sleep {seconds}", name="sleep_cmd", env=env, submit_tool=False,
-                      params={"seconds": float})
-    srv.ensemble_tool("/bin/echo {word}", name="echo_cmd", description="Echo one word.",
-                      env=env)
+    srv.ensemble_tool(
+        "sleep {seconds}", name="sleep_cmd", env=env, submit_tool=False, params={"seconds": float}
+    )
+    srv.ensemble_tool("/bin/echo {word}", name="echo_cmd", description="Echo one word.", env=env)
     srv.ensemble_tool(f"{sys.executable} -c {{code}}", name="py_cmd", env=env)
     return srv
 
@@ -120,16 +123,22 @@ def serve_command(*extra: str) -> list[str]:
 
 def subprocess_env(task_mark: str) -> dict[str, str]:
     """The environment of a served test server whose command tasks carry ``task_mark``."""
-    return {**os.environ, "ENSEMBLE_MCP_TEST_TASK_MARK": task_mark,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "ENSEMBLE_MCP_TEST_TASK_MARK": task_mark,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def start_http_server(task_mark: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the test server over streamable HTTP in a subprocess; returns it and its URL once
-    it listens."""
+    """Start the test server over streamable HTTP in a subprocess.
+
+    Returns the process and its URL once it listens.
+    """
     port, url = free_url()
-    process = subprocess.Popen(serve_command("--port", str(port)), cwd=ROOT,
-                               env=subprocess_env(task_mark))
+    process = subprocess.Popen(
+        serve_command("--port", str(port)), cwd=ROOT, env=subprocess_env(task_mark)
+    )
     try:
         wait_until_serving(process, "127.0.0.1", port, timeout_s=60)
     except BaseException:

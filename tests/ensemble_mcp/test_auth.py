@@ -24,11 +24,17 @@ from ensemble_mcp.server import Server
 from tests.ensemble_mcp.conftest_mcp import add
 
 TOKEN = secrets.token_urlsafe(32)
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-06-18", "capabilities": {},
-    "clientInfo": {"name": "test", "version": "0"}}}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream",
-               "Content-Type": "application/json"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"},
+    },
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def small_server(**kwargs: Any) -> Server:
@@ -66,8 +72,10 @@ def protected() -> Iterator[str]:
 async def list_and_call(url: str, headers: dict[str, str]) -> tuple[set[str], Any]:
     timeout = httpx2.Timeout(30, read=60)
     with anyio.fail_after(60):
-        async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
-                Client(streamable_http_client(url, http_client=http)) as client:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
             names = {t.name for t in (await client.list_tools()).tools}
             result = await client.call_tool("add", {"a": [1, 2, 5], "b": 10})
     return names, result
@@ -75,46 +83,64 @@ async def list_and_call(url: str, headers: dict[str, str]) -> tuple[set[str], An
 
 async def post_initialize(url: str, **headers: str) -> httpx2.Response:
     async with httpx2.AsyncClient(timeout=30) as http:
-        response: httpx2.Response = await http.post(url, json=INITIALIZE,
-                                                     headers={**MCP_HEADERS, **headers})
+        response: httpx2.Response = await http.post(
+            url, json=INITIALIZE, headers={**MCP_HEADERS, **headers}
+        )
     return response
 
 
 # -- over HTTP ---------------------------------------------------------------------------------
 
 
-async def test_a_request_without_the_header_gets_401_saying_what_is_missing(
-        protected: str) -> None:
+async def test_a_request_without_the_header_gets_401_saying_what_is_missing(protected: str) -> None:
     response = await post_initialize(protected)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="ensemble-mcp"'
-    assert response.json() == {"jsonrpc": "2.0", "id": None, "error": {
-        "code": -32600, "message": "Unauthorized: missing Authorization header; send "
-        f"'Authorization: Bearer <token>' with the server's token (${TOKEN_ENV})"}}
+    assert response.json() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {
+            "code": -32600,
+            "message": "Unauthorized: missing Authorization header; send "
+            f"'Authorization: Bearer <token>' with the server's token (${TOKEN_ENV})",
+        },
+    }
 
 
 WRONG = "invalid bearer token"
 NOT_BEARER = "the Authorization header is not 'Bearer <token>'"
 
 
-@pytest.mark.parametrize(("header", "problem"), [
-    ("Bearer wrong-token", WRONG), (f"Bearer {TOKEN}x", WRONG), (f"Bearer {TOKEN[:-1]}", WRONG),
-    (f"Bearer  {TOKEN} extra", WRONG), (f"Basic {TOKEN}", NOT_BEARER), (TOKEN, NOT_BEARER),
-    ("Bearer", NOT_BEARER)])
-async def test_a_wrong_token_or_scheme_gets_401_invalid_token(protected: str, header: str,
-                                                              problem: str) -> None:
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("Bearer wrong-token", WRONG),
+        (f"Bearer {TOKEN}x", WRONG),
+        (f"Bearer {TOKEN[:-1]}", WRONG),
+        (f"Bearer  {TOKEN} extra", WRONG),
+        (f"Basic {TOKEN}", NOT_BEARER),
+        (TOKEN, NOT_BEARER),
+        ("Bearer", NOT_BEARER),
+    ],
+)
+async def test_a_wrong_token_or_scheme_gets_401_invalid_token(
+    protected: str, header: str, problem: str
+) -> None:
     response = await post_initialize(protected, Authorization=header)
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == \
-        'Bearer realm="ensemble-mcp", error="invalid_token"'
+    assert (
+        response.headers["www-authenticate"] == 'Bearer realm="ensemble-mcp", error="invalid_token"'
+    )
     assert response.json()["error"]["message"] == f"Unauthorized: {problem}"
 
 
 async def test_the_sdk_client_without_the_token_fails_and_with_it_lists_and_calls(
-        protected: str) -> None:
-    with pytest.RaisesGroup(pytest.RaisesExc(
-            MCPError, match="^Unauthorized: missing Authorization header"),
-            flatten_subgroups=True):
+    protected: str,
+) -> None:
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(MCPError, match="^Unauthorized: missing Authorization header"),
+        flatten_subgroups=True,
+    ):
         await list_and_call(protected, {})
     names, result = await list_and_call(protected, {"Authorization": f"Bearer {TOKEN}"})
     assert names == {"add"}
@@ -123,15 +149,17 @@ async def test_the_sdk_client_without_the_token_fails_and_with_it_lists_and_call
 
 
 async def test_the_sdks_host_check_still_answers_421_behind_the_token(protected: str) -> None:
-    response = await post_initialize(protected, Authorization=f"Bearer {TOKEN}",
-                                     Host="evil.example:80")
+    response = await post_initialize(
+        protected, Authorization=f"Bearer {TOKEN}", Host="evil.example:80"
+    )
     assert response.status_code == 421
     good = await post_initialize(protected, Authorization=f"Bearer {TOKEN}")
     assert good.status_code == 200
 
 
 async def test_without_a_token_the_server_answers_requests_without_a_header(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     server = small_server()
     assert not server.requires_token
@@ -145,7 +173,8 @@ async def test_without_a_token_the_server_answers_requests_without_a_header(
 
 
 def test_the_token_is_read_from_the_environment_when_the_server_is_built(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     from_env = Server("env")
     monkeypatch.setenv(TOKEN_ENV, "")
@@ -155,7 +184,8 @@ def test_the_token_is_read_from_the_environment_when_the_server_is_built(
 
 
 def test_a_token_that_cannot_be_a_bearer_token_is_refused_naming_where_it_came_from(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with pytest.raises(ValueError, match=r"^auth_token is empty; make one with: python -c"):
         Server("x", auth_token="")
     with pytest.raises(ValueError, match=r"^auth_token may hold only letters, digits"):
@@ -168,14 +198,17 @@ def test_a_token_that_cannot_be_a_bearer_token_is_refused_naming_where_it_came_f
 
 
 def test_running_on_a_non_loopback_address_without_a_token_warns(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     # 192.0.2.1 (TEST-NET-1) is on no interface: binding fails, so nothing is ever exposed.
     with caplog.at_level(logging.WARNING, "ensemble_mcp.server"), pytest.raises(SystemExit):
         small_server().run("streamable-http", host="192.0.2.1", port=9)
     warnings = [r.getMessage() for r in caplog.records if r.name == "ensemble_mcp.server"]
-    assert warnings == [f"serving on 192.0.2.1 without a token: anyone who reaches this "
-                        f"address can run tools; set {TOKEN_ENV}"]
+    assert warnings == [
+        f"serving on 192.0.2.1 without a token: anyone who reaches this "
+        f"address can run tools; set {TOKEN_ENV}"
+    ]
 
 
 # -- the middleware on its own (ASGI scopes no HTTP client here can send) ----------------------
@@ -198,7 +231,10 @@ async def test_lifespan_passes_and_a_websocket_without_the_token_is_closed() -> 
     guard = BearerAuth(app, TOKEN)
     await guard({"type": "lifespan"}, receive, send)
     await guard({"type": "websocket", "headers": []}, receive, send)
-    await guard({"type": "websocket", "headers": [(b"authorization",
-                                                   f"bearer {TOKEN}".encode())]}, receive, send)
+    await guard(
+        {"type": "websocket", "headers": [(b"authorization", f"bearer {TOKEN}".encode())]},
+        receive,
+        send,
+    )
     assert seen == ["lifespan", "websocket"]
     assert [(m["type"], m["code"]) for m in sent] == [("websocket.close", 1008)]

@@ -17,14 +17,19 @@ EXAMPLES = ROOT / "examples" / "agents"
 
 @pytest.mark.slow
 def test_main_job_starts_the_server_runs_the_client_and_prints_a_table() -> None:
-    done = subprocess.run([sys.executable, str(EXAMPLES / "run_example.py")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "run_example.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("tools on http://127.0.0.1:")
     assert "flame_speed, flame_speed_submit" in lines[0]
     header = next(i for i, line in enumerate(lines) if line.startswith("#  pressure"))
-    rows = [line.split() for line in lines[header + 2: header + 6]]
+    rows = [line.split() for line in lines[header + 2 : header + 6]]
     assert [r[1] for r in rows] == ["1.0", "2.0", "5.0", "10.0"]
     assert all(r[2] == "300.0" and r[3] == "success" for r in rows)
     assert lines[-1].startswith("4 tasks (one-to-one): 4 success in ")

@@ -34,7 +34,8 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 async def test_lists_tools_and_runs_one_task_per_element_over_http(
-        served: tuple[str, str], mode: str) -> None:
+    served: tuple[str, str], mode: str
+) -> None:
     url, _ = served
     seen: list[float] = []
 
@@ -45,8 +46,9 @@ async def test_lists_tools_and_runs_one_task_per_element_over_http(
         names = {t.name for t in (await client.list_tools()).tools}
         assert {"add", "add_submit", "ensemble_results", "echo_cmd"} <= names
         with anyio.fail_after(30):
-            result = await client.call_tool("add", {"a": [1, 2, 5, 10], "b": 300},
-                                            progress_callback=on_progress)
+            result = await client.call_tool(
+                "add", {"a": [1, 2, 5, 10], "b": 300}, progress_callback=on_progress
+            )
     assert not result.is_error
     assert [t["result"] for t in result.structured_content["tasks"]] == [301, 302, 305, 310]
     assert result.structured_content["summary"]["broadcast"] == ["b"]
@@ -54,7 +56,8 @@ async def test_lists_tools_and_runs_one_task_per_element_over_http(
 
 
 async def test_errors_and_failed_tasks_read_the_same_over_http(
-        served: tuple[str, str], mode: str) -> None:
+    served: tuple[str, str], mode: str
+) -> None:
     url, _ = served
     async with Client(url, mode=mode) as client:
         with anyio.fail_after(30):
@@ -62,7 +65,8 @@ async def test_errors_and_failed_tasks_read_the_same_over_http(
             failed = await client.call_tool("boom", {"x": [-1, 1]})
             echoed = await client.call_tool("echo_cmd", {"word": ["x y"]})
     assert bad.is_error and "a has 2 values and b has 3 values. Nothing was run." in (
-        bad.content[0].text)
+        bad.content[0].text
+    )
     assert [t["status"] for t in failed.structured_content["tasks"]] == ["failed", "success"]
     assert echoed.structured_content["tasks"][0]["result"] == "x y\n"
 
@@ -84,7 +88,8 @@ async def test_concurrent_clients_get_their_own_results(served: tuple[str, str])
 
 
 async def test_client_giving_up_cancels_the_tasks_and_no_process_remains(
-        served: tuple[str, str], mode: str) -> None:
+    served: tuple[str, str], mode: str
+) -> None:
     url, task_mark = served
     mark = f"TASK_MARK={task_mark}"
     assert pids_with_env(mark) == []
@@ -115,7 +120,8 @@ async def test_a_submitted_ensemble_outlives_its_request(served: tuple[str, str]
         status: dict[str, Any] = {}
         with anyio.fail_after(20):
             while not status.get("finished"):
-                status = (await client.call_tool(
-                    "ensemble_status", {"ensemble_id": ensemble_id})).structured_content
+                status = (
+                    await client.call_tool("ensemble_status", {"ensemble_id": ensemble_id})
+                ).structured_content
         page = await client.call_tool("ensemble_results", {"ensemble_id": ensemble_id})
     assert [t["result"] for t in page.structured_content["tasks"]] == [2.0, 3.0, 4.0]

@@ -27,8 +27,9 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def call(server: Server, mode: str, tool: str, arguments: dict[str, Any],
-               **kwargs: Any) -> Any:
+async def call(
+    server: Server, mode: str, tool: str, arguments: dict[str, Any], **kwargs: Any
+) -> Any:
     async with Client(server, mode=mode) as client:
         with anyio.fail_after(30):
             return await client.call_tool(tool, arguments, **kwargs)
@@ -42,11 +43,19 @@ def text_of(result: Any) -> str:
 
 
 async def test_tool_list_shows_list_schemas_output_schema_and_companion_tools(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     async with Client(server, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert {"add", "add_submit", "ensemble_status", "ensemble_results", "ensemble_cancel",
-            "echo_cmd", "sleep_cmd"} <= set(tools)
+    assert {
+        "add",
+        "add_submit",
+        "ensemble_status",
+        "ensemble_results",
+        "ensemble_cancel",
+        "echo_cmd",
+        "sleep_cmd",
+    } <= set(tools)
     assert "sleep_cmd_submit" not in tools
     add_tool = tools["add"]
     assert add_tool.input_schema["properties"]["a"]["type"] == "array"
@@ -68,26 +77,38 @@ async def test_call_returns_one_entry_per_task_in_input_order(server: Server, mo
     out = result.structured_content
     assert [t["result"] for t in out["tasks"]] == [11.0, 12.0, 13.0]
     assert [t["params"] for t in out["tasks"]] == [
-        {"a": 1.0, "b": 10.0}, {"a": 2.0, "b": 10.0}, {"a": 3.0, "b": 10.0}]
+        {"a": 1.0, "b": 10.0},
+        {"a": 2.0, "b": 10.0},
+        {"a": 3.0, "b": 10.0},
+    ]
     assert [t["index"] for t in out["tasks"]] == [0, 1, 2]
     assert all(t["status"] == "success" and t["duration_s"] >= 0 for t in out["tasks"])
     summary = out["summary"]
     assert summary["total"] == 3 and summary["relation"] == "one-to-one"
     assert summary["lengths"] == {"a": 3, "b": 3} and summary["broadcast"] == ["b"]
     assert summary["counts"] == {"success": 3, "failed": 0, "timeout": 0, "cancelled": 0}
-    assert text_of(result).startswith("add: 3 tasks (relation one-to-one; a 3, b 3; used for "
-                                      "every task: b): 3 success;")
+    assert text_of(result).startswith(
+        "add: 3 tasks (relation one-to-one; a 3, b 3; used for every task: b): 3 success;"
+    )
 
 
 async def test_many_to_many_runs_every_combination(server: Server, mode: str) -> None:
-    result = await call(server, mode, "add", {"a": [1, 2], "b": [10, 20, 30],
-                                              "relation": "many-to-many"})
+    result = await call(
+        server, mode, "add", {"a": [1, 2], "b": [10, 20, 30], "relation": "many-to-many"}
+    )
     assert [t["result"] for t in result.structured_content["tasks"]] == [
-        11.0, 21.0, 31.0, 12.0, 22.0, 32.0]
+        11.0,
+        21.0,
+        31.0,
+        12.0,
+        22.0,
+        32.0,
+    ]
 
 
 async def test_failed_tasks_are_data_with_exception_type_and_message(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     result = await call(server, mode, "boom", {"x": [1, -2, 3]})
     assert not result.is_error
     tasks = result.structured_content["tasks"]
@@ -104,16 +125,22 @@ async def test_async_functions_run_as_tasks(server: Server, mode: str) -> None:
 
 
 async def test_pydantic_model_arguments_and_results_round_trip(server: Server, mode: str) -> None:
-    result = await call(server, mode, "point", {"p": {"pressure": 1, "temperature": 300},
-                                                "scale": [2, 3]})
+    result = await call(
+        server, mode, "point", {"p": {"pressure": 1, "temperature": 300}, "scale": [2, 3]}
+    )
     assert [t["result"] for t in result.structured_content["tasks"]] == [
-        {"pressure": 2.0, "temperature": 600.0}, {"pressure": 3.0, "temperature": 900.0}]
+        {"pressure": 2.0, "temperature": 600.0},
+        {"pressure": 3.0, "temperature": 900.0},
+    ]
 
 
 async def test_command_template_returns_stdout_per_task(server: Server, mode: str) -> None:
     result = await call(server, mode, "echo_cmd", {"word": ["a b", "$(id -u)", "c;d"]})
     assert [t["result"] for t in result.structured_content["tasks"]] == [
-        "a b\n", "$(id -u)\n", "c;d\n"]
+        "a b\n",
+        "$(id -u)\n",
+        "c;d\n",
+    ]
 
 
 async def test_failing_command_reports_exit_code_and_stderr_tail(server: Server, mode: str) -> None:
@@ -125,7 +152,8 @@ async def test_failing_command_reports_exit_code_and_stderr_tail(server: Server,
 
 
 async def test_a_result_that_breaks_its_return_annotation_is_a_failed_task(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     result = await call(server, mode, "wrong_type", {"x": [1]})
     (task,) = result.structured_content["tasks"]
     assert task["status"] == "failed"
@@ -136,7 +164,8 @@ async def test_a_result_that_breaks_its_return_annotation_is_a_failed_task(
 
 
 async def test_text_content_is_bounded_and_points_to_structured_content(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     result = await call(server, mode, "boom", {"x": [*range(8), -1, -2]})
     lines = text_of(result).splitlines()
     assert len(lines) == 1 + 5 + 1
@@ -159,11 +188,12 @@ async def test_large_results_are_cut_or_left_out_with_a_marker(server: Server, m
 
 
 async def test_bad_arguments_return_an_error_that_shows_the_fix_and_run_nothing(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     before = server.num_calls
     result = await call(server, mode, "add", {"a": [1, 2, 3], "b": [1, 2]})
     assert result.is_error
-    assert text_of(result).startswith("Error executing tool add: Under relation \"one-to-one\"")
+    assert text_of(result).startswith('Error executing tool add: Under relation "one-to-one"')
     assert "a has 3 values and b has 2 values. Nothing was run." in text_of(result)
     assert 'add(a=[1, 2, 3], b=[1, 2], relation="many-to-many")' in text_of(result)
     bad_type = await call(server, mode, "add", {"a": [1, "x"]})
@@ -190,7 +220,8 @@ async def test_progress_notifications_count_tasks_done(server: Server, mode: str
 
 
 async def test_concurrent_calls_share_the_launcher_and_keep_results_apart(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     outputs: dict[int, list[float]] = {}
 
     async def one(k: int) -> None:
@@ -204,11 +235,11 @@ async def test_concurrent_calls_share_the_launcher_and_keep_results_apart(
 
 
 async def test_cancelled_call_kills_its_tasks_and_leaves_no_process(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     mark = f"TASK_MARK=cancel-{uuid.uuid4().hex}"
     name = f"sleep_{uuid.uuid4().hex[:8]}"
-    server.ensemble_tool("sleep {s}", name=name, env=dict([mark.split("=", 1)]),
-                         submit_tool=False)
+    server.ensemble_tool("sleep {s}", name=name, env=dict([mark.split("=", 1)]), submit_tool=False)
     async with Client(server, mode=mode) as client, anyio.create_task_group() as group:
         group.start_soon(client.call_tool, name, {"s": [30, 30, 30]})
         with anyio.fail_after(20):
@@ -222,7 +253,8 @@ async def test_cancelled_call_kills_its_tasks_and_leaves_no_process(
 
 
 async def test_submit_returns_an_id_then_status_results_pages_and_cancel_work(
-        server: Server, mode: str) -> None:
+    server: Server, mode: str
+) -> None:
     async with Client(server, mode=mode) as client:
         started = await client.call_tool("add_submit", {"a": list(range(7)), "b": 1})
         assert not started.is_error
@@ -232,15 +264,22 @@ async def test_submit_returns_an_id_then_status_results_pages_and_cancel_work(
         status: dict[str, Any] = {}
         with anyio.fail_after(20):
             while not status.get("finished"):
-                status = (await client.call_tool(
-                    "ensemble_status", {"ensemble_id": ensemble_id})).structured_content
+                status = (
+                    await client.call_tool("ensemble_status", {"ensemble_id": ensemble_id})
+                ).structured_content
         assert status["counts"]["success"] == 7 and status["done"] == 7
-        page = (await client.call_tool("ensemble_results", {
-            "ensemble_id": ensemble_id, "offset": 0, "limit": 4})).structured_content
+        page = (
+            await client.call_tool(
+                "ensemble_results", {"ensemble_id": ensemble_id, "offset": 0, "limit": 4}
+            )
+        ).structured_content
         assert [t["result"] for t in page["tasks"]] == [1.0, 2.0, 3.0, 4.0]
         assert page["next_offset"] == 4
-        last = (await client.call_tool("ensemble_results", {
-            "ensemble_id": ensemble_id, "offset": 4, "limit": 4})).structured_content
+        last = (
+            await client.call_tool(
+                "ensemble_results", {"ensemble_id": ensemble_id, "offset": 4, "limit": 4}
+            )
+        ).structured_content
         assert [t["index"] for t in last["tasks"]] == [4, 5, 6] and last["next_offset"] is None
         cancelled = await client.call_tool("ensemble_cancel", {"ensemble_id": ensemble_id})
         assert cancelled.structured_content["finished"] is True
@@ -265,8 +304,9 @@ async def test_ensemble_cancel_stops_running_tasks(server: Server, mode: str) ->
         status: dict[str, Any] = {}
         with anyio.fail_after(15):
             while not status.get("finished"):
-                status = (await client.call_tool(
-                    "ensemble_status", {"ensemble_id": ensemble_id})).structured_content
+                status = (
+                    await client.call_tool("ensemble_status", {"ensemble_id": ensemble_id})
+                ).structured_content
         assert status["counts"]["cancelled"] == 3
 
 

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 async def test_stdio_server_runs_ensembles_for_the_sdk_client() -> None:
     task_mark = f"stdio-{uuid.uuid4().hex}"
     argv = serve_command("--transport", "stdio")
-    params = StdioServerParameters(command=argv[0], args=argv[1:], cwd=str(ROOT),
-                                   env=subprocess_env(task_mark))
+    params = StdioServerParameters(
+        command=argv[0], args=argv[1:], cwd=str(ROOT), env=subprocess_env(task_mark)
+    )
     with anyio.fail_after(60):
         async with Client(params) as client:
             noisy = await client.call_tool("noisy", {"x": [1, 2, 3]})
@@ -31,18 +32,31 @@ async def test_stdio_server_runs_ensembles_for_the_sdk_client() -> None:
 
 
 def _request(ident: int, method: str, params: dict[str, object]) -> bytes:
-    return (json.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
-            + "\n").encode()
+    return (
+        json.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params}) + "\n"
+    ).encode()
 
 
 def test_task_output_never_reaches_the_protocol_stream() -> None:
     task_mark = f"stdio-raw-{uuid.uuid4().hex}"
-    process = subprocess.Popen(serve_command("--transport", "stdio"), cwd=ROOT,
-                               env=subprocess_env(task_mark), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        serve_command("--transport", "stdio"),
+        cwd=ROOT,
+        env=subprocess_env(task_mark),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     messages = [
-        _request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                   "clientInfo": {"name": "raw", "version": "0"}}),
+        _request(
+            1,
+            "initialize",
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        ),
         b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n',
         _request(2, "tools/call", {"name": "noisy", "arguments": {"x": [7, 8]}}),
         _request(3, "tools/call", {"name": "echo_cmd", "arguments": {"word": ["loud"]}}),

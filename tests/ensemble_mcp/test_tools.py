@@ -50,7 +50,7 @@ def numpy_style(x: int, label: str = "a") -> str:
     label : str
         The label.
 
-    Returns
+    Returns:
     -------
     str
     """
@@ -77,8 +77,9 @@ def plan(arguments: dict[str, Any], spec: EnsembleSpec = SPEC, max_tasks: int = 
     return plan_ensemble(spec, arguments, max_tasks=max_tasks)
 
 
-def error_text(arguments: dict[str, Any], spec: EnsembleSpec = SPEC,
-               max_tasks: int = 10_000) -> str:
+def error_text(
+    arguments: dict[str, Any], spec: EnsembleSpec = SPEC, max_tasks: int = 10_000
+) -> str:
     with pytest.raises(EnsembleInputError) as info:
         plan(arguments, spec, max_tasks)
     assert isinstance(info.value, ToolError)
@@ -94,8 +95,11 @@ def test_every_parameter_becomes_a_required_list_of_its_type_with_at_least_one_i
     schema = input_schema(SPEC)
     assert schema["required"] == ["pressure", "temperature"]
     assert schema["properties"]["pressure"] == {
-        "type": "array", "items": {"type": "number"}, "minItems": 1,
-        "description": "pressure in atm, absolute."}
+        "type": "array",
+        "items": {"type": "number"},
+        "minItems": 1,
+        "description": "pressure in atm, absolute.",
+    }
     assert schema["properties"]["temperature"]["description"] == "temperature in K."
     assert schema["additionalProperties"] is False
 
@@ -129,7 +133,9 @@ def test_parameter_names_that_shadow_model_attributes_work() -> None:
     spec = spec_from_function(f)
     assert input_schema(spec)["required"] == ["schema"]
     assert [k for k, _ in plan({"schema": [1, 2], "model_config": 3}, spec).tasks()] == [
-        {"schema": 1, "model_config": 3.0}, {"schema": 2, "model_config": 3.0}]
+        {"schema": 1, "model_config": 3.0},
+        {"schema": 2, "model_config": 3.0},
+    ]
 
 
 def test_pydantic_model_parameters_keep_their_definitions() -> None:
@@ -145,8 +151,10 @@ def test_pydantic_model_parameters_keep_their_definitions() -> None:
 
 def test_google_args_become_parameter_texts_and_leave_the_description() -> None:
     doc = parse_docstring(flame_speed.__doc__)
-    assert doc.params == {"pressure": "pressure in atm, absolute.",
-                          "temperature": "temperature in K."}
+    assert doc.params == {
+        "pressure": "pressure in atm, absolute.",
+        "temperature": "temperature in K.",
+    }
     assert "Args:" not in doc.text and "pressure in atm" not in doc.text
     assert doc.text.startswith("Laminar flame speed") and "Returns:" in doc.text
 
@@ -192,14 +200,19 @@ def test_one_element_list_is_used_for_every_task() -> None:
     assert p.lengths == {"pressure": 4, "temperature": 4}
     assert p.broadcast == ("temperature",)
     assert [t["temperature"] for t in tasks_of({"pressure": [1, 2], "temperature": [300]})] == [
-        300.0, 300.0]
+        300.0,
+        300.0,
+    ]
 
 
 def test_bare_value_is_used_for_every_task() -> None:
     assert tasks_of({"pressure": [1, 2], "temperature": 300}) == [
-        {"pressure": 1.0, "temperature": 300.0}, {"pressure": 2.0, "temperature": 300.0}]
+        {"pressure": 1.0, "temperature": 300.0},
+        {"pressure": 2.0, "temperature": 300.0},
+    ]
     assert tasks_of({"pressure": 1, "temperature": 300}) == [
-        {"pressure": 1.0, "temperature": 300.0}]
+        {"pressure": 1.0, "temperature": 300.0}
+    ]
 
 
 def test_a_list_sent_as_json_text_is_read_as_a_list() -> None:
@@ -210,18 +223,26 @@ def test_many_to_many_takes_every_combination_in_order_and_ignores_broadcast() -
     p = plan({"pressure": [1, 2], "temperature": [300, 400, 500], "relation": "many-to-many"})
     assert p.total == 6 and p.broadcast == () and p.lengths == {"pressure": 2, "temperature": 3}
     assert [(k["pressure"], k["temperature"]) for k, _ in p.tasks()] == [
-        (1, 300), (1, 400), (1, 500), (2, 300), (2, 400), (2, 500)]
+        (1, 300),
+        (1, 400),
+        (1, 500),
+        (2, 300),
+        (2, 400),
+        (2, 500),
+    ]
     assert plan({"pressure": [1, 2], "temperature": 300, "relation": "many-to-many"}).total == 2
-    assert plan({"pressure": [1, 2], "temperature": [3, 4],
-                 "relation": ["many-to-many"]}).total == 4
+    assert (
+        plan({"pressure": [1, 2], "temperature": [3, 4], "relation": ["many-to-many"]}).total == 4
+    )
 
 
 def test_lists_longer_than_one_must_still_agree() -> None:
     text = error_text({"pressure": [1, 2, 5, 10], "temperature": [300, 400]})
     assert "pressure has 4 values and temperature has 2 values" in text
     assert "flame_speed(pressure=[1, 2, 5, 10], temperature=[300])" in text
-    assert ('flame_speed(pressure=[1, 2, 5, 10], temperature=[300, 400], '
-            'relation="many-to-many")') in text
+    assert (
+        'flame_speed(pressure=[1, 2, 5, 10], temperature=[300, 400], relation="many-to-many")'
+    ) in text
     assert "(8 tasks)" in text
     assert text.index("many-to-many") < text.index("leaves out the other values")
 
@@ -232,7 +253,7 @@ def test_parameters_with_defaults_may_be_left_out() -> None:
 
 
 def test_elements_are_converted_to_their_type_and_echoed_as_json() -> None:
-    (kwargs, echo), = plan({"pressure": ["2"], "temperature": [300]}).tasks()
+    ((kwargs, echo),) = plan({"pressure": ["2"], "temperature": [300]}).tasks()
     assert kwargs == {"pressure": 2.0, "temperature": 300.0} and echo == kwargs
 
 
@@ -263,8 +284,10 @@ def test_missing_and_empty_and_bad_relation_are_each_named() -> None:
 
 
 def test_fan_out_over_the_cap_gives_the_count_and_the_cap() -> None:
-    text = error_text({"pressure": list(range(30)), "temperature": list(range(40)),
-                       "relation": "many-to-many"}, max_tasks=1000)
+    text = error_text(
+        {"pressure": list(range(30)), "temperature": list(range(40)), "relation": "many-to-many"},
+        max_tasks=1000,
+    )
     assert "1,200 tasks" in text and "cap of 1,000 tasks" in text
     text = error_text({"pressure": list(range(1001)), "temperature": 1}, max_tasks=1000)
     assert "1,001 tasks" in text and "cap of 1,000" in text
@@ -307,8 +330,12 @@ def test_async_functions_make_specs_like_sync_ones() -> None:
 
 
 def test_template_placeholders_become_list_parameters() -> None:
-    spec = spec_from_template("./sim --p {p} --t {t}", name="sim", description="Simulate.",
-                              params={"p": Annotated[float, Field(gt=0, description="atm")]})
+    spec = spec_from_template(
+        "./sim --p {p} --t {t}",
+        name="sim",
+        description="Simulate.",
+        params={"p": Annotated[float, Field(gt=0, description="atm")]},
+    )
     schema = input_schema(spec)
     assert schema["required"] == ["p", "t"]
     assert schema["properties"]["p"]["items"] == {"type": "number", "exclusiveMinimum": 0}
@@ -319,7 +346,11 @@ def test_template_placeholders_become_list_parameters() -> None:
 def test_each_template_value_is_exactly_one_argv_element() -> None:
     command = CommandTemplate.parse("echo --x={x} {y} 'a {x}'")
     assert command.render({"x": "1 2; rm -rf /", "y": "$(id -u)"}) == [
-        "echo", "--x=1 2; rm -rf /", "$(id -u)", "a 1 2; rm -rf /"]
+        "echo",
+        "--x=1 2; rm -rf /",
+        "$(id -u)",
+        "a 1 2; rm -rf /",
+    ]
     assert command.render({"x": 1.5, "y": True}) == ["echo", "--x=1.5", "true", "a 1.5"]
 
 

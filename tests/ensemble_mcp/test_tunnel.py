@@ -38,8 +38,11 @@ def clean_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def open_tunnel(sshd: Sshd, remote_port: int, **options: Any) -> Tunnel:
-    kwargs: dict[str, Any] = {"key_filename": str(sshd.user_key),
-                                 "known_hosts": str(sshd.known_hosts), "port": sshd.port}
+    kwargs: dict[str, Any] = {
+        "key_filename": str(sshd.user_key),
+        "known_hosts": str(sshd.known_hosts),
+        "port": sshd.port,
+    }
     kwargs.update(options)
     return start_tunnel(sshd.user, "127.0.0.1", 0, remote_port, **kwargs)
 
@@ -94,8 +97,15 @@ def test_stop_frees_the_port_at_once_and_leaves_no_thread_or_socket(
     idle.close()
     assert set(threading.enumerate()) <= threads  # no thread of the tunnel is left
     assert open_fds() <= fds  # nothing new is left open (an older fd may close meanwhile)
-    again = start_tunnel(sshd.user, "127.0.0.1", port, echo_port, port=sshd.port,
-                         key_filename=str(sshd.user_key), known_hosts=str(sshd.known_hosts))
+    again = start_tunnel(
+        sshd.user,
+        "127.0.0.1",
+        port,
+        echo_port,
+        port=sshd.port,
+        key_filename=str(sshd.user_key),
+        known_hosts=str(sshd.known_hosts),
+    )
     with again:
         assert again.local_port == port
         assert echo_once(port, b"same port") == b"same port"
@@ -171,8 +181,15 @@ def test_a_local_port_in_use_is_reported_with_what_to_do(sshd: Sshd, echo_port: 
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         with pytest.raises(TunnelError, match=f"local port {port} .*already in use"):
-            start_tunnel(sshd.user, "127.0.0.1", port, echo_port, port=sshd.port,
-                         key_filename=str(sshd.user_key), known_hosts=str(sshd.known_hosts))
+            start_tunnel(
+                sshd.user,
+                "127.0.0.1",
+                port,
+                echo_port,
+                port=sshd.port,
+                key_filename=str(sshd.user_key),
+                known_hosts=str(sshd.known_hosts),
+            )
 
 
 def test_arguments_out_of_range_raise_value_error_naming_the_argument() -> None:
@@ -194,7 +211,8 @@ def test_an_ssh_config_alias_supplies_host_user_port_and_identity_file(
     (ssh_dir / "known_hosts").write_text(sshd.host_key_line)
     (ssh_dir / "config").write_text(
         f"Host compute1\n  HostName 127.0.0.1\n  User {sshd.user}\n  Port {sshd.port}\n"
-        f"  IdentityFile {sshd.user_key}\n")
+        f"  IdentityFile {sshd.user_key}\n"
+    )
     with start_tunnel(None, "compute1", 0, echo_port) as tunnel:
         assert tunnel.ssh_host == "compute1"
         assert echo_once(tunnel.local_port, b"alias") == b"alias"
@@ -246,9 +264,7 @@ def test_a_dropped_ssh_connection_is_made_again_for_the_next_client(
         assert sshd.log_text().count("Accepted publickey") == 2
 
 
-def test_the_tunnel_stops_with_an_error_when_reconnecting_fails(
-    sshd: Sshd, echo_port: int
-) -> None:
+def test_the_tunnel_stops_with_an_error_when_reconnecting_fails(sshd: Sshd, echo_port: int) -> None:
     tunnel = open_tunnel(sshd, echo_port)
     try:
         sshd.stop()
@@ -264,11 +280,25 @@ def test_the_tunnel_stops_with_an_error_when_reconnecting_fails(
 
 @pytest.fixture
 def cli(sshd: Sshd, echo_port: int) -> Iterator[subprocess.Popen[str]]:
-    argv = [sys.executable, "-m", "ensemble_mcp.cli", "tunnel", f"{sshd.user}@127.0.0.1",
-            str(echo_port), "--local-port", "0", "-i", str(sshd.user_key),
-            "--known-hosts", str(sshd.known_hosts), "-p", str(sshd.port)]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "ensemble_mcp.cli",
+        "tunnel",
+        f"{sshd.user}@127.0.0.1",
+        str(echo_port),
+        "--local-port",
+        "0",
+        "-i",
+        str(sshd.user_key),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "-p",
+        str(sshd.port),
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         yield proc
     finally:
@@ -299,9 +329,20 @@ def test_the_cli_reports_a_tunnel_error_and_exits_1(
     sshd: Sshd, echo_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sshd.known_hosts.write_text("")
-    code = tunnel_cli.main([f"{sshd.user}@127.0.0.1", str(echo_port), "-i", str(sshd.user_key),
-                            "--known-hosts", str(sshd.known_hosts), "-p", str(sshd.port),
-                            "--local-port", "0"])
+    code = tunnel_cli.main(
+        [
+            f"{sshd.user}@127.0.0.1",
+            str(echo_port),
+            "-i",
+            str(sshd.user_key),
+            "--known-hosts",
+            str(sshd.known_hosts),
+            "-p",
+            str(sshd.port),
+            "--local-port",
+            "0",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "error: unknown host key" in err
@@ -311,8 +352,22 @@ def test_the_cli_reports_a_tunnel_error_and_exits_1(
 def test_the_tunnel_command_is_registered_with_its_options() -> None:
     parser = argparse.ArgumentParser()
     tunnel_cli.add_tunnel_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tunnel", "me@login", "9276", "--local-port", "0", "-i", "k1",
-                              "-i", "k2", "-p", "2222", "--accept-new-host-key"])
+    args = parser.parse_args(
+        [
+            "tunnel",
+            "me@login",
+            "9276",
+            "--local-port",
+            "0",
+            "-i",
+            "k1",
+            "-i",
+            "k2",
+            "-p",
+            "2222",
+            "--accept-new-host-key",
+        ]
+    )
     assert args.handler is tunnel_cli.run_tunnel
     assert (args.destination, args.remote_port, args.local_port) == ("me@login", 9276, 0)
     assert (args.key_filename, args.ssh_port) == (["k1", "k2"], 2222)
@@ -355,8 +410,14 @@ async def test_an_mcp_client_calls_a_tool_through_the_tunnel(
     from examples.agents import client_via_tunnel
 
     names, result = await client_via_tunnel.call_through_tunnel(
-        f"{sshd.user}@127.0.0.1", int(read_line(mcp_server)), "add", {"a": 2, "b": 40},
-        key_filename=str(sshd.user_key), known_hosts=str(sshd.known_hosts), port=sshd.port)
+        f"{sshd.user}@127.0.0.1",
+        int(read_line(mcp_server)),
+        "add",
+        {"a": 2, "b": 40},
+        key_filename=str(sshd.user_key),
+        known_hosts=str(sshd.known_hosts),
+        port=sshd.port,
+    )
     assert names == ["add"]
     assert not result.is_error
     assert result.structured_content == {"result": 42}
