@@ -22,7 +22,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
@@ -36,7 +36,7 @@ from core.master import Master, TreeOptions
 from core.protocol import Cancel, ResultItem, Shutdown, Submit, TaskItem
 from core.result import TaskResult, TaskStatus
 from core.spawn import kill_run
-from core.task import Task
+from core.task import DEFAULT_OPTIONS, Task, TaskOptions
 from core.transport import CurveKeys, Poller, private_dir
 
 _STATUS = {s.value: s for s in TaskStatus}
@@ -52,6 +52,7 @@ class Batch:
         self._keys = keys
         self._results: list[TaskResult | None] = [None] * len(task_ids)
         self._order: list[TaskResult] = []
+        self._order_index: list[int] = []
         self._futures: list[Future[TaskResult]] | None = None
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -88,6 +89,7 @@ class Batch:
             for index, result in done:
                 self._results[index] = result
                 self._order.append(result)
+                self._order_index.append(index)
                 if self._futures is not None:
                     self._futures[index].set_result(result)
             self._cond.notify_all()
@@ -121,12 +123,17 @@ class Batch:
 
     async def stream(self) -> AsyncIterator[TaskResult]:
         """Yield results as tasks end (completion order), without blocking the event loop."""
+        async for _, result in self.stream_indexed():
+            yield result
+
+    async def stream_indexed(self) -> AsyncIterator[tuple[int, TaskResult]]:
+        """Yield ``(index in the batch, result)`` as tasks end, without blocking the event loop."""
         loop = asyncio.get_running_loop()
         seen = 0
         while seen < len(self):
             event = None
             with self._cond:
-                new = self._order[seen:]
+                new = list(zip(self._order_index[seen:], self._order[seen:], strict=True))
                 if not new:
                     event = asyncio.Event()
                     self._waiters.append((loop, event))
@@ -134,8 +141,8 @@ class Batch:
                 await event.wait()
                 continue
             seen += len(new)
-            for result in new:
-                yield result
+            for pair in new:
+                yield pair
 
     async def wait(self) -> list[TaskResult]:
         """Wait (async) for every task; results in submission order."""
@@ -426,9 +433,7 @@ class Launcher:
                 task.run_dir,
                 task.timeout,
             )
-        argv = task.argv()
-        if task.nprocs > 1 or self.launcher_config.task_executor_name == "mpi":
-            argv = [self.launcher_config.mpiexec, "-n", str(task.nprocs), *argv]
+        argv = [*self._mpi_prefix(task.nprocs), *task.argv()]
         return TaskItem(
             key, None, (), {}, argv, task.env or None, task.run_dir, task.timeout, task.nprocs
         )
@@ -438,17 +443,94 @@ class Launcher:
         return self._value_future(self.map_tasks(fn, [(args, kwargs)]).futures[0])
 
     def map_tasks(
-        self, fn: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
+        self,
+        fn: Callable[..., Any],
+        calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        options: TaskOptions = DEFAULT_OPTIONS,
+        task_ids: Iterable[str] | None = None,
     ) -> Batch:
-        """One task per ``(args, kwargs)`` pair, without building Task models (fast path)."""
+        """One task per ``(args, kwargs)`` pair, without building Task models (fast path).
+
+        Args:
+            fn: the callable each task runs.
+            calls: the arguments of each task.
+            options: settings shared by every task (validated once).
+            task_ids: one id per task (default ``task-<n>``).
+
+        Raises:
+            ConfigError: ``options`` ask for what a Python task cannot have, or ``fn`` cannot
+                be pickled.
+        """
+        _check_options(options, "these tasks")
+        if options.nprocs > 1:
+            raise ConfigError(
+                f"a Python callable runs in one process; nnodes={options.nnodes}, "
+                f"ppn={options.ppn} need a command"
+            )
+        env, run_dir, timeout = options.env or None, options.run_dir, options.timeout
+        if run_dir:
+            os.makedirs(run_dir, exist_ok=True)
         with self._lock:
             digest, blob = self._function(fn)
             items = [
-                TaskItem(next(self._keys), digest, args, kwargs, None, None, None, None)
+                TaskItem(next(self._keys), digest, args, kwargs, None, env, run_dir, timeout)
                 for args, kwargs in calls
             ]
-            ids = [f"task-{item.key}" for item in items]
+            ids = _ids(task_ids, items)
             return self._submit_items(items, ids, {digest: blob})
+
+    def submit_commands(
+        self,
+        commands: Iterable[Sequence[str]],
+        *,
+        options: TaskOptions = DEFAULT_OPTIONS,
+        task_ids: Iterable[str] | None = None,
+    ) -> Batch:
+        """One task per argv list, without building Task models (fast path).
+
+        Args:
+            commands: the argv of each task (no shell).
+            options: settings shared by every task (validated once).
+            task_ids: one id per task (default ``task-<n>``).
+        """
+        _check_options(options, "these tasks")
+        env, run_dir, timeout = options.env or None, options.run_dir, options.timeout
+        if run_dir:
+            os.makedirs(run_dir, exist_ok=True)
+        prefix = self._mpi_prefix(options.nprocs)
+        with self._lock:
+            items = [
+                TaskItem(
+                    next(self._keys),
+                    None,
+                    (),
+                    {},
+                    [*prefix, *argv],
+                    env,
+                    run_dir,
+                    timeout,
+                    options.nprocs,
+                )
+                for argv in commands
+            ]
+            return self._submit_items(items, _ids(task_ids, items), {})
+
+    def why_unplaceable(self, options: TaskOptions) -> str | None:
+        """Why no node of this launcher can ever run a task with ``options``; None if one can."""
+        if options.nnodes > 1:
+            return f"nnodes={options.nnodes}, but this launcher runs on 1 node"
+        if options.nprocs > self.num_slots:
+            return (
+                f"ppn={options.ppn} asks for {options.nprocs} CPU slots on one node, but the "
+                f"largest node has {self.num_slots}"
+            )
+        return None
+
+    def _mpi_prefix(self, nprocs: int) -> list[str]:
+        if nprocs > 1 or self.launcher_config.task_executor_name == "mpi":
+            return [self.launcher_config.mpiexec, "-n", str(nprocs)]
+        return []
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
@@ -476,6 +558,29 @@ class Launcher:
 
         inner.add_done_callback(copy)
         return outer
+
+
+def _ids(task_ids: Iterable[str] | None, items: list[TaskItem]) -> list[str]:
+    if task_ids is None:
+        return [f"task-{item.key}" for item in items]
+    ids = list(task_ids)
+    if len(ids) != len(items):
+        raise ConfigError(f"{len(ids)} task ids for {len(items)} tasks")
+    return ids
+
+
+def _check_options(options: TaskOptions, what: str) -> None:
+    """Refuse what this version cannot honour, rather than ignore it silently."""
+    if options.cpu_affinity or options.gpu_affinity:
+        raise ConfigError(
+            f"{what}: cpu_affinity/gpu_affinity are not honoured yet; remove them (each task is "
+            "already pinned to the CPU slot it runs on)"
+        )
+    if options.ngpus_per_process:
+        raise ConfigError(
+            f"{what}: ngpus_per_process={options.ngpus_per_process}, but GPU placement is not "
+            "available in this version"
+        )
 
 
 def _check_supported(task: Task) -> None:

@@ -9,6 +9,33 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+class TaskOptions(BaseModel):
+    """Settings shared by the tasks of one submission, validated once, not once per task.
+
+    Used by ``Launcher.map_tasks`` and ``Launcher.submit_commands``; the fields mean what the
+    ``Task`` fields of the same names mean.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nnodes: int = Field(default=1, ge=1)
+    ppn: int = Field(default=1, ge=1)
+    ngpus_per_process: int = Field(default=0, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    run_dir: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    cpu_affinity: list[int] | None = None
+    gpu_affinity: list[str] | None = None
+
+    @property
+    def nprocs(self) -> int:
+        """Processes each task runs (``nnodes * ppn``)."""
+        return self.nnodes * self.ppn
+
+
+DEFAULT_OPTIONS = TaskOptions()
+
+
 class Task(BaseModel):
     """One task of an ensemble.
 

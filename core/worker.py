@@ -20,7 +20,7 @@ import time
 import traceback
 import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,7 +273,10 @@ class Worker:
         if item.timeout:
             signal.setitimer(signal.ITIMER_REAL, item.timeout)
         try:
-            with contextlib.redirect_stdout(captured) if captured else contextlib.nullcontext():
+            with (
+                contextlib.redirect_stdout(captured) if captured else contextlib.nullcontext(),
+                _call_env(item.env, item.cwd),
+            ):
                 value = fn(*item.args, **item.kwargs)
                 if isinstance(value, types.CoroutineType):
                     value = self._event_loop().run_until_complete(value)
@@ -435,6 +438,29 @@ class Worker:
                 cancel = True
             self.handle(message)
         return cancel
+
+
+@contextlib.contextmanager
+def _call_env(env: dict[str, str] | None, cwd: str | None) -> Iterator[None]:
+    """A Python task's ``env`` and ``run_dir``, in force for the call and undone after it."""
+    if not env and not cwd:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in env or ()}
+    old_cwd = os.getcwd() if cwd else None
+    try:
+        os.environ.update(env or {})
+        if cwd:
+            os.chdir(cwd)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if old_cwd:
+            os.chdir(old_cwd)
 
 
 def _drain(fd: int, tail: _Tail) -> bool:

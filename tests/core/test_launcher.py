@@ -275,3 +275,29 @@ def test_a_worker_killed_under_a_running_command_takes_the_command_with_it(
     assert result.exception_type == "core.errors.WorkerLost"
     assert wait_until_gone(mark) == []
     assert list(launcher.map(square, range(3))) == [0, 1, 4]
+
+
+def test_fast_paths_take_shared_options_and_ids_and_stream_indices(launcher: Launcher) -> None:
+    from core.task import TaskOptions
+
+    options = TaskOptions(env={"ENSEMBLE_MCP_TEST_VAR": "v"}, timeout=30)
+    calls = launcher.map_tasks(
+        where, [((), {}) for _ in range(3)], options=options, task_ids=["a", "b", "c"]
+    )
+    assert [r.task_id for r in calls.results(timeout=30)] == ["a", "b", "c"]
+    assert {r.result[1] for r in calls.results()} == {"v"}
+    commands = launcher.submit_commands([["echo", str(i)] for i in range(5)], options=options)
+
+    async def indexed() -> list[tuple[int, str]]:
+        return [(i, r.stdout or "") async for i, r in commands.stream_indexed()]
+
+    assert sorted(asyncio.run(indexed())) == [(i, f"{i}\n") for i in range(5)]
+
+
+def test_why_unplaceable_names_what_was_asked_and_what_the_node_has(launcher: Launcher) -> None:
+    from core.task import TaskOptions
+
+    assert launcher.why_unplaceable(TaskOptions()) is None
+    reason = launcher.why_unplaceable(TaskOptions(ppn=launcher.num_slots + 1))
+    assert reason is not None and f"ppn={launcher.num_slots + 1}" in reason
+    assert str(launcher.num_slots) in reason
