@@ -53,6 +53,7 @@ class Batch:
         self._results: list[TaskResult | None] = [None] * len(task_ids)
         self._order: list[TaskResult] = []
         self._order_index: list[int] = []
+        self.submit_time = time.time()
         self._futures: list[Future[TaskResult]] | None = None
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -211,6 +212,7 @@ class _ClientLink:
                 item.end_time,
                 item.node,
                 list(item.cpus),
+                submit_time=batch.submit_time,
             )
             entry = by_batch.get(id(batch))
             if entry is None:

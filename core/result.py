@@ -40,6 +40,8 @@ class TaskResult:
         node: the host the task ran on.
         cpus: the CPU ids assigned to the task.
         gpus: the GPU ids assigned to the task.
+        submit_time: when the task was submitted (seconds since the epoch).
+        attempts: how many times the task was started (more than 1 after a retry).
     """
 
     task_id: str
@@ -55,6 +57,8 @@ class TaskResult:
     node: str | None = None
     cpus: list[int] = field(default_factory=list)
     gpus: list[str] = field(default_factory=list)
+    submit_time: float | None = None
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
