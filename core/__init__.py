@@ -17,7 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.client import Batch, Launcher
+    from core.batch import Batch
+    from core.client import Launcher
     from core.config import LauncherConfig, SystemConfig
     from core.errors import (
         ConfigError,
@@ -57,7 +58,7 @@ __all__ = (
 
 # Names load on first use, so that worker processes (``python -m core``) import only what they run.
 _HOME = {
-    "Batch": "core.client",
+    "Batch": "core.batch",
     "Launcher": "core.client",
     "EnsembleLauncher": "core.launcher",
     "LauncherConfig": "core.config",

@@ -1,4 +1,7 @@
-"""Entry point of launcher child processes: ``python -m core worker|master <options file>``."""
+"""Entry point of launcher child processes: ``python -m core worker|master -``.
+
+The options come on stdin (see ``core.spawn.start_child``), never on the command line.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,25 @@ import sys
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("worker", "master"):
-        sys.stderr.write(
-            "usage: python -m core worker|master OPTIONS_FILE (started by the launcher)\n"
-        )
+    if argv not in (["worker", "-"], ["master", "-"]):
+        sys.stderr.write("usage: python -m core worker|master - (started by the launcher)\n")
         return 2
-    from core.spawn import load_options
+    from core.spawn import read_options
 
-    options = load_options(argv[1])
+    options = read_options(sys.stdin.buffer)
     logging.basicConfig(
         level=logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if argv[0] == "worker":
-        from core.worker import main
+        from core.worker import main as worker_main
+
+        worker_main(options)
     else:
-        from core.master import main  # type: ignore[assignment]
-    main(options)
+        from core.relay import main as relay_main
+
+        relay_main(options)
     return 0
 
 

@@ -7,7 +7,8 @@ import sys
 import threading
 from typing import Any
 
-from core.client import Batch, Launcher
+from core.batch import Batch
+from core.client import Launcher
 from core.config import LauncherConfig
 from core.errors import EnsembleError
 from core.launcher import EnsembleLauncher

@@ -2,178 +2,65 @@
 
 ::
 
-    Launcher.submit_tasks ─► _ClientLink (deque + wake pipe) ─► Master (manager thread)
-          ▲                                                      │ Submit / Cancel
-          │ Batch (futures, stream)                              ▼
-          └──────────── _ClientLink.deliver ◄── Results ── Worker processes (one per slot)
+    Launcher.submit_tasks ─► ClientLink (deque + wake pipe) ─► Master (manager thread, TaskTable)
+          ▲                                                    │ Submit / Cancel, by slot
+          │ Batch (futures, stream)                            ▼
+          └──────── ClientLink.deliver (TaskResult) ◄── Results ── sub-masters ── workers
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import hashlib
 import itertools
 import os
+import pickle
 import shutil
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
+from core.batch import Batch
 from core.config import LauncherConfig, SystemConfig, hostname
 from core.errors import ConfigError, LauncherBroken, LaunchError
-from core.master import Master, TreeOptions
-from core.protocol import Cancel, ResultItem, Shutdown, Submit, TaskItem
+from core.master import CancelTasks, Command, Master, Stop, SubmitTasks
+from core.protocol import Outcome, TaskItem, dumps
 from core.result import TaskResult, TaskStatus
+from core.runplan import NodeSpec, plan_run
+from core.scheduler import NARROW, Need, Scheduler
 from core.spawn import kill_run
+from core.table import Final, NewTask
 from core.task import DEFAULT_OPTIONS, Task, TaskOptions
-from core.transport import CurveKeys, Poller, private_dir
+from core.transport import Poller, private_dir
 
 _STATUS = {s.value: s for s in TaskStatus}
-_START_TIMEOUT_S = 120.0
-
-
-class Batch:
-    """Tasks submitted together: their futures, a result stream, and cancellation."""
-
-    def __init__(self, launcher: Launcher, task_ids: list[str], keys: list[int]) -> None:
-        self._launcher = launcher
-        self.task_ids = task_ids
-        self._keys = keys
-        self._results: list[TaskResult | None] = [None] * len(task_ids)
-        self._order: list[TaskResult] = []
-        self._order_index: list[int] = []
-        self.submit_time = time.time()
-        self._futures: list[Future[TaskResult]] | None = None
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    def __len__(self) -> int:
-        return len(self.task_ids)
-
-    @property
-    def num_done(self) -> int:
-        """How many tasks have ended."""
-        return len(self._order)
-
-    def done(self) -> bool:
-        """True when every task has ended."""
-        return len(self._order) == len(self.task_ids)
-
-    @property
-    def futures(self) -> list[Future[TaskResult]]:
-        """One future per task, in submission order; they resolve to TaskResult, never raise."""
-        with self._cond:
-            if self._futures is None:
-                futures: list[Future[TaskResult]] = []
-                for result in self._results:
-                    future: Future[TaskResult] = Future()
-                    future.set_running_or_notify_cancel()
-                    if result is not None:
-                        future.set_result(result)
-                    futures.append(future)
-                self._futures = futures
-            return self._futures
-
-    def _finish(self, done: list[tuple[int, TaskResult]]) -> None:
-        with self._cond:
-            for index, result in done:
-                self._results[index] = result
-                self._order.append(result)
-                self._order_index.append(index)
-                if self._futures is not None:
-                    self._futures[index].set_result(result)
-            self._cond.notify_all()
-            waiters, self._waiters = self._waiters, []
-        for loop, event in waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(event.set)
-
-    def results(self, timeout: float | None = None) -> list[TaskResult]:
-        """Wait for every task; results in submission order."""
-        with self._cond:
-            if not self._cond.wait_for(self.done, timeout):
-                raise TimeoutError(f"{len(self) - self.num_done} of {len(self)} tasks still run")
-        return self._results  # type: ignore[return-value]
-
-    def as_completed(self, timeout: float | None = None) -> Iterator[TaskResult]:
-        """Yield results as tasks end (completion order)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen = 0
-        while seen < len(self):
-            with self._cond:
-                left = None if deadline is None else deadline - time.monotonic()
-                if not self._cond.wait_for(partial(self._more_than, seen), left):
-                    raise TimeoutError(f"{len(self) - seen} tasks still run")
-                new = self._order[seen:]
-            seen += len(new)
-            yield from new
-
-    def _more_than(self, seen: int) -> bool:
-        return len(self._order) > seen
-
-    async def stream(self) -> AsyncIterator[TaskResult]:
-        """Yield results as tasks end (completion order), without blocking the event loop."""
-        async for _, result in self.stream_indexed():
-            yield result
-
-    async def stream_indexed(self) -> AsyncIterator[tuple[int, TaskResult]]:
-        """Yield ``(index in the batch, result)`` as tasks end, without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        seen = 0
-        while seen < len(self):
-            event = None
-            with self._cond:
-                new = list(zip(self._order_index[seen:], self._order[seen:], strict=True))
-                if not new:
-                    event = asyncio.Event()
-                    self._waiters.append((loop, event))
-            if event is not None:
-                await event.wait()
-                continue
-            seen += len(new)
-            for pair in new:
-                yield pair
-
-    async def wait(self) -> list[TaskResult]:
-        """Wait (async) for every task; results in submission order."""
-        async for _ in self.stream():
-            pass
-        return self._results  # type: ignore[return-value]
-
-    def cancel(self) -> None:
-        """Cancel every task that has not ended; each still yields a ``cancelled`` result."""
-        with self._cond:
-            keys = [k for k, r in zip(self._keys, self._results, strict=True) if r is None]
-        if keys:
-            self._launcher._push(Cancel(keys=keys))
+_START_MARGIN_S = 30.0
 
 
 class _ClientLink:
     """The Launcher side of the top Master: a command queue with a wake-up pipe."""
 
     def __init__(self) -> None:
-        self.commands: deque[Submit | Cancel | Shutdown] = deque()
+        self.commands: deque[Command] = deque()
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        self.owners: dict[int, tuple[Batch, int, str]] = {}
+        self.owners: dict[int, tuple[Batch, int]] = {}
         self.started_event = threading.Event()
         self.start_error: str | None = None
         self.nslots = 0
-        self.cpus: tuple[int, ...] = ()
+        self.inventory: Scheduler | None = None
 
-    def push(self, command: Submit | Cancel | Shutdown) -> None:
+    def push(self, command: Command) -> None:
         self.commands.append(command)
         with contextlib.suppress(BlockingIOError):
             os.write(self.write_fd, b"\0")
@@ -181,7 +68,7 @@ class _ClientLink:
     def watch(self, poller: Poller) -> None:
         poller.add(self.read_fd)
 
-    def take(self, ready: set[object]) -> list[Submit | Cancel | Shutdown]:
+    def take(self, ready: set[object]) -> list[Command]:
         if self.read_fd in ready:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self.read_fd, 65536):
@@ -191,38 +78,23 @@ class _ClientLink:
             out.append(self.commands.popleft())
         return out
 
-    def deliver(self, results: list[ResultItem]) -> None:
+    def deliver(self, finals: list[Final]) -> None:
         by_batch: dict[int, tuple[Batch, list[tuple[int, TaskResult]]]] = {}
         owners = self.owners
-        for item in results:
-            owner = owners.pop(item.key, None)
+        for final in finals:
+            owner = owners.pop(final.key, None)
             if owner is None:
                 continue
-            batch, index, task_id = owner
-            result = TaskResult(
-                task_id,
-                _STATUS[item.status],
-                item.value,
-                item.stdout,
-                item.stderr,
-                item.returncode,
-                item.exception,
-                item.exception_type,
-                item.start_time,
-                item.end_time,
-                item.node,
-                list(item.cpus),
-                submit_time=batch.submit_time,
-            )
+            batch, index = owner
             entry = by_batch.get(id(batch))
             if entry is None:
                 entry = by_batch[id(batch)] = (batch, [])
-            entry[1].append((index, result))
+            entry[1].append((index, _result(batch, index, final)))
         for batch, done in by_batch.values():
             batch._finish(done)
 
-    def started(self, nslots: int, cpus: tuple[int, ...], error: str | None) -> None:
-        self.nslots, self.cpus, self.start_error = nslots, cpus, error
+    def started(self, nslots: int, error: str | None, inventory: Scheduler | None = None) -> None:
+        self.nslots, self.start_error, self.inventory = nslots, error, inventory
         self.started_event.set()
 
     def close(self) -> None:
@@ -230,13 +102,38 @@ class _ClientLink:
         os.close(self.write_fd)
 
 
+def _result(batch: Batch, index: int, final: Final) -> TaskResult:
+    """The one place a TaskResult is made: from a task's final outcome and placement."""
+    outcome = final.outcome
+    if isinstance(outcome, bytes):
+        try:
+            outcome = pickle.loads(outcome)  # noqa: S301 - from our own authenticated workers
+        except Exception as exc:  # noqa: BLE001 - one bad result fails one task
+            why = f"the task's result could not be unpickled here: {exc!r}"
+            outcome = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)
+    assert isinstance(outcome, Outcome)
+    return TaskResult(
+        batch.task_ids[index], _STATUS[outcome.status], outcome.value, outcome.stdout,
+        outcome.stderr, outcome.returncode, outcome.exception, outcome.exception_type,
+        outcome.start_time or None, outcome.end_time or None,
+        final.hosts[0] if final.hosts else None, list(final.cpus), list(final.gpus),
+        batch.submit_time, final.attempts, list(final.hosts),
+    )  # fmt: skip
+
+
 class Launcher:
-    """A long-lived launcher: worker processes on this node's slots, fed over ZeroMQ.
+    """A long-lived launcher: worker processes on the slots of the run's nodes, fed over ZeroMQ.
 
     Example:
         >>> with Launcher() as launcher:                          # doctest: +SKIP
         ...     batch = launcher.submit_tasks([Task(task_id="a", executable=["hostname"])])
         ...     print(batch.results()[0].status)
+
+    Args:
+        system_config: what each node offers (default: each node's own CPUs and GPUs).
+        launcher_config: how the launcher runs (default: chosen for the node count).
+        pin_resources: bind each worker, and each task, to its CPUs.
+        nodes: the run's nodes (default: this host).
     """
 
     def __init__(
@@ -245,10 +142,13 @@ class Launcher:
         launcher_config: LauncherConfig | None = None,
         *,
         pin_resources: bool = True,
+        nodes: Sequence[str | NodeSpec] | None = None,
     ) -> None:
-        self.system_config = system_config or SystemConfig()
+        self.system_config = system_config
         self.launcher_config = launcher_config or LauncherConfig.auto()
+        self._given_config = launcher_config
         self.pin_resources = pin_resources
+        self._nodes = [n if isinstance(n, NodeSpec) else NodeSpec(n) for n in nodes or ()]
         self._link: _ClientLink | None = None
         self._thread: threading.Thread | None = None
         self._keys = itertools.count()
@@ -272,77 +172,52 @@ class Launcher:
         return self._run_id
 
     def start(self) -> Launcher:
-        """Start the worker tree and wait until every worker has registered."""
+        """Start the worker tree and wait until every worker has registered.
+
+        Raises:
+            ConfigError: the configuration cannot work on these nodes.
+            LaunchError: a worker or sub-master could not start (host, argv and output tail).
+        """
         with self._lock:
             if self._thread is not None:
                 return self
-            cfg = self.launcher_config
-            if cfg.child_executor_name == "mpi":
-                raise ConfigError(
-                    "child_executor_name='mpi' starts children on other nodes "
-                    "through mpiexec, which this version does not do yet; use "
-                    "'multiprocessing' (children on this node)"
-                )
-            self._run_dir = private_dir()
-            tree = TreeOptions(
-                run_id=self._run_id,
-                run_dir=self._run_dir,
-                node=hostname(),
-                cpus=tuple(self.system_config.cpus),
-                levels_below=cfg.nlevels,
-                nchildren=cfg.nchildren or 1,
-                transport="tcp" if cfg.comm_name == "zmq" else "ipc",
-                bind_host=cfg.bind_host,
-                pin=self.pin_resources,
-                return_stdout=cfg.return_stdout,
-                tail_bytes=cfg.tail_bytes,
-                gpu_selector=cfg.gpu_selector,
-                prefetch=cfg.prefetch,
-                report_interval_s=cfg.report_interval,
-                keys=CurveKeys.generate() if cfg.comm_name == "zmq" else None,
-                log_dir=os.path.abspath(cfg.log_dir) if cfg.worker_logs else None,
-            )
-            if cfg.worker_logs:
-                os.makedirs(cfg.log_dir, exist_ok=True)
+            cfg = self._given_config
+            log_dir = None
+            if cfg is not None and cfg.worker_logs:
+                log_dir = os.path.abspath(cfg.log_dir)
+                os.makedirs(log_dir, exist_ok=True)
+            plan = plan_run(
+                self.system_config, self._given_config, self._nodes or [NodeSpec(hostname())],
+                run_id=self._run_id, pin=self.pin_resources, log_dir=log_dir, cwd=os.getcwd(),
+            )  # fmt: skip
+            self.launcher_config = config = plan.config
+            self._run_dir = run_dir = private_dir()
             self._link = link = _ClientLink()
+            master = Master(plan.tree, plan.top, link, run_dir, config.prefetch,
+                            config.report_interval)  # fmt: skip
             self._thread = threading.Thread(
-                target=self._manage, args=(tree, link), name="ensemble-mcp-manager", daemon=True
+                target=self._manage, args=(master, link), name="ensemble-mcp-manager", daemon=True
             )
             self._thread.start()
             _live.add(self)
-        if not link.started_event.wait(_START_TIMEOUT_S):
+        wait_s = config.launch_timeout + _START_MARGIN_S
+        if not link.started_event.wait(wait_s):
             self.shutdown()
-            raise LaunchError(f"workers did not register within {_START_TIMEOUT_S:.0f} s")
+            raise LaunchError(f"workers did not register within {wait_s:.0f} s")
         if link.start_error is not None:
             error = link.start_error
             self.shutdown()
             raise LaunchError(error)
         return self
 
-    def _manage(self, tree: TreeOptions, link: _ClientLink) -> None:
+    def _manage(self, master: Master, link: _ClientLink) -> None:
         try:
-            Master(tree, link).run()
+            master.run()
         except BaseException as exc:  # the manager thread must never die silently
             self._broken = f"the launcher's manager thread failed: {exc!r}"
-            link.started(0, (), self._broken)
-            now = time.time()
-            link.deliver(
-                [
-                    ResultItem(
-                        k,
-                        "failed",
-                        None,
-                        None,
-                        None,
-                        None,
-                        self._broken,
-                        "core.errors.LauncherBroken",
-                        now,
-                        now,
-                    )
-                    for k in list(link.owners)
-                ]
-            )
+            link.started(0, self._broken)
+            for action in master.table.fail_all(self._broken, time.time()):
+                link.deliver(action.finals)  # type: ignore[union-attr]
             raise
 
     def shutdown(self, wait: bool = True) -> None:
@@ -352,7 +227,7 @@ class Launcher:
             if thread is None or link is None:
                 return
             self._broken = self._broken or "the launcher was shut down"
-            link.push(Shutdown())
+            link.push(Stop())
         if wait:
             thread.join()
             kill_run(self._run_id)
@@ -369,10 +244,14 @@ class Launcher:
 
     # -- submission -------------------------------------------------------------------------
 
-    def _push(self, command: Submit | Cancel | Shutdown) -> None:
+    def _push(self, command: Command) -> None:
         if self._link is None:
             raise LauncherBroken("the launcher is not started; call start() first")
         self._link.push(command)
+
+    def _cancel(self, keys: list[int]) -> None:
+        if self._link is not None:
+            self._link.push(CancelTasks(keys))
 
     def _function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         cached = self._functions.get(id(fn))
@@ -386,63 +265,80 @@ class Launcher:
         self._functions[id(fn)] = (fn, digest, blob)
         return digest, blob
 
-    def _submit_items(
-        self, items: list[TaskItem], task_ids: list[str], functions: dict[bytes, bytes]
+    def _submit(
+        self,
+        tasks: list[NewTask],
+        task_ids: list[str],
+        functions: dict[bytes, bytes],
+        refused: dict[int, Outcome],
     ) -> Batch:
+        """Hand tasks to the master as one group; ``refused`` (by index) end at once."""
         if self._broken is not None or self._link is None:
             raise LauncherBroken(self._broken or "the launcher is not started; call start()")
-        batch = Batch(self, task_ids, [item.key for item in items])
+        keys = [task.key for task in tasks]
+        batch = Batch(self._cancel, task_ids, keys)
         owners = self._link.owners
-        for index, (item, task_id) in enumerate(zip(items, task_ids, strict=True)):
-            owners[item.key] = (batch, index, task_id)
+        for index, key in enumerate(keys):
+            owners[key] = (batch, index)
         new = {d: b for d, b in functions.items() if d not in self._sent_functions}
         self._sent_functions.update(new)
-        if items:
-            self._push(Submit(items=items, functions=new))
+        accepted = [task for i, task in enumerate(tasks) if i not in refused]
+        if accepted:
+            self._push(SubmitTasks(accepted, new))
+        if refused:
+            for index in refused:
+                owners.pop(keys[index], None)
+            batch._finish([
+                (index, _result(batch, index, Final(keys[index], 0, outcome, outcome.status)))
+                for index, outcome in refused.items()
+            ])  # fmt: skip
         return batch
 
     def submit_tasks(self, tasks: Iterable[Task]) -> Batch:
-        """Submit tasks; returns at once with their Batch."""
-        items: list[TaskItem] = []
+        """Submit tasks; returns at once with their Batch.
+
+        Raises:
+            ConfigError: a task asks for what no launcher can give (a Python callable over
+                several processes, an affinity list that cannot be shared evenly).
+        """
+        new_tasks: list[NewTask] = []
         task_ids: list[str] = []
         functions: dict[bytes, bytes] = {}
+        refused: dict[int, Outcome] = {}
+        config = self.launcher_config
         with self._lock:
-            for task in tasks:
-                items.append(self._item(task, functions))
+            for index, task in enumerate(tasks):
+                need = Need.of(task.nnodes, task.ppn, task.ngpus_per_process, task.cpu_affinity,
+                               task.gpu_affinity)  # fmt: skip
+                if task.kind == "python":
+                    if task.nprocs > 1:
+                        raise ConfigError(
+                            f"task {task.task_id}: a Python callable runs in one process; "
+                            f"nnodes={task.nnodes}, ppn={task.ppn} need a command"
+                        )
+                    digest, blob = self._function(task.executable)  # type: ignore[arg-type]
+                    functions[digest] = blob
+                    item = TaskItem(digest, task.args, task.kwargs, None, task.env or None,
+                                    task.run_dir, task.timeout)  # fmt: skip
+                else:
+                    item = TaskItem(
+                        None, (), {}, task.argv(), task.env or None, task.run_dir, task.timeout,
+                        task.nnodes, task.ppn, config.task_executor_name == "mpi",
+                    )  # fmt: skip
+                new_tasks.append(self._new(item, need, refused, index))
                 task_ids.append(task.task_id)
-            return self._submit_items(items, task_ids, functions)
+            return self._submit(new_tasks, task_ids, functions, refused)
 
-    def _item(self, task: Task, functions: dict[bytes, bytes]) -> TaskItem:
-        _check_supported(task)
+    def _new(self, item: TaskItem, need: Need, refused: dict[int, Outcome], index: int) -> NewTask:
+        config = self.launcher_config
         key = next(self._keys)
-        if task.run_dir:
-            os.makedirs(task.run_dir, exist_ok=True)
-        if task.kind == "python":
-            if task.nprocs > 1:
-                raise ConfigError(
-                    f"task {task.task_id}: a Python callable runs in one process; "
-                    f"nnodes={task.nnodes}, ppn={task.ppn} need a command"
-                )
-            digest, blob = self._function(task.executable)  # type: ignore[arg-type]
-            functions[digest] = blob
-            return TaskItem(
-                key,
-                digest,
-                task.args,
-                task.kwargs,
-                None,
-                task.env or None,
-                task.run_dir,
-                task.timeout,
-            )
-        argv = [*self._mpi_prefix(task.nprocs), *task.argv()]
-        return TaskItem(
-            key, None, (), {}, argv, task.env or None, task.run_dir, task.timeout, task.nprocs
-        )
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Run ``fn(*args, **kwargs)`` in a worker; the future gives its value or raises."""
-        return self._value_future(self.map_tasks(fn, [(args, kwargs)]).futures[0])
+        try:
+            payload = dumps(item)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable argument fails its task only
+            why = f"the task's arguments could not be sent to a worker: {exc!r}"
+            refused[index] = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)
+            payload = b""
+        return NewTask(key, payload, item.fn, need, config.max_retries, config.failure_retries)
 
     def map_tasks(
         self,
@@ -464,23 +360,24 @@ class Launcher:
             ConfigError: ``options`` ask for what a Python task cannot have, or ``fn`` cannot
                 be pickled.
         """
-        _check_options(options, "these tasks")
         if options.nprocs > 1:
             raise ConfigError(
                 f"a Python callable runs in one process; nnodes={options.nnodes}, "
                 f"ppn={options.ppn} need a command"
             )
+        need = _need(options)
         env, run_dir, timeout = options.env or None, options.run_dir, options.timeout
-        if run_dir:
-            os.makedirs(run_dir, exist_ok=True)
+        refused: dict[int, Outcome] = {}
         with self._lock:
             digest, blob = self._function(fn)
-            items = [
-                TaskItem(next(self._keys), digest, args, kwargs, None, env, run_dir, timeout)
-                for args, kwargs in calls
+            new_tasks = [
+                self._new(
+                    TaskItem(digest, args, kwargs, None, env, run_dir, timeout), need, refused, i
+                )
+                for i, (args, kwargs) in enumerate(calls)
             ]
-            ids = _ids(task_ids, items)
-            return self._submit_items(items, ids, {digest: blob})
+            ids = _ids(task_ids, new_tasks)
+            return self._submit(new_tasks, ids, {digest: blob}, refused)
 
     def submit_commands(
         self,
@@ -496,43 +393,37 @@ class Launcher:
             options: settings shared by every task (validated once).
             task_ids: one id per task (default ``task-<n>``).
         """
-        _check_options(options, "these tasks")
+        need = _need(options)
         env, run_dir, timeout = options.env or None, options.run_dir, options.timeout
-        if run_dir:
-            os.makedirs(run_dir, exist_ok=True)
-        prefix = self._mpi_prefix(options.nprocs)
+        mpi = self.launcher_config.task_executor_name == "mpi"
+        nnodes, ppn = options.nnodes, options.ppn
+        refused: dict[int, Outcome] = {}
         with self._lock:
-            items = [
-                TaskItem(
-                    next(self._keys),
-                    None,
-                    (),
-                    {},
-                    [*prefix, *argv],
-                    env,
-                    run_dir,
-                    timeout,
-                    options.nprocs,
+            new_tasks = [
+                self._new(
+                    TaskItem(None, (), {}, list(argv), env, run_dir, timeout, nnodes, ppn, mpi),
+                    need,
+                    refused,
+                    i,
                 )
-                for argv in commands
+                for i, argv in enumerate(commands)
             ]
-            return self._submit_items(items, _ids(task_ids, items), {})
+            return self._submit(new_tasks, _ids(task_ids, new_tasks), {}, refused)
 
     def why_unplaceable(self, options: TaskOptions) -> str | None:
-        """Why no node of this launcher can ever run a task with ``options``; None if one can."""
-        if options.nnodes > 1:
-            return f"nnodes={options.nnodes}, but this launcher runs on 1 node"
-        if options.nprocs > self.num_slots:
-            return (
-                f"ppn={options.ppn} asks for {options.nprocs} CPU slots on one node, but the "
-                f"largest node has {self.num_slots}"
-            )
-        return None
+        """Why no node of this launcher can ever run a task with ``options``; None if one can.
 
-    def _mpi_prefix(self, nprocs: int) -> list[str]:
-        if nprocs > 1 or self.launcher_config.task_executor_name == "mpi":
-            return [self.launcher_config.mpiexec, "-n", str(nprocs)]
-        return []
+        Judged on the nodes the launcher started with.
+        """
+        inventory = self._link.inventory if self._link else None
+        if inventory is None:
+            return "the launcher is not started"
+        why = inventory.why_unplaceable(_need(options))
+        return None if why is None else f"the task {why}"
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker; the future gives its value or raises."""
+        return self._value_future(self.map_tasks(fn, [(args, kwargs)]).futures[0])
 
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
@@ -562,41 +453,20 @@ class Launcher:
         return outer
 
 
-def _ids(task_ids: Iterable[str] | None, items: list[TaskItem]) -> list[str]:
+def _need(options: TaskOptions) -> Need:
+    if options == DEFAULT_OPTIONS:
+        return NARROW
+    return Need.of(options.nnodes, options.ppn, options.ngpus_per_process, options.cpu_affinity,
+                   options.gpu_affinity)  # fmt: skip
+
+
+def _ids(task_ids: Iterable[str] | None, tasks: list[NewTask]) -> list[str]:
     if task_ids is None:
-        return [f"task-{item.key}" for item in items]
+        return [f"task-{task.key}" for task in tasks]
     ids = list(task_ids)
-    if len(ids) != len(items):
-        raise ConfigError(f"{len(ids)} task ids for {len(items)} tasks")
+    if len(ids) != len(tasks):
+        raise ConfigError(f"{len(ids)} task ids for {len(tasks)} tasks")
     return ids
-
-
-def _check_options(options: TaskOptions, what: str) -> None:
-    """Refuse what this version cannot honour, rather than ignore it silently."""
-    if options.cpu_affinity or options.gpu_affinity:
-        raise ConfigError(
-            f"{what}: cpu_affinity/gpu_affinity are not honoured yet; remove them (each task is "
-            "already pinned to the CPU slot it runs on)"
-        )
-    if options.ngpus_per_process:
-        raise ConfigError(
-            f"{what}: ngpus_per_process={options.ngpus_per_process}, but GPU placement is not "
-            "available in this version"
-        )
-
-
-def _check_supported(task: Task) -> None:
-    """Refuse what this version cannot honour, rather than ignore it silently."""
-    if task.cpu_affinity or task.gpu_affinity:
-        raise ConfigError(
-            f"task {task.task_id}: cpu_affinity/gpu_affinity are not honoured yet; "
-            "remove them (each task is already pinned to the CPU slot it runs on)"
-        )
-    if task.ngpus_per_process:
-        raise ConfigError(
-            f"task {task.task_id}: ngpus_per_process={task.ngpus_per_process}, but "
-            "GPU placement is not available in this version"
-        )
 
 
 _live: weakref.WeakSet[Launcher] = weakref.WeakSet()

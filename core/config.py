@@ -55,22 +55,28 @@ class SystemConfig(BaseModel):
 
 
 class LauncherConfig(BaseModel):
-    """How the launcher runs: executors, transport, tree depth, logging.
+    """How the launcher runs: executors, transport, tree shape, retries, logging.
 
-    ``child_executor_name`` starts workers and sub-masters (``multiprocessing``: local
-    processes; ``mpi``: through ``mpiexec`` on other nodes, not available yet).
-    ``task_executor_name`` runs commands (``multiprocessing``: directly, and under ``mpiexec``
-    when ``nnodes * ppn > 1``; ``mpi``: always under ``mpiexec``). ``comm_name`` is the ZeroMQ
-    transport between them
-    (``multiprocessing``: ``ipc://`` sockets on one node; ``zmq``: ``tcp://``).
-    ``nlevels`` is the number of master levels below the client (0: the client dispatches to the
-    workers itself). ``prefetch`` caps the tasks queued per slot beyond the running one
-    (it adapts to task duration up to this cap).
+    ``child_executor_name`` starts sub-masters on other nodes: ``mpi`` through the MPI launcher
+    (``srun`` inside a Slurm job, else ``mpiexec``, whose flavour is detected), ``ssh`` through
+    plain ssh; ``multiprocessing`` starts children on this node only (a run over several nodes
+    needs ``mpi`` or ``ssh``). Workers always start on their own node. ``task_executor_name``
+    runs commands: ``multiprocessing`` directly (under ``mpiexec`` when ``nnodes * ppn > 1``),
+    ``mpi`` always under ``mpiexec``. ``comm_name`` is the transport between processes of one
+    node (``multiprocessing``: ``ipc://`` sockets; ``zmq``: ``tcp://`` with CURVE); between nodes
+    it is always ``tcp://`` with CURVE. ``bind_host`` is the address masters listen on for
+    children on other nodes (default: the address this node uses to reach them). ``nlevels`` and
+    ``nchildren`` shape the tree (see ``core.tree``). ``prefetch`` caps the tasks queued per slot
+    beyond the running one (it adapts to task duration up to this cap). ``max_retries``: re-runs of
+    a task whose worker or node was lost while it ran; ``failure_retries``: re-runs of a task that
+    failed by itself (exception, non-zero exit, timeout). Heartbeats between masters go every
+    ``heartbeat_interval`` seconds; a peer silent for ``heartbeat_timeout`` is lost; a child that
+    has not registered ``launch_timeout`` seconds after its start failed to start.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    child_executor_name: ExecutorName = "multiprocessing"
+    child_executor_name: Literal["multiprocessing", "mpi", "ssh"] = "multiprocessing"
     task_executor_name: ExecutorName = "multiprocessing"
     comm_name: CommName = "multiprocessing"
     report_interval: float = Field(default=10.0, gt=0)
@@ -80,12 +86,26 @@ class LauncherConfig(BaseModel):
     master_logs: bool = False
     nchildren: int | None = Field(default=None, ge=1)
     profile: Literal["basic", "timeline"] | None = None
-    gpu_selector: str = "ZE_AFFINITY_MASK"
+    gpu_selector: str = Field(default="ZE_AFFINITY_MASK", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     prefetch: int = Field(default=64, ge=0, le=4096)
     tail_bytes: int = Field(default=64 * 1024, ge=256)
     log_dir: str = "logs"
-    bind_host: str = "127.0.0.1"
+    bind_host: str | None = None
     mpiexec: str = "mpiexec"
+    max_retries: int = Field(default=1, ge=0)
+    failure_retries: int = Field(default=0, ge=0)
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    heartbeat_timeout: float = Field(default=10.0, gt=0)
+    launch_timeout: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> LauncherConfig:
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout={self.heartbeat_timeout} must be at least twice "
+                f"heartbeat_interval={self.heartbeat_interval}"
+            )
+        return self
 
     @field_validator("child_executor_name", "task_executor_name", "comm_name", mode="before")
     @classmethod
@@ -93,7 +113,7 @@ class LauncherConfig(BaseModel):
         if isinstance(value, str) and value in _UNSUPPORTED:
             raise ValueError(
                 f"{value!r}: {_UNSUPPORTED[value]}; use 'multiprocessing', "
-                "'mpi' (executors) or 'zmq' (comm)"
+                "'mpi', 'ssh' (child executor) or 'zmq' (comm)"
             )
         return value
 

@@ -1,16 +1,26 @@
-"""The exception tree of the launcher core.
+"""The exception tree of ensemble-mcp, core and MCP edge together.
 
 ::
 
     EnsembleError
-    ├── ConfigError        (also ValueError) bad config or ensemble, caught before anything starts
-    ├── LaunchError        a worker or sub-master failed to start (argv and stderr tail attached)
-    ├── LauncherBroken     the service stopped or lost its workers; pending futures fail with it
-    ├── ProtocolError      bad frame or version mismatch between launcher processes
-    └── TaskError          raised from ``Future.result()``; carries the TaskResult
-        ├── TaskFailed     the task raised or exited non-zero
-        ├── TaskTimeout    the task ran past its timeout
-        └── TaskCancelled  the task was cancelled
+    ├── ConfigError          (also ValueError) bad config or ensemble, caught before anything runs
+    │   └── UnequalLengths   one-to-one lists of different lengths; carries the lengths and fixes
+    ├── LaunchError          a worker or sub-master failed to start (host, argv and output tail)
+    ├── LauncherBroken       the service stopped or lost every slot; pending tasks fail with it
+    ├── ProtocolError        bad frame or version mismatch between launcher processes
+    ├── TaskError            raised by ``Future.result()``, ``TaskResult.unwrap()``; has the result
+    │   ├── TaskFailed       the task raised or exited non-zero
+    │   │   ├── WorkerLost   the worker process running it died, and its retries are used up
+    │   │   ├── NodeLost     the node (sub-master) running it was lost, and its retries are used up
+    │   │   └── Unplaceable  no node of the launcher can ever hold what the task asks for
+    │   ├── TaskTimeout      the task ran past its timeout
+    │   └── TaskCancelled    the task was cancelled
+    └── (ensemble_mcp.errors) the MCP edge's errors: bad tool input (also the SDK's ToolError),
+                             ``TunnelError`` (SSH connect, host key, port in use), ...
+
+A task that did not succeed is data first (a ``TaskResult`` whose ``exception_type`` names one of
+these classes, e.g. ``core.errors.WorkerLost``); the classes are raised only when a caller asks
+for the value. :func:`error_class` turns an ``exception_type`` back into its class.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ if TYPE_CHECKING:
 
 
 class EnsembleError(Exception):
-    """Base class of every error raised by the launcher core."""
+    """Base class of every error raised by ensemble-mcp."""
 
 
 class ConfigError(EnsembleError, ValueError):
@@ -54,9 +64,44 @@ class TaskFailed(TaskError):
     """The task raised an exception or exited with a non-zero code."""
 
 
+class WorkerLost(TaskFailed):
+    """The worker process running the task died, on every attempt allowed."""
+
+
+class NodeLost(TaskFailed):
+    """The node (its sub-master) running the task was lost, on every attempt allowed."""
+
+
+class Unplaceable(TaskFailed):
+    """No node of the launcher can ever hold what the task asks for (slots, GPUs, nodes)."""
+
+
 class TaskTimeout(TaskError):
     """The task ran longer than its timeout and was killed."""
 
 
 class TaskCancelled(TaskError):
     """The task was cancelled before it finished."""
+
+
+EMITTED_TYPES = (
+    "core.errors.WorkerLost",
+    "core.errors.NodeLost",
+    "core.errors.Unplaceable",
+    "core.errors.LauncherBroken",
+    "core.errors.ProtocolError",
+)
+"""Every ``exception_type`` the launcher writes itself (the tasks' own exceptions aside).
+
+LauncherBroken and ProtocolError carry no TaskResult: a task that ends because of them raises
+TaskFailed when its value is asked for.
+"""
+
+_TASK_ERRORS: dict[str, type[TaskError]] = {
+    f"core.errors.{cls.__name__}": cls for cls in (WorkerLost, NodeLost, Unplaceable)
+}
+
+
+def error_class(exception_type: str | None) -> type[TaskError] | None:
+    """The TaskError subclass named by a result's ``exception_type``, if the launcher wrote it."""
+    return _TASK_ERRORS.get(exception_type or "")

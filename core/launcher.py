@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.client import Batch, Launcher
+from core.batch import Batch
+from core.client import Launcher
 from core.config import LauncherConfig, SystemConfig
 from core.ensemble import Source, expand_tasks
 from core.errors import ConfigError

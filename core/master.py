@@ -1,526 +1,248 @@
-"""The master loop: places tasks on child processes and passes results up.
+"""The top master: the I/O loop of the launcher, in the client's manager thread.
 
-The same ``Master`` runs in two places: in the client's manager thread (the top of the tree,
-``Upstream`` = the Launcher's command queue and result callback) and as a sub-master process
-(``Upstream`` = a DEALER socket to its own parent). Its children are workers (one slot each) or
-sub-masters (many slots); they are started here, watched through pidfds, and replaced when they
-die.
+It owns the ``TaskTable`` (which decides) and the ``Children`` (its direct children: the workers
+of this node at ``nlevels=0``, else sub-masters). Each turn of the loop turns what arrived — the
+client's commands, children's messages, exits, timeouts — into table events, and performs the
+actions the table returns. It decides nothing itself.
+
+::
+
+    client commands ─► TaskTable.submit/cancel ─┐
+    Results / SlotsDown / exits ─► TaskTable ───┼─► actions: Send ─► Children.submit (by slot)
+                                                │            CancelOn ─► Children.cancel
+                                                └──────────► Deliver ─► ClientLink.deliver
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
-import math
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from core.errors import LaunchError, ProtocolError
-from core.protocol import (
-    Cancel,
-    Register,
-    Rejected,
-    ResultItem,
-    Results,
-    Shutdown,
-    Submit,
-    TaskItem,
-    UndecodableSubmit,
-)
+from core.children import Children, TreeOptions
+from core.errors import ProtocolError
+from core.protocol import Heartbeat, NodeInfo, Register, Results, SlotInfo, SlotsDown, SlotsUp
 from core.scheduler import Scheduler
-from core.spawn import ChildProcess, die_with_parent, kill_left_by, spawn_local, stop_children
-from core.transport import Channel, CurveKeys, PeerGone, Poller, new_context, stop_authenticator
-from core.worker import WorkerOptions
+from core.table import Action, CancelOn, Deliver, Final, NewTask, Send, TaskTable
+from core.transport import Poller
+from core.tree import Share
 
 log = logging.getLogger("ensemble_mcp.master")
+_MAX_RESTARTS = 3  # per slot, for a worker that dies before it registers
 
 
 @dataclass(frozen=True, slots=True)
-class TreeOptions:
-    """How a master builds the tree below it."""
+class SubmitTasks:
+    """Client -> master: queue these tasks as one group."""
 
-    run_id: str
-    run_dir: Path
-    node: str
-    cpus: tuple[int, ...]
-    levels_below: int = 0
-    nchildren: int | None = None
-    transport: str = "ipc"
-    bind_host: str = "127.0.0.1"
-    pin: bool = True
-    return_stdout: bool = False
-    tail_bytes: int = 65536
-    gpu_selector: str = "ZE_AFFINITY_MASK"
-    prefetch: int = 64
-    report_interval_s: float = 10.0
-    keys: CurveKeys | None = None
-    log_dir: str | None = None
+    tasks: list[NewTask]
+    functions: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class SubMasterOptions:
-    """What a sub-master process is handed: its parent, its identity, its subtree."""
+class CancelTasks:
+    """Client -> master: cancel these tasks."""
 
-    parent_endpoint: str
-    identity: bytes
-    tree: TreeOptions
-    parent_keys: CurveKeys | None = None
+    keys: list[int]
 
 
-class Upstream(Protocol):
-    """Where a master's work comes from and where its results go."""
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Client -> master: shut the launcher down."""
+
+
+Command = SubmitTasks | CancelTasks | Stop
+
+
+class ClientLink(Protocol):
+    """Where the top master's commands come from and where its results go."""
 
     def watch(self, poller: Poller) -> None:
-        """Register what wakes the loop when the upstream has something."""
+        """Register what wakes the loop when the client has something."""
 
-    def take(self, ready: set[object]) -> list[Submit | Cancel | Shutdown]:
+    def take(self, ready: set[object]) -> list[Command]:
         """Commands that arrived (non-blocking)."""
 
-    def deliver(self, results: list[ResultItem]) -> None:
-        """Pass finished tasks up."""
+    def deliver(self, finals: list[Final]) -> None:
+        """Hand ended tasks to the client."""
 
-    def started(self, nslots: int, cpus: tuple[int, ...], error: str | None) -> None:
-        """The subtree is up (or could not start: ``error``)."""
+    def started(self, nslots: int, error: str | None, inventory: Scheduler | None = None) -> None:
+        """The tree is up (or could not start: ``error``); ``inventory``: its nodes and slots."""
 
 
-@dataclass(slots=True)
-class _ChildState:
-    node: str = ""
-    cpus: tuple[int, ...] = ()
-    nslots: int = 1
-    process: ChildProcess | None = None
-    registered: bool = False
-    is_worker: bool = True
-    slot_cpus: tuple[int, ...] = ()
-    sent: set[bytes] = field(default_factory=set)
+@dataclass(frozen=True, slots=True)
+class TopPlan:
+    """What the top master starts."""
+
+    slots: tuple[SlotInfo, ...] = ()
+    """At ``nlevels=0``: one worker per slot of this node."""
+    gpus: tuple[str, ...] = ()
+    """At ``nlevels=0``: this node's GPU units."""
+    shares: tuple[Share, ...] = ()
+    """At ``nlevels>=1``: one sub-master per share."""
 
 
 class Master:
-    """One level of the launcher tree."""
+    """The top of the launcher tree."""
 
-    def __init__(self, tree: TreeOptions, upstream: Upstream) -> None:
+    def __init__(
+        self, tree: TreeOptions, plan: TopPlan, link: ClientLink, run_dir: Path, prefetch: int,
+        report_interval_s: float,
+    ) -> None:  # fmt: skip
         self.tree = tree
-        self.upstream = upstream
-        self.ctx = new_context()
-        if tree.transport == "tcp":
-            endpoint = f"tcp://{tree.bind_host}:0"
-        else:
-            endpoint = f"ipc://{tree.run_dir}/m-{os.getpid()}-{id(self):x}.sock"
-        self.router = Channel.bind_router(self.ctx, endpoint, tree.keys)
+        self.plan = plan
+        self.link = link
         self.poller = Poller()
-        self.poller.add(self.router)
-        upstream.watch(self.poller)
-        self.scheduler = Scheduler(tree.prefetch)
-        self.children: dict[bytes, _ChildState] = {}
-        self.by_pidfd: dict[int, bytes] = {}
-        self.items: dict[int, TaskItem] = {}
-        self.placed: dict[int, bytes] = {}
-        self.wide_cpus: dict[int, tuple[int, ...]] = {}
-        self.functions: dict[bytes, bytes] = {}
-        self.cancelling: set[int] = set()
-        self.generation = itertools.count()
-        self.groups = itertools.count()
+        self.children = Children(tree, self.poller, run_dir)
+        link.watch(self.poller)
+        self.table = TaskTable(prefetch)
+        self.groups = 0
         self.up = False
         self.stopping = False
-        self.next_report = time.monotonic() + tree.report_interval_s
-        self.counts = {"done": 0, "failed": 0}
-
-    # -- tree -------------------------------------------------------------------------------
-
-    def _plan(self) -> list[tuple[bool, tuple[int, ...]]]:
-        """(is_worker, slot cpus) for each child to start."""
-        cpus = self.tree.cpus
-        if self.tree.levels_below == 0:
-            return [(True, (cpu,)) for cpu in cpus]
-        n = self.tree.nchildren or max(1, math.isqrt(len(cpus)))
-        n = min(n, len(cpus))
-        size = -(-len(cpus) // n)
-        return [(False, cpus[i : i + size]) for i in range(0, len(cpus), size)]
-
-    def _start_child(self, is_worker: bool, cpus: tuple[int, ...]) -> None:
-        tag = "w" if is_worker else "m"
-        identity = f"{tag}{cpus[0]}-{next(self.generation)}-{os.getpid()}".encode()
-        tree = self.tree
-        options: WorkerOptions | SubMasterOptions
-        if is_worker:
-            options = WorkerOptions(
-                endpoint=self.router.endpoint,
-                identity=identity,
-                node=tree.node,
-                cpus=cpus,
-                gpu_selector=tree.gpu_selector,
-                pin=tree.pin,
-                return_stdout=tree.return_stdout,
-                tail_bytes=tree.tail_bytes,
-                keys=tree.keys,
-                report_interval_s=tree.report_interval_s if tree.log_dir else 0.0,
-            )
-        else:
-            sub = TreeOptions(
-                **{
-                    **{f: getattr(tree, f) for f in tree.__slots__},
-                    "cpus": cpus,
-                    "levels_below": tree.levels_below - 1,
-                }
-            )
-            options = SubMasterOptions(self.router.endpoint, identity, sub, tree.keys)
-        role = "worker" if is_worker else "master"
-        log_path = Path(tree.log_dir) / f"{role}-{identity.decode()}.log" if tree.log_dir else None
-        process = spawn_local(role, options, tree.run_dir, identity, tree.run_id, log_path)
-        self.children[identity] = _ChildState(process=process, is_worker=is_worker, slot_cpus=cpus)
-        self.by_pidfd[process.pidfd] = identity
-        self.poller.add(process.pidfd)
-
-    # -- loop -------------------------------------------------------------------------------
+        self.report_interval_s = report_interval_s
+        self.next_report = time.monotonic() + report_interval_s
 
     def run(self) -> None:
-        """Start the children, then serve until shut down."""
+        """Start the children, then serve until stopped."""
         try:
-            for is_worker, cpus in self._plan():
-                self._start_child(is_worker, cpus)
+            for slot in self.plan.slots:
+                self.children.start_worker(slot)
+            for share in self.plan.shares:
+                self.children.start_submaster(share)
             while not self.stopping:
-                ready = self.poller.poll(self._poll_timeout_ms())
-                if self.router.socket in ready:
-                    self._drain_children()
-                for fd in [fd for fd in self.by_pidfd if fd in ready]:
-                    self._child_exited(fd)
-                for command in self.upstream.take(ready):
-                    self._command(command)
-                self._dispatch()
-                self._report()
+                ready = self.poller.poll(self._wait_ms())
+                now = time.time()
+                if self.children.router in ready:
+                    self._from_children(now)
+                for fd in [fd for fd in self.children.by_pidfd if fd in ready]:
+                    self._exited(fd, now)
+                for command in self.link.take(ready):  # type: ignore[arg-type]
+                    self._command(command, now)
+                self._tick(now)
+                if self.up and not self.stopping:
+                    self._perform(self.table.dispatch())
         finally:
-            self._shutdown()
+            self._perform(self.table.shutdown(time.time()))
+            self.children.shutdown()
 
-    def _poll_timeout_ms(self) -> float | None:
+    def _wait_ms(self) -> float | None:
+        if not self.up or any(not c.is_worker for c in self.children.all.values()):
+            return self.tree.heartbeat_interval_s * 1000  # heartbeats and start-up deadlines
         if log.isEnabledFor(logging.INFO):
             return max(0.0, (self.next_report - time.monotonic()) * 1000)
-        return None
+        return None  # only events wake the loop
 
-    def _report(self) -> None:
-        now = time.monotonic()
-        if now >= self.next_report:
-            self.next_report = now + self.tree.report_interval_s
-            log.info(
-                "status: %d done, %d failed, %d running or queued on children, %d pending",
-                self.counts["done"],
-                self.counts["failed"],
-                len(self.placed),
-                self.scheduler.num_pending,
-            )
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.children.submit(action.entries)
+            elif isinstance(action, CancelOn):
+                self.children.cancel(action.slot, action.keys, action.hard)
+            elif isinstance(action, Deliver):
+                self.link.deliver(action.finals)
 
-    def _drain_children(self) -> None:
+    # -- events -----------------------------------------------------------------------------
+
+    def _from_children(self, now: float) -> None:
+        children, table = self.children, self.table
         while True:
             try:
-                sender, message = self.router.recv(block=False)
-            except Exception as exc:
-                if type(exc).__name__ != "Again":
-                    log.exception("dropping a bad message from a child")
-                    continue
+                got = children.router.recv_nowait()
+            except ProtocolError:
+                log.exception("dropping a bad message from a child")
+                continue
+            if got is None:
                 return
+            sender, message = got
             assert sender is not None
+            children.heard_from(sender)
             if isinstance(message, Results):
-                self._results(sender, message.items)
+                self._perform(table.done(message.done))
             elif isinstance(message, Register):
                 self._registered(sender, message)
-            elif isinstance(message, Rejected):
-                self._rejected(sender, message)
+            elif isinstance(message, SlotsDown):
+                m = message
+                actions = table.slots_down(m.slots, m.reason, now, m.node_lost, m.gone, m.running)
+                self._perform(actions)
+            elif isinstance(message, SlotsUp):
+                table.slots_up(message.slots)
+            elif not isinstance(message, Heartbeat):
+                log.warning("unexpected %s from a child", type(message).__name__)
 
-    def _registered(self, child: bytes, message: Register) -> None:
-        state = self.children.get(child)
-        if state is None:
-            log.warning("ignoring a registration from unknown child %r", child)
+    def _registered(self, sender: bytes, message: Register) -> None:
+        child = self.children.registered(sender, message.slots, message.nodes)
+        if child is None:
             return
-        state.node, state.cpus, state.nslots = message.node, message.cpus, message.nslots
-        state.registered = True
-        self.scheduler.add_child(child, message.node, message.nslots)
-        log.info(
-            "child %s registered: node %s, cpus %s",
-            child.decode(),
-            message.node,
-            list(message.cpus),
-        )
-        if not self.up and all(c.registered for c in self.children.values()):
+        if self.up:  # a replacement worker (nlevels=0)
+            self.table.slots_up(message.slots)
+            return
+        if all(c.registered for c in self.children.all.values()):
+            gpus = (NodeInfo(self.tree.node, self.plan.gpus),) if self.plan.slots else ()
+            for c in self.children.all.values():
+                self.table.add_child(c.identity, c.slots, gpus + c.nodes)
+            self.table.ready()
             self.up = True
-            cpus = tuple(sorted(c for s in self.children.values() for c in s.cpus))
-            self.upstream.started(sum(s.nslots for s in self.children.values()), cpus, None)
+            self.link.started(self.table.num_slots, None, self.table.scheduler.inventory())
 
-    def _results(self, child: bytes, items: list[ResultItem]) -> None:
-        state = self.children.get(child)
-        out = []
-        for item in items:
-            key = item.key
-            self.items.pop(key, None)
-            self.placed.pop(key, None)
-            self.cancelling.discard(key)
-            self.scheduler.finished(child, key, item.end_time - item.start_time)
-            if not item.node and state is not None:
-                item = item._replace(node=state.node, cpus=self.wide_cpus.pop(key, state.cpus))
-            self.counts["done" if item.status == "success" else "failed"] += 1
-            out.append(item)
-        self.upstream.deliver(out)
-
-    def _rejected(self, child: bytes, message: Rejected) -> None:
-        """Resend the tasks of an undecodable Submit one by one; one alone fails."""
-        items = [self.items[key] for key in message.keys if key in self.items]
-        if len(items) == 1:
-            self._refuse(child, Submit(items=items), ProtocolError(message.error))
+    def _exited(self, pidfd: int, now: float) -> None:
+        child, reason = self.children.exited(pidfd)
+        if self.stopping:
             return
-        for item in items:
-            self._send(child, Submit(items=[item]))
+        if not child.registered and not self.up:
+            error = f"the {child.what()} died before it registered ({reason}) " + \
+                    child.process.describe()  # fmt: skip
+            log.error(error)
+            self.link.started(0, error)
+            self.stopping = True
+            return
+        if child.is_worker:
+            assert child.slot is not None
+            why = f"the worker process running it died ({reason}) on node {child.slot.node}, " \
+                  f"cpu {child.slot.cpu}"  # fmt: skip
+            if child.registered:
+                actions = self.table.slots_down([child.slot.slot], why, now, running=child.running)
+                self._perform(actions)
+            if child.registered or child.restarts < _MAX_RESTARTS:
+                log.warning("%s exited (%s); starting a replacement", child.what(), reason)
+                restarts = 0 if child.registered else child.restarts + 1
+                self.children.start_worker(child.slot, restarts)
+            else:
+                log.error("%s keeps dying before it registers; its slot stays down", child.what())
+                self._perform(self.table.slots_down([child.slot.slot], why, now, gone=True))
+            return
+        lost = f"the {child.what()} was lost ({reason})"
+        log.error("%s; its tasks run again elsewhere or fail", lost)
+        self._perform(self.table.child_lost(child.identity, lost, now))
 
-    def _command(self, command: Submit | Cancel | Shutdown) -> None:
-        if isinstance(command, Submit):
-            self.functions.update(command.functions)
-            group = next(self.groups)
-            for item in command.items:
-                self.items[item.key] = item
-                self.scheduler.submit(item.key, item.nprocs, group)
-            if command.cpus:
-                self.wide_cpus.update(command.cpus)
-        elif isinstance(command, Cancel):
-            self._cancel(set(command.keys))
+    def _command(self, command: SubmitTasks | CancelTasks | Stop, now: float) -> None:
+        if isinstance(command, SubmitTasks):
+            self.children.functions.update(command.functions)
+            self.groups += 1
+            self._perform(self.table.submit(command.tasks, self.groups, now))
+        elif isinstance(command, CancelTasks):
+            self._perform(self.table.cancel(command.keys, now))
         else:
             self.stopping = True
 
-    def _cancel(self, keys: set[int]) -> None:
-        now = time.time()
-        dropped = self.scheduler.cancel_pending(keys)
-        for key in dropped:
-            self.items.pop(key, None)
-        if dropped:
-            self.upstream.deliver(
-                [_ended(key, "cancelled", "cancelled before it started", now) for key in dropped]
-            )
-        by_child: dict[bytes, list[int]] = {}
-        for key in keys.difference(dropped):
-            child = self.placed.get(key)
-            if child is not None:
-                by_child.setdefault(child, []).append(key)
-                self.cancelling.add(key)
-        for child, child_keys in by_child.items():
-            self._send(child, Cancel(keys=child_keys))
-            state = self.children[child]
-            running = self.scheduler.running_on(child)
-            item = self.items.get(running) if running is not None else None
-            if (
-                state.is_worker
-                and running in child_keys
-                and item is not None
-                and item.fn is not None
-                and state.process is not None
-            ):
-                # A Python call cannot be interrupted in place: replace its worker.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(state.process.popen.pid, signal.SIGKILL)
-
-    def _dispatch(self) -> None:
-        if self.stopping or not self.scheduler.num_pending:
-            return
-        batches: dict[bytes, list[TaskItem]] = {}
-        wide: dict[bytes, dict[int, tuple[int, ...]]] = {}
-        for child, key, helpers in self.scheduler.assign():
-            item = self.items[key]
-            self.placed[key] = child
-            batches.setdefault(child, []).append(item)
-            if helpers:
-                cpus = self.children[child].cpus + tuple(
-                    c for h in helpers for c in self.children[h].cpus
-                )
-                self.wide_cpus[key] = cpus
-                wide.setdefault(child, {})[key] = cpus
-        for child, items in batches.items():
-            state = self.children[child]
-            needed = {i.fn for i in items if i.fn is not None}.difference(state.sent)
-            functions = {d: self.functions[d] for d in needed}
-            state.sent.update(needed)
-            self._send(child, Submit(items=items, functions=functions, cpus=wide.get(child, {})))
-
-    def _send(self, child: bytes, message: Submit | Cancel | Shutdown) -> None:
-        try:
-            self.router.send(message, to=child)
-        except PeerGone:  # its pidfd will tell
-            log.warning("could not reach child %s", child.decode())
-        except Exception as exc:  # noqa: BLE001 - some argument cannot be pickled
-            if not isinstance(message, Submit) or len(message.items) == 1:
-                self._refuse(child, message, exc)
-                return
-            for item in message.items:
-                self._send(
-                    child, Submit(items=[item], functions=message.functions, cpus=message.cpus)
-                )
-
-    def _refuse(
-        self, child: bytes, message: Submit | Cancel | Shutdown, exc: BaseException
-    ) -> None:
-        if not isinstance(message, Submit):
-            log.error("could not send %s to %s: %r", type(message).__name__, child.decode(), exc)
-            return
-        now = time.time()
-        for item in message.items:
-            self.items.pop(item.key, None)
-            self.placed.pop(item.key, None)
-            self.scheduler.finished(child, item.key)
-        self.upstream.deliver(
-            [
-                _ended(
-                    item.key,
-                    "failed",
-                    f"the task's arguments could not be sent to a worker: {exc!r}",
-                    now,
-                    exc_type=type(exc).__qualname__,
-                )
-                for item in message.items
-            ]
-        )
-
-    def _child_exited(self, pidfd: int) -> None:
-        child = self.by_pidfd.pop(pidfd)
-        self.poller.remove(pidfd)
-        state = self.children.pop(child)
-        assert state.process is not None
-        code = state.process.popen.wait()
-        state.process.close()
-        if state.is_worker:
-            kill_left_by(child)  # a command it ran sits in its own session: not signalled
-        reason = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        if self.stopping:
-            return
-        if not state.registered:
-            error = (
-                f"{'worker' if state.is_worker else 'sub-master'} {child.decode()} on "
-                f"{self.tree.node} died before it registered ({reason}); its log ends "
-                f"with:\n{state.process.log_tail()}"
-            )
-            log.error(error)
-            if not self.up:
-                self.upstream.started(0, (), error)
+    def _tick(self, now: float) -> None:
+        monotonic = time.monotonic()
+        for child in self.children.overdue(monotonic):
+            if not child.registered and not self.up:
+                limit = self.tree.launch_timeout_s
+                error = f"the {child.what()} did not register within {limit:.0f} s "
+                error += child.process.describe()
+                self.link.started(0, error)
                 self.stopping = True
                 return
-        lost, _ = self.scheduler.remove_child(child) if state.registered else ([], [])
-        now = time.time()
-        results = []
-        for key in lost:
-            item = self.items.pop(key, None)
-            self.placed.pop(key, None)
-            if key in self.cancelling:
-                self.cancelling.discard(key)
-                results.append(
-                    _ended(key, "cancelled", "cancelled while running", now, state.node, state.cpus)
+            log.error("%s went silent: killing it", child.what())
+            self.children.kill(child)  # its exit reports the loss
+        if monotonic >= self.next_report:
+            self.next_report = monotonic + self.report_interval_s
+            if self.up and log.isEnabledFor(logging.INFO):
+                per_node = "; ".join(
+                    f"{node}: {c['running']} running, {c['done']} done, {c['failed']} failed"
+                    for node, c in self.table.status().items()
                 )
-            else:
-                what = "worker" if state.is_worker else "sub-master"
-                results.append(
-                    _ended(
-                        key,
-                        "failed",
-                        f"the {what} process running this task died ({reason}) on "
-                        f"node {state.node}, cpus {list(state.cpus)}",
-                        now,
-                        state.node,
-                        state.cpus,
-                        "core.errors.WorkerLost",
-                    )
-                )
-            del item
-        for key in [k for k, c in self.placed.items() if c == child]:
-            del self.placed[key]
-        if results:
-            self.upstream.deliver(results)
-        log.warning("child %s exited (%s); starting a replacement", child.decode(), reason)
-        self._start_child(state.is_worker, state.slot_cpus)
-
-    def _shutdown(self) -> None:
-        self.stopping = True
-        for child, state in self.children.items():
-            if state.registered:
-                self._send(child, Shutdown())
-        processes = [s.process for s in self.children.values() if s.process is not None]
-        stop_children(processes)
-        now = time.time()
-        leftover = [_ended(key, "cancelled", "the launcher shut down", now) for key in self.items]
-        self.items.clear()
-        if leftover:
-            self.upstream.deliver(leftover)
-        self.router.close()
-        stop_authenticator(self.ctx)
-        self.ctx.term()
-
-
-def _ended(
-    key: int,
-    status: str,
-    why: str,
-    now: float,
-    node: str = "",
-    cpus: tuple[int, ...] = (),
-    exc_type: str | None = None,
-) -> ResultItem:
-    return ResultItem(key, status, None, None, None, None, why, exc_type, now, now, node, cpus)
-
-
-class ParentLink:
-    """Upstream of a sub-master: a DEALER socket to its parent."""
-
-    def __init__(self, options: SubMasterOptions) -> None:
-        self.options = options
-        self.ctx = new_context()
-        self.channel = Channel.connect_dealer(
-            self.ctx, options.parent_endpoint, options.identity, options.parent_keys
-        )
-
-    def watch(self, poller: Poller) -> None:
-        """Wake the loop when the parent sends something."""
-        poller.add(self.channel)
-
-    def take(self, ready: set[object]) -> list[Submit | Cancel | Shutdown]:
-        """The parent's commands that arrived."""
-        commands: list[Submit | Cancel | Shutdown] = []
-        if self.channel.socket not in ready:
-            return commands
-        while self.channel.socket.poll(0):
-            try:
-                message = self.channel.recv()[1]
-            except UndecodableSubmit as exc:
-                self.channel.send(Rejected(keys=exc.keys, error=str(exc)))
-                continue
-            if isinstance(message, (Submit, Cancel, Shutdown)):
-                commands.append(message)
-        return commands
-
-    def deliver(self, results: list[ResultItem]) -> None:
-        """Send results to the parent."""
-        self.channel.send(Results(items=results))
-
-    def started(self, nslots: int, cpus: tuple[int, ...], error: str | None) -> None:
-        """Register with the parent once the subtree is up."""
-        if error is not None:
-            raise LaunchError(error)
-        self.channel.send(
-            Register(node=self.options.tree.node, pid=os.getpid(), cpus=cpus, nslots=nslots)
-        )
-
-    def close(self) -> None:
-        """Close the link."""
-        self.channel.close()
-        self.ctx.term()
-
-
-def _exit_on_term(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through Master.run's finally: children stop first
-
-
-def main(options: SubMasterOptions) -> None:
-    """Run a sub-master process until its parent shuts it down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_term)
-    die_with_parent()
-    link = ParentLink(options)
-    try:
-        Master(options.tree, link).run()
-    finally:
-        link.close()
+                log.info("status: %d pending; %s", self.table.scheduler.num_pending, per_node)

@@ -1,15 +1,21 @@
 """Wire messages between launcher processes, and their frames.
 
-Every message is two frames: a 3-byte header (kind, protocol version) that is never pickle, and a
-payload pickled with cloudpickle. Sockets are authenticated (``ipc://`` in a 0700 directory, or
-CURVE with a ZAP allow-list on ``tcp://``) before any payload is unpickled.
+Every message is ``[header, control, *payloads]``: a 3-byte header (kind, protocol version) that is
+never pickle, a small control part (plain tuples, stdlib pickle), and opaque payload frames. A
+task's arguments and a task's result travel as one payload each, pickled once where they are
+made (the client, the worker) and unpickled only where they are used (the worker, the client):
+sub-masters route payloads by slot without unpickling them, so they never need the user's
+modules, and one bad payload fails one task. Sockets are authenticated (``ipc://`` in a 0700
+directory, or CURVE with a ZAP allow-list on ``tcp://``) before anything is unpickled.
+
+Hops: ``Register``, ``Results``, ``SlotsDown``, ``SlotsUp``, ``Heartbeat`` go up (child to parent);
+``Submit``, ``Cancel``, ``Shutdown``, ``Heartbeat`` go down.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
-from array import array
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -17,14 +23,16 @@ import cloudpickle
 
 from core.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 _HEADER = struct.Struct("!BH")
 
 
 class TaskItem(NamedTuple):
-    """One task as a worker receives it: a call (``fn`` digest set) or a command (``argv`` set)."""
+    """What a task runs: a call (``fn`` digest set) or a command (``argv`` set).
 
-    key: int
+    Pickled once, at submission, into the payload a worker receives.
+    """
+
     fn: bytes | None
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -32,66 +40,126 @@ class TaskItem(NamedTuple):
     env: dict[str, str] | None
     cwd: str | None
     timeout: float | None
-    nprocs: int = 1
+    nnodes: int = 1
+    ppn: int = 1
+    mpi: bool = False
+    """Run the command under the MPI launcher even with one process."""
 
 
-class ResultItem(NamedTuple):
-    """One finished task as a worker reports it."""
+class HostPart(NamedTuple):
+    """The share of one node that a placed task holds."""
+
+    node: str
+    cpus: tuple[int, ...]
+    gpus: tuple[str, ...] = ()
+
+
+class Placement(NamedTuple):
+    """Where a task runs: one part per node, the first one the leader's (where it starts)."""
+
+    parts: tuple[HostPart, ...]
+
+    @property
+    def cpus(self) -> tuple[int, ...]:
+        """The leader node's CPUs."""
+        return self.parts[0].cpus
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The leader node's GPUs."""
+        return self.parts[0].gpus
+
+
+class Entry(NamedTuple):
+    """One task in a Submit: where it goes, which attempt, and its opaque payload."""
+
+    slot: str
+    key: int
+    attempt: int
+    fn: bytes | None
+    placement: Placement | None
+    payload: bytes
+
+
+class Outcome(NamedTuple):
+    """How one attempt of a task ended (the payload of a result)."""
+
+    status: str
+    value: Any = None
+    stdout: str | None = None
+    stderr: str | None = None
+    returncode: int | None = None
+    exception: str | None = None
+    exception_type: str | None = None
+    start_time: float = 0.0
+    end_time: float = 0.0
+
+    @classmethod
+    def ended(cls, status: str, why: str, now: float, exception_type: str | None = None) -> Outcome:
+        """An attempt that ended without running (or whose run told nothing but ``why``)."""
+        return cls(status, exception=why, exception_type=exception_type, start_time=now,
+                   end_time=now)  # fmt: skip
+
+
+class Done(NamedTuple):
+    """One finished attempt in Results: key, attempt, status, run time and pickled Outcome.
+
+    Only the client unpickles the Outcome.
+    """
 
     key: int
+    attempt: int
     status: str
-    value: Any
-    stdout: str | None
-    stderr: str | None
-    returncode: int | None
-    exception: str | None
-    exception_type: str | None
-    start_time: float
-    end_time: float
-    node: str = ""
-    cpus: tuple[int, ...] = ()
+    duration_s: float
+    payload: bytes
+
+
+class SlotInfo(NamedTuple):
+    """One slot a child brings: its address, node and CPU."""
+
+    slot: str
+    node: str
+    cpu: int
+
+
+class NodeInfo(NamedTuple):
+    """What a node offers beyond its CPU slots."""
+
+    node: str
+    gpus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Register:
-    """Child -> parent, once: who I am and which slots I bring."""
+    """Child -> parent, once its subtree is up: the slots and nodes it brings."""
 
-    node: str
     pid: int
-    cpus: tuple[int, ...]
-    gpus: tuple[str, ...] = ()
-    nslots: int = 1
+    slots: tuple[SlotInfo, ...]
+    nodes: tuple[NodeInfo, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Submit:
-    """Parent -> child: run these tasks; ``functions`` holds callables not sent before."""
+    """Parent -> child: run these tasks; ``functions`` holds callables not sent to it before."""
 
-    items: list[TaskItem]
+    entries: list[Entry]
     functions: dict[bytes, bytes] = field(default_factory=dict)
-    cpus: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Results:
-    """Child -> parent: these tasks ended."""
+    """Child -> parent: these attempts ended."""
 
-    items: list[ResultItem]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Rejected:
-    """Child -> parent: a Submit with these tasks could not be unpickled here."""
-
-    keys: list[int]
-    error: str
+    done: list[Done]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel:
-    """Parent -> child: cancel these tasks (queued or running)."""
+    """Parent -> child: cancel these tasks on ``slot``; ``hard`` replaces its worker."""
 
-    keys: list[int]
+    slot: str
+    keys: tuple[int, ...]
+    hard: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,56 +167,99 @@ class Shutdown:
     """Parent -> child: stop, killing whatever still runs."""
 
 
-Message = Register | Submit | Results | Rejected | Cancel | Shutdown
-_KINDS: tuple[type[Any], ...] = (Register, Submit, Results, Cancel, Shutdown, Rejected)
-_SUBMIT = _KINDS.index(Submit)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """Either way, on links between masters: I am alive."""
 
 
-class UndecodableSubmit(ProtocolError):
-    """A Submit arrived whose payload cannot be unpickled here; ``keys`` are its tasks."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotsDown:
+    """Child -> parent: these slots are gone (their worker or sub-master died)."""
 
-    def __init__(self, keys: list[int], cause: BaseException) -> None:
-        super().__init__(f"could not unpickle the tasks' arguments: {cause!r}")
-        self.keys = keys
+    slots: tuple[str, ...]
+    reason: str
+    node_lost: bool = False
+    """A sub-master (and so its node) was lost: the slots are gone for good."""
+    gone: bool = False
+    """The slots will not come back (a worker that keeps dying at start)."""
+    running: tuple[int, int] | None = None
+    """``(key, attempt)`` the dead worker was running, when it is known (one slot)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotsUp:
+    """Child -> parent: these slots are back (a replacement worker registered)."""
+
+    slots: tuple[SlotInfo, ...]
+
+
+Message = Register | Submit | Results | Cancel | Shutdown | Heartbeat | SlotsDown | SlotsUp
+_KINDS: tuple[type[Any], ...] = (
+    Register, Submit, Results, Cancel, Shutdown, Heartbeat, SlotsDown, SlotsUp,
+)  # fmt: skip
 _KIND_OF = {cls: i for i, cls in enumerate(_KINDS)}
+_SUBMIT, _RESULTS = _KIND_OF[Submit], _KIND_OF[Results]
+_DUMP = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle ``value``: stdlib pickle, cloudpickle for what it cannot do (lambdas, locals)."""
+    try:
+        return pickle.dumps(value, protocol=_DUMP)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return bytes(cloudpickle.dumps(value, protocol=_DUMP))
 
 
 def encode(message: Message) -> list[bytes]:
     """The frames of a message."""
     header = _HEADER.pack(_KIND_OF[type(message)], PROTOCOL_VERSION)
+    if isinstance(message, Submit):
+        entries = message.entries
+        rows = [(e.slot, e.key, e.attempt, e.fn, e.placement) for e in entries]
+        digests = list(message.functions)
+        return [
+            header,
+            pickle.dumps((rows, digests), protocol=_DUMP),
+            *(e.payload for e in entries),
+            *message.functions.values(),
+        ]
+    if isinstance(message, Results):
+        control = [(d.key, d.attempt, d.status, d.duration_s) for d in message.done]
+        return [header, pickle.dumps(control, protocol=_DUMP), *(d.payload for d in message.done)]
     fields = tuple(getattr(message, name) for name in message.__slots__)
-    try:
-        payload = pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        # lambdas, local classes: by value (cloudpickle is slower, so only when needed)
-        payload = cloudpickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
-    if isinstance(message, Submit):  # the keys travel apart, readable even if the rest is not
-        return [header, payload, array("q", [i.key for i in message.items]).tobytes()]
-    return [header, payload]
+    return [header, pickle.dumps(fields, protocol=_DUMP)]
 
 
 def decode(frames: list[bytes]) -> Message:
-    """The message in ``frames``; raises ProtocolError on a bad header or version."""
-    if len(frames) not in (2, 3) or len(frames[0]) != _HEADER.size:
+    """The message in ``frames``; raises ProtocolError on a bad header, version or layout."""
+    if len(frames) < 2 or len(frames[0]) != _HEADER.size:
         raise ProtocolError(f"malformed message: {len(frames)} frames")
     kind, version = _HEADER.unpack(frames[0])
-    if (len(frames) == 3) != (kind == _SUBMIT):
-        raise ProtocolError(f"malformed message: {len(frames)} frames for kind {kind}")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"protocol version {version} from peer, this process speaks "
-            f"{PROTOCOL_VERSION}; run the same ensemble-mcp version everywhere"
+            f"protocol version {version} from peer, this process speaks {PROTOCOL_VERSION}; "
+            "run the same ensemble-mcp version everywhere"
         )
     if kind >= len(_KINDS):
         raise ProtocolError(f"unknown message kind {kind}")
-    cls = _KINDS[kind]
-    if kind == _SUBMIT:
-        try:
-            fields = pickle.loads(frames[1])
-        except Exception as exc:
-            raise UndecodableSubmit(array("q", frames[2]).tolist(), exc) from exc
-        return cls(**dict(zip(cls.__slots__, fields, strict=True)))  # type: ignore[no-any-return]
-    fields = pickle.loads(frames[1])
-    return cls(**dict(zip(cls.__slots__, fields, strict=True)))  # type: ignore[no-any-return]
+    try:
+        control = pickle.loads(frames[1])
+        if kind == _SUBMIT:
+            rows, digests = control
+            if len(frames) != 2 + len(rows) + len(digests):
+                raise ProtocolError(f"Submit with {len(rows)} tasks has {len(frames)} frames")
+            entries = [Entry._make((*row, frames[2 + i])) for i, row in enumerate(rows)]
+            blobs = frames[2 + len(rows) :]
+            return Submit(entries=entries, functions=dict(zip(digests, blobs, strict=True)))
+        if kind == _RESULTS:
+            if len(frames) != 2 + len(control):
+                raise ProtocolError(f"Results with {len(control)} tasks has {len(frames)} frames")
+            return Results(
+                done=[Done._make((*row, frames[2 + i])) for i, row in enumerate(control)]
+            )
+        cls = _KINDS[kind]
+        return cls(**dict(zip(cls.__slots__, control, strict=True)))  # type: ignore[no-any-return]
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed {_KINDS[kind].__name__}: {exc!r}") from exc

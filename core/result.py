@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import TaskCancelled, TaskError, TaskFailed, TaskTimeout
+from core.errors import TaskCancelled, TaskError, TaskFailed, TaskTimeout, error_class
 
 
 class TaskStatus(str, enum.Enum):
@@ -37,11 +37,12 @@ class TaskResult:
         exception_type: the qualified name of the exception's type.
         start_time: when the task started (seconds since the epoch).
         end_time: when the task ended (seconds since the epoch).
-        node: the host the task ran on.
-        cpus: the CPU ids assigned to the task.
-        gpus: the GPU ids assigned to the task.
+        node: the host the task ran on (its first one, where it started).
+        cpus: the CPU ids assigned to the task on that host.
+        gpus: the GPU ids assigned to the task on that host.
         submit_time: when the task was submitted (seconds since the epoch).
         attempts: how many times the task was started (more than 1 after a retry).
+        hosts: every host the task ran on (several for a multi-node MPI task).
     """
 
     task_id: str
@@ -59,6 +60,7 @@ class TaskResult:
     gpus: list[str] = field(default_factory=list)
     submit_time: float | None = None
     attempts: int = 1
+    hosts: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -73,10 +75,14 @@ class TaskResult:
         return self.end_time - self.start_time
 
     def unwrap(self) -> Any:
-        """Return the task's value, or raise the TaskError that matches its status."""
+        """Return the task's value, or raise the TaskError that matches how it ended.
+
+        A failure the launcher itself reported (a lost worker or node, a task no node can hold)
+        raises its own class (``WorkerLost``, ``NodeLost``, ``Unplaceable``), all TaskFailed.
+        """
         if self.status is TaskStatus.SUCCESS:
             return self.result if self.result is not None or self.stdout is None else self.stdout
-        raise _ERROR_BY_STATUS[self.status](self)
+        raise (error_class(self.exception_type) or _ERROR_BY_STATUS[self.status])(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (see ``write_results_to_json``)."""

@@ -1,17 +1,23 @@
-"""Start launcher child processes (workers, sub-masters) and make sure none outlives its run."""
+"""Start launcher child processes (workers, sub-masters) and make sure none outlives its run.
+
+Every process of a run carries ``ENSEMBLE_MCP_RUN=<run id>`` in its environment (and a launcher
+child ``ENSEMBLE_MCP_CHILD=<its name>``): the marks by which stragglers are found and killed,
+on every node, whatever process group or session they put themselves in.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from core.errors import LaunchError
 
@@ -21,12 +27,14 @@ CHILD_MARKER = "ENSEMBLE_MCP_CHILD"
 
 @dataclass(slots=True)
 class ChildProcess:
-    """A child launcher process started on this node."""
+    """A launcher child process (worker or sub-master), started here or through a launcher."""
 
     identity: bytes
     popen: subprocess.Popen[bytes]
     pidfd: int
     log_path: Path
+    argv: list[str]
+    host: str
 
     def log_tail(self, nbytes: int = 4000) -> str:
         """The end of the child's own stderr/stdout log."""
@@ -38,63 +46,75 @@ class ChildProcess:
         except OSError:
             return ""
 
+    def describe(self) -> str:
+        """Host, argv and log tail, for an error message."""
+        tail = self.log_tail().strip() or "(nothing)"
+        return f"on {self.host}: {shlex.join(self.argv)}\nits output ends with:\n{tail}"
+
     def close(self) -> None:
         """Release the pidfd (after the process has been reaped)."""
         with contextlib.suppress(OSError):
             os.close(self.pidfd)
 
 
-def spawn_local(
-    role: str,
-    options: Any,
-    run_dir: Path,
-    identity: bytes,
-    run_id: str,
-    log_path: Path | None = None,
-) -> ChildProcess:
-    """Start ``python -m core <role> <options file>`` in its own session on this node.
+def child_argv(role: str, run_id: str, name: str) -> list[str]:
+    """``python -m core <role> -`` with the run's marks in its environment (no secrets)."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return [
+        "env", f"{RUN_MARKER}={run_id}", f"{CHILD_MARKER}={name}", f"PYTHONPATH={path}",
+        sys.executable, "-m", "core", role, "-",
+    ]  # fmt: skip
 
-    The options are pickled to a 0600 file in the run's 0700 directory (never on the command
-    line). Every process of the run carries ``ENSEMBLE_MCP_RUN=<run_id>`` in its environment, the
-    mark by which ``kill_run`` finds stragglers.
+
+def start_child(
+    identity: bytes, argv: list[str], options: Any, log_path: Path, host: str
+) -> ChildProcess:
+    """Start ``argv`` in its own session and hand it ``options`` through its stdin.
+
+    The options (keys included) never appear on a command line or in a file: they are pickled
+    and written, length first, to the child's stdin, which ``mpiexec``, ``srun`` and ``ssh``
+    forward to the process they start. The child dies with this thread (``PR_SET_PDEATHSIG``;
+    an ``mpiexec`` then stops what it started on other nodes).
     """
-    name = identity.decode()
-    options_path = run_dir / f"{name}.options"
-    fd = os.open(options_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        pickle.dump(options, out)
-    log_path = log_path or run_dir / f"{name}.log"
-    env = {
-        **os.environ,
-        RUN_MARKER: run_id,
-        CHILD_MARKER: name,
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-    }
+    blob = pickle.dumps(options)
     log = log_path.open("ab")
     try:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "core", role, str(options_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-            cwd=os.getcwd(),
-        )
+            argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
+            cwd=os.getcwd(), preexec_fn=_die_with_parent_preexec,
+        )  # fmt: skip
     except OSError as exc:
-        raise LaunchError(f"could not start a {role} process with {sys.executable}: {exc}") from exc
+        raise LaunchError(f"could not start {shlex.join(argv)} on {host}: {exc}") from exc
     finally:
         log.close()
-    return ChildProcess(identity, popen, os.pidfd_open(popen.pid), log_path)
+    assert popen.stdin is not None
+    try:
+        popen.stdin.write(len(blob).to_bytes(8, "big") + blob)
+        popen.stdin.close()
+    except OSError:  # it died at once: its pidfd and log will tell
+        pass
+    return ChildProcess(identity, popen, os.pidfd_open(popen.pid), log_path, argv, host)
 
 
-def load_options(path: str) -> Any:
-    """Read the options a parent left for this child (and delete the file)."""
-    with open(path, "rb") as src:
-        options = pickle.load(src)
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    return options
+def read_options(stream: BinaryIO) -> Any:
+    """Read the options a parent wrote to this process's stdin (see ``start_child``)."""
+    size = int.from_bytes(_read_exactly(stream, 8), "big")
+    return pickle.loads(_read_exactly(stream, size))
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            raise LaunchError(f"stdin ended after {len(data)} of {size} bytes of options")
+        data += chunk
+    return bytes(data)
+
+
+def _die_with_parent_preexec() -> None:
+    if _PRCTL is not None:  # between fork and exec: nothing but the prepared call
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_children(children: list[ChildProcess], grace_s: float = 3.0) -> None:
@@ -169,12 +189,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send ``sig`` to this process when the thread that started it ends."""
+def _load_prctl() -> Any:
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's shutdown still stops us
-        return
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the parent's shutdown still stops children
+        return None
+
+
+_PRCTL = _load_prctl()  # loaded once: a forked child must not import or load libraries
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when the thread that started it ends."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, sig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import Any
 
 import zmq
 
+from core.errors import ConfigError
 from core.protocol import Message, decode, encode
 
-POLLIN = zmq.POLLIN
-Again = zmq.Again
-PeerGone = zmq.ZMQError
 MAX_MESSAGE_BYTES = 1 << 31
+
+
+class PeerGone(Exception):
+    """A message could not be handed to its peer (it is not connected, or went away)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,21 @@ class CurveKeys:
         server_public, server_secret = zmq.curve_keypair()
         client_public, client_secret = zmq.curve_keypair()
         return cls(server_public, server_secret, client_public, client_secret)
+
+
+def address_towards(host: str) -> str:
+    """The address of this host on the route to ``host`` (what children there can reach).
+
+    Raises:
+        ConfigError: ``host`` cannot be resolved or reached.
+    """
+    try:
+        target = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))  # a UDP connect sends nothing; it only picks the route
+            return str(probe.getsockname()[0])
+    except OSError as exc:
+        raise ConfigError(f"node {host!r}: cannot find a route to it from here: {exc}") from None
 
 
 def private_dir(prefix: str = "ensemble-mcp-") -> Path:
@@ -98,13 +116,34 @@ class Channel:
         return cls._bound(sock, endpoint)
 
     def send(self, message: Message, to: bytes | None = None) -> None:
-        """Send a message (to child ``to`` on a ROUTER)."""
-        frames = encode(message)
-        self.socket.send_multipart(frames if to is None else [to, *frames], copy=False)
+        """Send a message (to child ``to`` on a ROUTER).
 
-    def recv(self, block: bool = True) -> tuple[bytes | None, Message]:
-        """Receive ``(sender or None, message)``; raises ``Again`` when not blocking and empty."""
-        frames = self.socket.recv_multipart(0 if block else zmq.NOBLOCK)
+        Raises:
+            PeerGone: ``to`` is not connected (a ROUTER refuses to drop it silently).
+        """
+        frames = encode(message)
+        try:
+            self.socket.send_multipart(frames if to is None else [to, *frames], copy=False)
+        except zmq.ZMQError as exc:
+            raise PeerGone(f"{to!r}: {exc}") from None
+
+    def recv(self) -> tuple[bytes | None, Message]:
+        """Wait for ``(sender or None, message)``; raises ProtocolError on a bad frame."""
+        return self._decode(self.socket.recv_multipart())
+
+    def recv_nowait(self) -> tuple[bytes | None, Message] | None:
+        """``(sender or None, message)`` if one is waiting, else None; ProtocolError if bad."""
+        try:
+            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        return self._decode(frames)
+
+    def pending(self) -> bool:
+        """Whether a message is waiting."""
+        return bool(self.socket.poll(0))
+
+    def _decode(self, frames: list[bytes]) -> tuple[bytes | None, Message]:
         if self.socket.type == zmq.ROUTER:
             return frames[0], decode(frames[1:])
         return None, decode(frames)
@@ -162,16 +201,26 @@ class Poller:
 
     def __init__(self) -> None:
         self._poller = zmq.Poller()
+        self._channels: dict[zmq.Socket[bytes], Channel] = {}
 
     def add(self, target: Channel | int) -> None:
         """Watch a channel or a file descriptor for input."""
-        self._poller.register(target.socket if isinstance(target, Channel) else target, zmq.POLLIN)
+        if isinstance(target, Channel):
+            self._channels[target.socket] = target
+            self._poller.register(target.socket, zmq.POLLIN)
+        else:
+            self._poller.register(target, zmq.POLLIN)
 
     def remove(self, target: Channel | int) -> None:
         """Stop watching it."""
-        self._poller.unregister(target.socket if isinstance(target, Channel) else target)
+        if isinstance(target, Channel):
+            self._channels.pop(target.socket, None)
+            self._poller.unregister(target.socket)
+        else:
+            self._poller.unregister(target)
 
-    def poll(self, timeout_ms: float | None) -> set[object]:
-        """The sockets and fds that are readable, waiting at most ``timeout_ms``."""
-        wait = None if timeout_ms is None else int(timeout_ms)
-        return {sock for sock, _ in self._poller.poll(wait)}
+    def poll(self, timeout_ms: float | None) -> set[Channel | int]:
+        """The channels and fds that are readable, waiting at most ``timeout_ms``."""
+        wait = None if timeout_ms is None else max(0, int(timeout_ms + 0.999))
+        channels = self._channels
+        return {channels.get(sock, sock) for sock, _ in self._poller.poll(wait)}

@@ -1,9 +1,12 @@
-"""Worker process: owns one slot, runs the tasks its parent sends, one at a time, in order.
+"""Worker process: owns one CPU slot, runs the tasks its parent sends, one at a time, in order.
 
 Python callables run in this (persistent) process; commands run as child processes in their own
 session, watched together with the parent's socket so that a cancel or timeout kills them at once.
-Results are coalesced while tasks are tiny, and flushed when the queue drains, every
-``_FLUSH_EVERY`` results, or after ``_FLUSH_AFTER_S``; results of longer tasks go up at once.
+A task placed with GPUs sees them through the run's ``gpu_selector`` variable; a task with several
+processes (or any command when ``task_executor_name='mpi'``) runs under the MPI launcher on the
+slots the scheduler reserved. Results are coalesced while tasks are tiny, and flushed when the
+queue drains, every ``_FLUSH_EVERY`` results, or after ``_FLUSH_AFTER_S``; results of longer tasks
+go up at once.
 """
 
 from __future__ import annotations
@@ -21,22 +24,26 @@ import traceback
 import types
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from core.children import RunningRecord, WorkerOptions
+from core.mpi_task import mpi_argv
 from core.protocol import (
     Cancel,
+    Done,
+    Entry,
+    Outcome,
+    Placement,
     Register,
-    Rejected,
-    ResultItem,
     Results,
     Shutdown,
+    SlotInfo,
     Submit,
     TaskItem,
-    UndecodableSubmit,
+    dumps,
 )
 from core.spawn import die_with_parent
-from core.transport import Channel, CurveKeys, Poller, new_context
+from core.transport import Channel, Poller, new_context
 
 log = logging.getLogger("ensemble_mcp.worker")
 _FLUSH_EVERY = 32
@@ -44,24 +51,6 @@ _FLUSH_AFTER_S = 0.005
 _HOLD_IF_SHORTER_S = 0.002
 _KILL_GRACE_S = 2.0
 _READ_CHUNK = 1 << 16
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerOptions:
-    """What a worker needs to know, handed over by its parent."""
-
-    endpoint: str
-    identity: bytes
-    node: str
-    cpus: tuple[int, ...]
-    gpus: tuple[str, ...] = ()
-    gpu_selector: str = "CUDA_VISIBLE_DEVICES"
-    pin: bool = True
-    return_stdout: bool = False
-    tail_bytes: int = 65536
-    keys: CurveKeys | None = None
-    report_interval_s: float = 0.0
-
 
 _current_command: list[int] = []
 
@@ -78,6 +67,13 @@ class _Timeout(BaseException):
 
 def _on_alarm(signum: int, frame: object) -> None:
     raise _Timeout
+
+
+class _Job(NamedTuple):
+    key: int
+    attempt: int
+    item: TaskItem
+    placement: Placement | None
 
 
 class _Tail:
@@ -105,49 +101,46 @@ class Worker:
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
+        self.settings = options.settings
         self.ctx = new_context()
         self.channel = Channel.connect_dealer(
             self.ctx, options.endpoint, options.identity, options.keys
         )
-        self.queue: deque[TaskItem] = deque()
-        self.cpus_of: dict[int, tuple[int, ...]] = {}
+        self.queue: deque[_Job] = deque()
         self.functions: dict[bytes, Callable[..., Any] | BaseException] = {}
-        self.out: list[ResultItem] = []
+        self.out: list[Done] = []
         self.first_out = 0.0
         self.mean_s = 0.0
         self.devnull = os.open(os.devnull, os.O_RDWR)  # opened once, not per command
         self.stopping = False
         self.loop: Any = None
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
-        self.next_report = time.monotonic() + options.report_interval_s
+        self.next_report = time.monotonic() + self.settings.report_interval_s
+        self.record = RunningRecord(options.record) if options.record else None
 
     def serve(self) -> None:
         """Register, then run tasks until told to shut down."""
         opts = self.options
-        self.channel.send(Register(node=opts.node, pid=os.getpid(), cpus=opts.cpus, gpus=opts.gpus))
+        slot = SlotInfo(opts.slot, opts.node, opts.cpu)
+        self.channel.send(Register(pid=os.getpid(), slots=(slot,), nodes=()))
         while not self.stopping:
             if not self.queue:
                 self.flush()
-                self.receive()
-            elif self.channel.socket.poll(0):
-                self.receive()
+                self.handle(self.channel.recv()[1])
+            elif self.channel.pending():
+                self.handle(self.channel.recv()[1])
                 continue
             if self.queue and not self.stopping:
-                item = self.queue.popleft()
-                self.emit(self.run(item))
+                job = self.queue.popleft()
+                if self.record is not None:
+                    self.record.note(job.key, job.attempt)
+                outcome = self.run(job)
+                if self.record is not None:
+                    self.record.note(-1, 0)
+                self.emit(job, outcome)
         self.flush()
         self.channel.close()
         self.ctx.term()
-
-    def receive(self) -> None:
-        """Receive and handle one message from the parent."""
-        try:
-            message = self.channel.recv()[1]
-        except UndecodableSubmit as exc:
-            self.flush()
-            self.channel.send(Rejected(keys=exc.keys, error=str(exc)))
-            return
-        self.handle(message)
 
     def handle(self, message: object) -> None:
         """Act on one message from the parent."""
@@ -157,39 +150,48 @@ class Worker:
                     self.functions[digest] = pickle.loads(blob)
                 except BaseException as exc:  # noqa: BLE001 - reported with each task that uses it
                     self.functions[digest] = exc
-            self.cpus_of.update(message.cpus)
-            self.queue.extend(message.items)
+            for entry in message.entries:
+                self._accept(entry)
         elif isinstance(message, Cancel):
             keys = set(message.keys)
-            kept = deque(item for item in self.queue if item.key not in keys)
-            for item in self.queue:
-                if item.key in keys:
-                    now = time.time()
-                    self.emit(
-                        ResultItem(
-                            item.key,
-                            "cancelled",
-                            None,
-                            None,
-                            None,
-                            None,
-                            "cancelled before it started",
-                            None,
-                            now,
-                            now,
-                        )
-                    )
-            self.queue = kept
+            now = time.time()
+            for job in [job for job in self.queue if job.key in keys]:
+                self.emit(job, Outcome.ended("cancelled", "cancelled before it started", now))
+            self.queue = deque(job for job in self.queue if job.key not in keys)
         elif isinstance(message, Shutdown):
             self.stopping = True
 
-    def emit(self, result: ResultItem) -> None:
+    def _accept(self, entry: Entry) -> None:
+        if self.record is not None:  # unpickling runs user code too: it may kill us
+            self.record.note(entry.key, entry.attempt)
+        try:
+            item = pickle.loads(entry.payload)
+        except BaseException as exc:  # noqa: BLE001 - one bad payload fails one task
+            why = f"the task's arguments could not be unpickled in the worker: {exc!r}"
+            job = _Job(entry.key, entry.attempt, None, None)  # type: ignore[arg-type]
+            self.emit(job, Outcome.ended("failed", why, time.time(), _type_name(exc)))
+            return
+        finally:
+            if self.record is not None:
+                self.record.note(-1, 0)
+        self.queue.append(_Job(entry.key, entry.attempt, item, entry.placement))
+
+    def emit(self, job: _Job, outcome: Outcome) -> None:
         """Queue a result; flush unless tasks are tiny."""
         now = time.monotonic()
         if not self.out:
             self.first_out = now
-        self.out.append(result)
-        duration = result.end_time - result.start_time
+        try:
+            payload = dumps(outcome)
+        except Exception as exc:  # noqa: BLE001 - the value cannot be pickled: that task fails
+            outcome = outcome._replace(
+                status="failed", value=None, exception_type=_type_name(exc),
+                exception=f"the task's return value could not be pickled: {exc!r}",
+            )  # fmt: skip
+            payload = dumps(outcome)
+        duration = outcome.end_time - outcome.start_time
+        self.out.append(Done(job.key, job.attempt, outcome.status, duration, payload))
+        self.counts[outcome.status] += 1
         self.mean_s += 0.2 * (duration - self.mean_s)
         # Hold results back only while tasks are tiny: then the next ones end within moments.
         if (
@@ -203,79 +205,48 @@ class Worker:
         """Send the queued results to the parent."""
         if not self.out:
             return
-        items, self.out = self.out, []
-        for item in items:
-            self.counts[item.status] += 1
-        if self.options.report_interval_s and time.monotonic() >= self.next_report:
-            self.next_report = time.monotonic() + self.options.report_interval_s
+        done, self.out = self.out, []
+        interval = self.settings.report_interval_s
+        if interval and time.monotonic() >= self.next_report:
+            self.next_report = time.monotonic() + interval
             log.info("status: %s", ", ".join(f"{n} {s}" for s, n in self.counts.items()))
-        try:
-            self.channel.send(Results(items=items))
-        except Exception:  # noqa: BLE001 - some value cannot be pickled: send one by one
-            for item in items:
-                try:
-                    self.channel.send(Results(items=[item]))
-                except Exception as exc:  # noqa: BLE001
-                    self.channel.send(
-                        Results(
-                            items=[
-                                item._replace(
-                                    status="failed",
-                                    value=None,
-                                    exception_type=type(exc).__qualname__,
-                                    exception="the task's return value could not be pickled: "
-                                    f"{exc!r}",
-                                )
-                            ]
-                        )
-                    )
+        self.channel.send(Results(done=done))
 
-    def run(self, item: TaskItem) -> ResultItem:
+    def run(self, job: _Job) -> Outcome:
         """Run one task; never raises."""
+        if job.item.cwd:
+            try:
+                os.makedirs(job.item.cwd, exist_ok=True)
+            except OSError as exc:
+                why = f"cannot create run_dir {job.item.cwd!r} on {self.options.node}: {exc}"
+                return Outcome.ended("failed", why, time.time(), _type_name(exc))
         try:
-            return self.run_call(item) if item.fn is not None else self.run_command(item)
+            if job.item.fn is not None:
+                return self.run_call(job)
+            return self.run_command(job)
         except Exception as exc:  # noqa: BLE001 - a launcher bug must not take the worker down
-            now = time.time()
-            return ResultItem(
-                item.key,
-                "failed",
-                None,
-                None,
-                None,
-                None,
-                f"internal launcher error: {self._describe(item, exc)}",
-                type(exc).__qualname__,
-                now,
-                now,
-            )
+            why = f"internal launcher error: {self._describe(job, exc)}"
+            return Outcome.ended("failed", why, time.time(), _type_name(exc))
 
     # -- Python callables -------------------------------------------------------------------
 
-    def run_call(self, item: TaskItem) -> ResultItem:
+    def run_call(self, job: _Job) -> Outcome:
         """Run a Python callable in this process."""
+        item = job.item
         fn = self.functions.get(item.fn)  # type: ignore[arg-type]
         start = time.time()
         if fn is None or isinstance(fn, BaseException):
-            return ResultItem(
-                item.key,
-                "failed",
-                None,
-                None,
-                None,
-                None,
-                f"the function could not be loaded in the worker: {fn!r}",
-                type(fn).__qualname__,
-                start,
-                time.time(),
-            )
-        captured = io.StringIO() if self.options.return_stdout else None
+            why = f"the function could not be loaded in the worker: {fn!r}"
+            return Outcome.ended("failed", why, start, _type_name(fn))
+        captured = io.StringIO() if self.settings.return_stdout else None
         status, value, exception, exc_type = "success", None, None, None
+        env = self._env_changes(item.env, job.placement)
         if item.timeout:
             signal.setitimer(signal.ITIMER_REAL, item.timeout)
         try:
             with (
                 contextlib.redirect_stdout(captured) if captured else contextlib.nullcontext(),
-                _call_env(item.env, item.cwd),
+                _call_env(env, item.cwd, self._task_cpus(job.placement)),
             ):
                 value = fn(*item.args, **item.kwargs)
                 if isinstance(value, types.CoroutineType):
@@ -283,15 +254,13 @@ class Worker:
         except _Timeout:
             status, exception = "timeout", f"timed out after {item.timeout} s"
         except BaseException as exc:  # noqa: BLE001 - a task's failure is data
-            status, exc_type = "failed", f"{type(exc).__module__}.{type(exc).__qualname__}"
-            exception = self._describe(item, exc)
+            status, exc_type = "failed", _type_name(exc)
+            exception = self._describe(job, exc)
         finally:
             if item.timeout:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        stdout = captured.getvalue()[-self.options.tail_bytes :] if captured else None
-        return ResultItem(
-            item.key, status, value, stdout, None, None, exception, exc_type, start, time.time()
-        )
+        stdout = captured.getvalue()[-self.settings.tail_bytes :] if captured else None
+        return Outcome(status, value, stdout, None, None, exception, exc_type, start, time.time())
 
     def _event_loop(self) -> Any:
         if self.loop is None:
@@ -300,64 +269,63 @@ class Worker:
             self.loop = asyncio.new_event_loop()
         return self.loop
 
-    def _describe(self, item: TaskItem, exc: BaseException) -> str:
+    def _describe(self, job: _Job, exc: BaseException) -> str:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[1:])
         head = f"{type(exc).__qualname__}: {exc}"
-        return (
-            f"{head}\n### task {item.key} on node {self.options.node}, cpus "
-            f"{list(self.options.cpus)}\n{tb}"[-20000:]
-        )
+        cpus = job.placement.cpus if job.placement else (self.options.cpu,)
+        where = f"### task {job.key} on node {self.options.node}, cpus {list(cpus)}"
+        return f"{head}\n{where}\n{tb}"[-20000:]
 
     # -- commands ---------------------------------------------------------------------------
 
-    def run_command(self, item: TaskItem) -> ResultItem:
+    def run_command(self, job: _Job) -> Outcome:
         """Run a command as a child process in its own session."""
+        item = job.item
         argv = list(item.argv or ())
-        env = self._command_env(item)
+        nprocs = item.nnodes * item.ppn
+        if nprocs > 1 or item.mpi:
+            argv = mpi_argv(self.settings.mpiexec, argv, job.placement, item.ppn,
+                            self.settings.gpu_selector)  # fmt: skip
+        changes = self._env_changes(item.env, job.placement, command=True)
+        env = {**os.environ, **changes} if changes else None
         start = time.time()
+        capture = subprocess.PIPE if self.settings.return_stdout else self.devnull
+        cpus = self._task_cpus(job.placement)
         try:
             proc = subprocess.Popen(
-                argv,
-                stdin=self.devnull,
-                stdout=subprocess.PIPE if self.options.return_stdout else self.devnull,
-                stderr=subprocess.PIPE,
-                cwd=item.cwd,
-                env=env,
-                start_new_session=True,
-            )
+                argv, stdin=self.devnull, stdout=capture, stderr=subprocess.PIPE, cwd=item.cwd,
+                env=env, start_new_session=True,
+                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+            )  # fmt: skip
         except OSError as exc:
-            return ResultItem(
-                item.key,
-                "failed",
-                None,
-                None,
-                None,
-                None,
-                f"could not start {argv[0]!r}: {exc}",
-                type(exc).__qualname__,
-                start,
-                time.time(),
-            )
+            return Outcome.ended("failed", f"could not start {argv[0]!r}: {exc}", start,
+                                 _type_name(exc))  # fmt: skip
         _current_command.append(proc.pid)
         try:
-            return self._watch(item, proc, start)
+            return self._watch(job, proc, start)
         finally:
             _current_command.remove(proc.pid)
 
-    def _command_env(self, item: TaskItem) -> dict[str, str] | None:
-        cpus = self.cpus_of.pop(item.key, None)
-        if not item.env and cpus is None and not self.options.gpus:
+    def _task_cpus(self, placement: Placement | None) -> set[int] | None:
+        """The CPUs a placed task may use, when they differ from this worker's own one."""
+        if placement is None or not self.settings.pin or placement.cpus == (self.options.cpu,):
             return None
-        env = dict(os.environ)
-        if self.options.gpus:
-            env[self.options.gpu_selector] = ",".join(self.options.gpus)
-        if item.env:
-            env.update(item.env)
-        if cpus is not None:
-            env["ENSEMBLE_MCP_CPUS"] = ",".join(map(str, cpus))
-        return env
+        return set(placement.cpus)
 
-    def _watch(self, item: TaskItem, proc: subprocess.Popen[bytes], start: float) -> ResultItem:
+    def _env_changes(
+        self, env: dict[str, str] | None, placement: Placement | None, command: bool = False
+    ) -> dict[str, str]:
+        """The variables a task runs with beyond this worker's own: its ``env``, its GPUs."""
+        changes = dict(env or {})
+        if placement is not None:
+            if placement.gpus:
+                changes[self.settings.gpu_selector] = ",".join(placement.gpus)
+            if command:
+                changes["ENSEMBLE_MCP_CPUS"] = ",".join(map(str, placement.cpus))
+        return changes
+
+    def _watch(self, job: _Job, proc: subprocess.Popen[bytes], start: float) -> Outcome:
+        item = job.item
         tails: dict[int, _Tail] = {}
         out_fd = proc.stdout.fileno() if proc.stdout is not None else None
         err_fd = proc.stderr.fileno() if proc.stderr is not None else None
@@ -365,7 +333,7 @@ class Worker:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 os.set_blocking(stream.fileno(), False)
-                tails[stream.fileno()] = _Tail(self.options.tail_bytes)
+                tails[stream.fileno()] = _Tail(self.settings.tail_bytes)
                 poller.add(stream.fileno())
         pidfd = os.pidfd_open(proc.pid)
         poller.add(pidfd)
@@ -390,7 +358,7 @@ class Worker:
                         poller.remove(fd)  # at EOF: stop polling it
                 if pidfd in ready:
                     exited = True
-                if self.channel.socket in ready and self._control(item):
+                if self.channel in ready and self._control(job):
                     status = "cancelled"
                     kill_at = _terminate(proc, kill_at)
                 now = time.time()
@@ -419,41 +387,46 @@ class Worker:
             exception = f"timed out after {item.timeout} s"
         elif status == "failed":
             exception = _exit_text(returncode)
-        return ResultItem(
-            item.key, status, None, stdout, stderr, returncode, exception, None, start, time.time()
-        )
+        elif status == "cancelled":
+            exception = "cancelled while running"
+        return Outcome(status, None, stdout, stderr, returncode, exception, None, start,
+                       time.time())  # fmt: skip
 
-    def _control(self, running: TaskItem) -> bool:
+    def _control(self, running: _Job) -> bool:
         """Handle messages that arrive while a command runs; True if it must be cancelled."""
         cancel = False
-        while self.channel.socket.poll(0):
-            try:
-                message = self.channel.recv()[1]
-            except UndecodableSubmit as exc:
-                self.channel.send(Rejected(keys=exc.keys, error=str(exc)))
-                continue
-            if isinstance(message, Cancel) and running.key in message.keys:
-                cancel = True
-            elif isinstance(message, Shutdown):
-                cancel = True
+        while self.channel.pending():
+            message = self.channel.recv()[1]
+            if isinstance(message, (Cancel, Shutdown)):
+                cancel = cancel or isinstance(message, Shutdown) or running.key in message.keys
             self.handle(message)
         return cancel
 
 
+def _type_name(exc: object) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 @contextlib.contextmanager
-def _call_env(env: dict[str, str] | None, cwd: str | None) -> Iterator[None]:
-    """A Python task's ``env`` and ``run_dir``, in force for the call and undone after it."""
-    if not env and not cwd:
+def _call_env(env: dict[str, str], cwd: str | None, cpus: set[int] | None) -> Iterator[None]:
+    """A Python task's ``env``, ``run_dir`` and CPUs, in force for the call, undone after it."""
+    if not env and not cwd and cpus is None:
         yield
         return
-    saved = {name: os.environ.get(name) for name in env or ()}
+    saved = {name: os.environ.get(name) for name in env}
     old_cwd = os.getcwd() if cwd else None
+    old_cpus = os.sched_getaffinity(0) if cpus is not None else None
     try:
-        os.environ.update(env or {})
+        os.environ.update(env)
         if cwd:
             os.chdir(cwd)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
         yield
     finally:
+        if old_cpus is not None:
+            os.sched_setaffinity(0, old_cpus)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -503,10 +476,11 @@ def main(options: WorkerOptions) -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
     die_with_parent()
-    if options.report_interval_s:
+    os.chdir(options.cwd)
+    if options.settings.report_interval_s:
         logging.getLogger().setLevel(logging.INFO)
-    if options.pin and options.cpus and hasattr(os, "sched_setaffinity"):
+    if options.settings.pin and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, options.cpus)
+            os.sched_setaffinity(0, {options.cpu})
     sys.stdin.close()
     Worker(options).serve()

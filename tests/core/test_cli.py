@@ -147,8 +147,3 @@ def test_ensemble_launcher_refuses_several_nodes_for_now() -> None:
         EnsembleLauncher({"ensembles": {"a": {"cmd_template": "true"}}}, Nodes=["a", "b"])
 
 
-def test_starting_children_through_mpiexec_is_refused_until_it_exists() -> None:
-    from core import Launcher
-
-    with pytest.raises(EnsembleError, match="child_executor_name='mpi'"):
-        Launcher(launcher_config=LauncherConfig(child_executor_name="mpi")).start()

@@ -73,15 +73,19 @@ def test_an_unpicklable_argument_fails_that_task_only(launcher: Launcher) -> Non
     assert [results[0].result, results[2].result] == [0, 2]
 
 
-def test_an_argument_that_kills_the_worker_while_loading_fails_its_batch_and_recovers(
+def test_an_argument_that_kills_the_worker_while_loading_fails_after_its_retry_alone(
     launcher: Launcher,
 ) -> None:
-    batch = launcher.submit_tasks(
-        [Task(task_id="x", executable=identity, args=(ExitsWhenLoaded(),))]
-    )
-    (result,) = batch.results(timeout=30)
-    assert result.status is TaskStatus.FAILED
-    assert result.exception_type == "core.errors.WorkerLost"
+    tasks = [Task(task_id="x", executable=identity, args=(ExitsWhenLoaded(),))] + [
+        Task(task_id=f"ok{i}", executable=identity, args=(i,)) for i in range(10)
+    ]
+    results = launcher.submit_tasks(tasks).results(timeout=30)
+    assert results[0].status is TaskStatus.FAILED
+    assert results[0].exception_type == "core.errors.WorkerLost"
+    assert results[0].attempts == 2
+    assert "lost on all 2 attempts" in (results[0].exception or "")
+    assert [r.result for r in results[1:]] == list(range(10))
+    assert {r.attempts for r in results[1:]} == {1}
     assert list(launcher.map(identity, range(5))) == list(range(5))
 
 

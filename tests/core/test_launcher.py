@@ -245,13 +245,24 @@ def test_a_three_level_tree_runs_tasks_and_leaves_no_process() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", [{"cpu_affinity": [0]}, {"gpu_affinity": ["0"]}, {"ngpus_per_process": 1}]
+    ("field", "reason"),
+    [
+        ({"ppn": 64}, "asks for ppn=64, but the largest node has"),
+        ({"nnodes": 2}, "asks for nnodes=2, ppn=1: 2 nodes, but 1 of the launcher's 1 nodes"),
+        ({"ngpus_per_process": 1}, "the node with the most GPUs has 0"),
+        ({"cpu_affinity": [999]}, "no node has all of CPUs 999"),
+    ],
 )
-def test_placement_requests_this_version_cannot_honour_are_refused(
-    launcher: Launcher, field: dict
+def test_a_task_no_node_can_ever_hold_fails_at_once_with_the_reason(
+    launcher: Launcher, field: dict, reason: str
 ) -> None:
-    with pytest.raises(ConfigError, match="task t0"):
-        launcher.submit_tasks([Task(task_id="t0", executable=["true"], **field)])
+    batch = launcher.submit_tasks([Task(task_id="t0", executable=["true"], **field)])
+    (result,) = batch.results(timeout=5)
+    assert result.status is TaskStatus.FAILED
+    assert result.exception_type == "core.errors.Unplaceable"
+    assert result.exception is not None and reason in result.exception
+    assert "can never run on this launcher" in result.exception
+    assert result.attempts == 0
 
 
 def test_a_small_batch_is_not_stuck_behind_a_big_one(launcher: Launcher) -> None:
