@@ -145,5 +145,3 @@ def test_system_config_fills_ids_and_auto_config_follows_the_node_count() -> Non
 def test_ensemble_launcher_refuses_several_nodes_for_now() -> None:
     with pytest.raises(EnsembleError, match="Nodes"):
         EnsembleLauncher({"ensembles": {"a": {"cmd_template": "true"}}}, Nodes=["a", "b"])
-
-

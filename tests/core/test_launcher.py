@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core import ConfigError, Launcher, LauncherConfig, Task, TaskFailed, TaskStatus
+from core import Launcher, LauncherConfig, Task, TaskFailed, TaskStatus
 from core.spawn import processes_of_run
 from tests.conftest import pids_with_env, wait_until_gone
 

@@ -8,7 +8,9 @@ from core.errors import ConfigError
 from core.scheduler import Need, Scheduler
 
 
-def make(nodes: int = 1, cpus: int = 2, gpus: tuple[str, ...] = (), prefetch: int = 64) -> Scheduler:
+def make(
+    nodes: int = 1, cpus: int = 2, gpus: tuple[str, ...] = (), prefetch: int = 64
+) -> Scheduler:
     scheduler = Scheduler(prefetch)
     for n in range(nodes):
         scheduler.add_node(f"n{n}", gpus)
