@@ -266,6 +266,8 @@ def test_polaris_preset_has_32_cores_and_4_gpus_nearest_first() -> None:
 
 
 def test_an_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="no preset named 'frontier'; known presets: aurora, polaris"):
+    with pytest.raises(
+        ValueError, match="no preset named 'frontier'; known presets: aurora, polaris"
+    ):
         preset("frontier")
     assert sorted(PRESETS) == ["aurora", "polaris"]

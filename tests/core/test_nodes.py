@@ -128,7 +128,9 @@ def test_a_bad_pbs_nodefile_names_the_variable_the_line_and_the_problem(
 
 def test_an_unreadable_node_file_says_so(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(ConfigError, match=rf"PBS_NODEFILE={missing}: cannot read the file: No such"):
+    with pytest.raises(
+        ConfigError, match=rf"PBS_NODEFILE={missing}: cannot read the file: No such"
+    ):
         discover_nodes(env={"PBS_NODEFILE": str(missing)})
     with pytest.raises(ConfigError, match="cannot read the file: Is a directory"):
         discover_nodes(env={"ENSEMBLE_MCP_HOSTFILE": str(tmp_path)})
@@ -354,7 +356,9 @@ def test_expand_undoes_compress_for_any_host_list(names: list[str]) -> None:
 
 @given(
     st.lists(
-        st.tuples(prefixes, st.sets(st.integers(0, 300), min_size=1, max_size=40), st.integers(1, 4)),
+        st.tuples(
+            prefixes, st.sets(st.integers(0, 300), min_size=1, max_size=40), st.integers(1, 4)
+        ),
         min_size=1,
         max_size=4,
         unique_by=lambda group: group[0],
