@@ -2,7 +2,8 @@
 
 :func:`discover_nodes` takes the first source that applies:
 
-1. the ``nodes`` argument (the seed's ``Nodes``): a list of host names, used as given;
+1. the ``nodes`` argument (the seed's ``Nodes``): a list of host names, used as given (a
+   name listed twice counts once, with no slot count);
 2. ``PBS_NODEFILE``: one host per line; each name is cut to its short form (the part before the
    first ``.``, except for IPv4 addresses); a host listed *k* times gets ``slots=k`` (PBS writes
    one line per ``mpiprocs``); blank lines and ``#`` comments are skipped;
