@@ -27,10 +27,10 @@ of the process that runs it):
   the launchers' own binding flags are not used). Two tasks on one node then run on their own
   CPUs, which every launcher's default binding gets wrong (each puts its rank 0 on core 0).
 
-Environment: variables in ``env`` must not be secret (they appear in argv for launchers that do
-not forward the environment: Open MPI ``-x``, Hydra ``-genv``, PALS ``--env``, ssh ``env``;
-``srun`` forwards its own environment, as its ``--export`` list cannot carry commas). Secrets go
-through stdin. Root: Open MPI refuses to run as root without ``--allow-run-as-root``, added only
+Environment: variables in ``env`` must not be secret. Every launcher is told them explicitly,
+in argv (Open MPI ``-x``, Hydra ``-genv``, PALS ``--env``, ssh ``env``), since Open MPI and ssh
+pass nothing else to other nodes; ``srun`` gets them in its own environment, which it forwards
+(its ``--export`` list cannot carry commas). Secrets go through stdin. Root: Open MPI refuses to run as root without ``--allow-run-as-root``, added only
 then; the others need nothing.
 
 Tested here with Debian Open MPI 4.1 and MPICH 4.0 (and the PyPI Open MPI 5.0 wheel by hand);
