@@ -13,7 +13,9 @@ Every host has its own hostname (UTS namespace), its own mount namespace with a 
 ``/dev/shm`` (tmpfs, as on cluster nodes), ``/etc/hosts`` from ``/etc/netns/<ns>/hosts`` (listing
 every host), empty shell start-up files in place of root's (so ssh sessions skip ``~/.bashrc``), and
 an OpenSSH sshd on port 22: key authentication only, one host key per host, pinned in a
-``known_hosts`` file of explicit names and addresses (paramiko can read it).
+``known_hosts`` file of explicit names and addresses (paramiko can read it). The hosts' ``~/.ssh``
+holds this run's key, ``known_hosts`` and ``config``, as on a cluster where passwordless ssh is set
+up: plain ``ssh h2`` and mpiexec's default launchers work there; the rest of the home is shared.
 
 The test process stays outside: :meth:`Cluster.popen` / :meth:`Cluster.run` start a command "on" a
 host, inside its namespaces; ``ssh -F cluster.ssh_config h2 ...`` from there reaches another host.
@@ -30,7 +32,9 @@ default: tests of one module share a cluster; a test that breaks hosts builds it
         assert done.stdout.strip() == "h2"
 
 Teardown SIGKILLs every process in the hosts' namespaces and removes the namespaces, their
-``/etc/netns`` entries and the state directory, also when the body raised. A run that was killed
+``/etc/netns`` entries and the state directory, also when the body raised. Left on the machine: the
+lock directory ``/run/ensemble-mcp-cluster``, iproute2's ``/run/netns`` mount, and an empty
+``~/.ssh`` where there was none (the hosts' mount point). A run that was killed
 before its teardown leaves objects behind; the next :class:`Cluster` (or ``python -m tests.cluster
 down``) removes those whose owner is gone, and only objects of this naming scheme.
 
@@ -44,10 +48,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import getpass
 import glob
 import itertools
 import os
+import pwd
 import re
 import select
 import shlex
@@ -286,6 +290,8 @@ def _remove_objects(octet: int) -> list[str]:
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    with contextlib.suppress(OSError):
+        ETC_NETNS.rmdir()  # only when empty; a concurrent start re-creates it (mkdir parents=True)
     return removed
 
 
@@ -389,7 +395,7 @@ class Cluster:
                 raise ValueError(
                     f"name_prefix {name_prefix!r} gives the invalid host name {name!r}"
                 )
-        self.user = getpass.getuser()
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
         self.startup_s = 0.0
         self._hosts: dict[str, _Host] = {}
         self._lock: _SubnetLock | None = None
@@ -575,7 +581,7 @@ class Cluster:
     def _start_sshd(self, host: _Host) -> socket.socket:
         """Start the host's boot shell (hostname, mounts, addresses, then exec sshd); no waiting."""
         d = self.state_dir
-        home = Path(os.path.expanduser("~"))
+        home = Path(pwd.getpwuid(os.geteuid()).pw_dir)  # what sshd uses
         empty = shlex.quote(str(d / "empty_shell_rc"))
         shadows = "".join(
             f"mount --bind {empty} {shlex.quote(str(home / name))}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -185,11 +186,10 @@ def test_zeromq_router_on_h1_and_dealer_on_h2_exchange_a_message(cluster: Cluste
             router.kill()
 
 
-def test_the_root_namespace_cannot_reach_the_hosts(cluster: Cluster) -> None:
-    done = subprocess.run(
-        ["ip", "route", "get", cluster.addresses["h1"]], capture_output=True, text=True, check=False
-    )
-    assert "dev emcc" not in done.stdout and "br0" not in done.stdout
+def test_the_root_namespace_has_no_address_on_the_clusters_subnet(cluster: Cluster) -> None:
+    shown = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True)
+    assert cluster.subnet.removesuffix("0/24") not in shown.stdout
+    assert cluster.addresses["h1"] not in shown.stdout
 
 
 # ----------------------------------------------------------------------------- MPI
@@ -218,7 +218,7 @@ def test_a_hung_hydra_is_killed_with_its_session_at_the_timeout(cluster: Cluster
     before = set(cluster.pids_on("h1"))
     argv = ["mpiexec.mpich", "-hosts", "h9", "-n", "1", "hostname"]
     with pytest.raises(subprocess.TimeoutExpired) as hung:
-        cluster.run("h1", argv, env=cluster.mpi_env("mpich"), timeout=2)
+        cluster.run("h1", argv, env=cluster.mpi_env("mpich"), timeout=1)
     assert "h9" in str(hung.value.stderr)
     assert set(cluster.pids_on("h1")) == before
 
@@ -270,19 +270,20 @@ def test_hostfiles_list_each_host_in_the_kinds_launchers_read(cluster: Cluster) 
 # ----------------------------------------------------------------------------- processes
 
 
+SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
+
+
 def test_pids_on_finds_a_marked_process_on_its_host_only(cluster: Cluster) -> None:
     mark = f"CLUSTER_TEST_MARK={uuid.uuid4().hex}"
     name, value = mark.split("=")
+    local_argv = [sys.executable, "-c", SLEEPER, "started-here"]
+    remote_argv = [sys.executable, "-c", SLEEPER, "started-over-ssh"]
     started = cluster.popen(
-        "h2",
-        ["sh", "-c", "echo ready; exec sleep 60"],
-        env={**os.environ, name: value},
-        stdout=subprocess.PIPE,
-        text=True,
+        "h2", local_argv, env={**os.environ, name: value}, stdout=subprocess.PIPE, text=True
     )
     remote = cluster.popen(
         "h1",
-        [*cluster.ssh_argv("h2"), f"exec env {mark} sh -c 'echo ready; exec sleep 61'"],
+        [*cluster.ssh_argv("h2"), "exec env", mark, shlex.join(remote_argv)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -291,8 +292,8 @@ def test_pids_on_finds_a_marked_process_on_its_host_only(cluster: Cluster) -> No
         on_h2 = cluster.pids_on("h2", mark)
         assert started.pid in on_h2 and len(on_h2) == 2
         over_ssh = (set(on_h2) - {started.pid}).pop()
-        assert cluster.cmdlines("h2")[over_ssh] == ["sleep", "61"]
-        assert cluster.cmdlines("h2")[started.pid] == ["sleep", "60"]
+        assert cluster.cmdlines("h2")[over_ssh] == remote_argv
+        assert cluster.cmdlines("h2")[started.pid] == local_argv
         assert cluster.pids_on("h3", mark) == [] and cluster.pids_on("h1", mark) == []
         assert started.pid not in cluster.pids_on("h3")
     finally:
@@ -424,3 +425,36 @@ def test_the_cli_lists_a_live_cluster(cluster: Cluster) -> None:
         timeout=30,
     )
     assert f"{cluster.subnet}  owner pid {os.getpid()}  live" in done.stdout.splitlines()
+
+
+def test_the_cli_up_prints_how_to_enter_a_host_and_tears_down_on_ctrl_c() -> None:
+    skip_if_unavailable()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster", "up", "-n", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        lines = []
+        while (line := up.stdout.readline()) not in (
+            "",
+            "Ctrl-C (or SIGTERM) here tears it down.\n",
+        ):
+            lines.append(line)
+        assert line, "the CLI ended before it was up"
+        subnet = lines[0].split()[1]
+        enter = next(line for line in lines if line.startswith("  h2 ")).split("enter: ")[1].split()
+        assert enter[-1] == "bash"
+        on_h2 = subprocess.run(
+            [*enter[:-1], "hostname"], capture_output=True, text=True, timeout=10
+        )
+        assert on_h2.stdout == "h2\n"
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=30)
+    assert (up.returncode, out, err) == (0, "SIGINT: tearing down\n", "")
+    octet = subnet.split(".")[2]
+    assert not any(name.startswith(f"emcc{octet}-") for name in netns_names())
