@@ -63,7 +63,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -267,8 +267,9 @@ def _octets_present() -> set[int]:
     for folder in (NETNS_DIR, ETC_NETNS):
         with contextlib.suppress(FileNotFoundError):
             octets |= {int(m[1]) for name in os.listdir(folder) if (m := pattern.match(name))}
+    state = re.compile(r"^(\d{1,3})(\.lock)?$")
     with contextlib.suppress(FileNotFoundError):
-        octets |= {int(name.split(".")[0]) for name in os.listdir(STATE_ROOT) if name[0].isdigit()}
+        octets |= {int(m[1]) for name in os.listdir(STATE_ROOT) if (m := state.match(name))}
     return octets
 
 
@@ -534,7 +535,7 @@ class Cluster:
             "  KexAlgorithms curve25519-sha256\n"
             "  BatchMode yes\n"
             "  ConnectTimeout 5\n"
-            "  ServerAliveInterval 2\n"
+            "  ServerAliveInterval 5\n"
             "  ServerAliveCountMax 3\n"
             "  LogLevel ERROR\n",
         )
@@ -894,8 +895,9 @@ class Cluster:
         Args:
             host: a name from :attr:`hosts`.
             cut_network: first take its link down, so that its peers hear nothing (no FIN, no RST),
-                as when a node crashes; False lets the kernel close its sockets, as when only the
-                processes die.
+                as when a node crashes: connections to it hang until a timeout (ssh clients give
+                up after 15-20 s, ``ServerAliveInterval 5`` x 3). False lets the kernel close its
+                sockets, as when only the processes die: peers see the ends at once.
         """
         live = self._live(host)
         if cut_network:
@@ -917,7 +919,11 @@ def skip_if_unavailable() -> None:
         pytest.skip(reason)
 
 
-def cluster_fixture(scope: str = "module", num_hosts: int = 3, name: str = "cluster") -> Any:
+def cluster_fixture(
+    scope: Literal["session", "package", "module", "class", "function"] = "module",
+    num_hosts: int = 3,
+    name: str = "cluster",
+) -> Any:
     """A pytest fixture giving a started :class:`Cluster`; skips, saying why, where none can run.
 
     Use at module level: ``cluster = cluster_fixture()``. Module scope (the default) shares one
@@ -985,7 +991,7 @@ def _down() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tests.cluster up [-n N] | list | down``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.cluster", description=__doc__.split("\n")[0]
+        prog="python -m tests.cluster", description="A simulated cluster for tests, by hand."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="build a cluster and keep it until Ctrl-C")
