@@ -721,19 +721,19 @@ class Cluster:
         Raises:
             HostDownError: the host was killed.
         """
-        live = self._live(host)
-        fds = live.ns_fds
+        fds = self._live(host).ns_fds
+        # Our own descriptors, opened through /proc/<our pid>: the command inherits none of them.
+        held = f"/proc/{os.getpid()}/fd"
         prefix = [
             _tool("nsenter"),
-            f"--net=/proc/self/fd/{fds['net']}",
-            f"--uts=/proc/self/fd/{fds['uts']}",
-            f"--mount=/proc/self/fd/{fds['mnt']}",
+            f"--net={held}/{fds['net']}",
+            f"--uts={held}/{fds['uts']}",
+            f"--mount={held}/{fds['mnt']}",
             f"--wd={self._workdir(cwd)}",
             "--",
         ]
-        pass_fds = (*kwargs.pop("pass_fds", ()), *fds.values())
         process = subprocess.Popen(
-            [*prefix, *argv], env=None if env is None else dict(env), pass_fds=pass_fds, **kwargs
+            [*prefix, *argv], env=None if env is None else dict(env), **kwargs
         )
         self._children.append(process)
         return process

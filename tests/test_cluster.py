@@ -77,6 +77,11 @@ def test_three_hosts_come_up_each_with_its_own_name_and_address(cluster: Cluster
         assert cluster.sshd_pid(host) in cluster.pids_on(host)
 
 
+def test_a_command_on_a_host_inherits_no_descriptor_of_the_test_process(cluster: Cluster) -> None:
+    listing = cluster.run("h2", ["ls", "/proc/self/fd"], env={**os.environ}).stdout.split()
+    assert sorted(listing, key=int) == ["0", "1", "2", "3"]  # 3: ls's own directory handle
+
+
 def test_every_host_resolves_every_other_by_name(cluster: Cluster) -> None:
     done = cluster.run("h1", ["getent", "hosts", "h3"])
     assert done.stdout.split() == [cluster.addresses["h3"], "h3"]
