@@ -14,7 +14,7 @@ import itertools
 import logging
 import mmap
 import os
-import shlex
+import shutil
 import signal
 import struct
 import time
@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.mpi import Command, Flavour, MpiLauncher, detect_launcher, launch_on_host, ssh_command
 from core.protocol import (
     Cancel,
     Entry,
@@ -32,7 +33,14 @@ from core.protocol import (
     SlotInfo,
     Submit,
 )
-from core.spawn import ChildProcess, child_argv, kill_left_by, start_child, stop_children
+from core.spawn import (
+    ChildProcess,
+    child_argv,
+    child_env,
+    kill_left_by,
+    start_child,
+    stop_children,
+)
 from core.transport import Channel, CurveKeys, PeerGone, Poller, new_context, stop_authenticator
 from core.tree import Share
 
@@ -167,6 +175,7 @@ class Children:
         self.functions: dict[bytes, bytes] = {}
         self._generation = itertools.count()
         self._next_heartbeat = 0.0
+        self._launcher: MpiLauncher | None = None
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -193,16 +202,31 @@ class Children:
         return child
 
     def _start(self, name: str, role: str, options: object, host: str) -> Child:
-        argv = child_argv(role, self.tree.run_id, name)
+        argv = child_argv(role)
+        env = child_env(self.tree.run_id, name)
         if host != self.tree.node:
-            argv = remote_argv(*self.tree.remote_launcher, host, argv)
+            command = self._remote(host, argv, env)
+            argv, env = list(command.argv), {**env, **command.env}
         log_dir = Path(self.tree.log_dir) if self.tree.log_dir else self.run_dir
-        process = start_child(name.encode(), argv, options, log_dir / f"{role}-{name}.log", host)
+        log_path = log_dir / f"{role}-{name}.log"
+        process = start_child(name.encode(), argv, env, options, log_path, host)
         child = Child(name.encode(), process, started=time.monotonic())
         self.all[child.identity] = child
         self.by_pidfd[process.pidfd] = child.identity
         self.poller.add(process.pidfd)
         return child
+
+    def _remote(self, host: str, argv: list[str], env: dict[str, str]) -> Command:
+        """The command that starts ``argv`` on ``host`` (through mpiexec, srun or ssh)."""
+        kind, mpiexec = self.tree.remote_launcher
+        if kind == "ssh":
+            return ssh_command(host, argv, env=env)
+        if self._launcher is None:
+            self._launcher = _mpi_launcher(mpiexec)
+        srun_cpus = None
+        if self._launcher.flavour is Flavour.SRUN:
+            srun_cpus = self.tree.node_config.slots_of(host)
+        return launch_on_host(self._launcher, host, argv, env=env, srun_cpus=srun_cpus)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -360,11 +384,11 @@ class RunningRecord:
         return None if key < 0 else (key, attempt)
 
 
-def remote_argv(kind: str, mpiexec: str, host: str, argv: list[str]) -> list[str]:
-    """Interim: the command that starts ``argv`` on ``host`` (replaced by core.mpi)."""
-    if kind == "ssh":
-        return ["ssh", "-o", "BatchMode=yes", host, "--", shlex.join(argv)]
-    return [mpiexec, "-n", "1", "--host", host, *argv]
+def _mpi_launcher(mpiexec: str) -> MpiLauncher:
+    """``srun`` inside a Slurm job (when it is on PATH), else ``mpiexec``, flavour detected."""
+    if os.environ.get("SLURM_JOB_ID") and shutil.which("srun"):
+        return detect_launcher("srun")
+    return detect_launcher(mpiexec)
 
 
 def _replace(options: TreeOptions, **changes: object) -> TreeOptions:

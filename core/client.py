@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import hashlib
 import itertools
+import logging
 import os
 import pickle
 import shutil
@@ -30,12 +31,13 @@ from typing import Any
 import cloudpickle
 
 from core.batch import Batch
-from core.config import LauncherConfig, SystemConfig, hostname
+from core.config import LauncherConfig, SystemConfig
 from core.errors import ConfigError, LauncherBroken, LaunchError
 from core.master import CancelTasks, Command, Master, Stop, SubmitTasks
+from core.nodes import NodeSpec, discover_nodes
 from core.protocol import Outcome, TaskItem, dumps
 from core.result import TaskResult, TaskStatus
-from core.runplan import NodeSpec, plan_run
+from core.runplan import plan_run
 from core.scheduler import NARROW, Need, Scheduler
 from core.spawn import kill_run
 from core.table import Final, NewTask
@@ -43,6 +45,7 @@ from core.task import DEFAULT_OPTIONS, Task, TaskOptions
 from core.transport import Poller, private_dir
 
 _STATUS = {s.value: s for s in TaskStatus}
+log = logging.getLogger("ensemble_mcp.master")
 _START_MARGIN_S = 30.0
 
 
@@ -133,7 +136,8 @@ class Launcher:
         system_config: what each node offers (default: each node's own CPUs and GPUs).
         launcher_config: how the launcher runs (default: chosen for the node count).
         pin_resources: bind each worker, and each task, to its CPUs.
-        nodes: the run's nodes (default: this host).
+        nodes: the run's host names, or NodeSpecs with slot counts (default: discovered, see
+            ``core.nodes``: a PBS or Slurm job's nodes, a hostfile, or this host).
     """
 
     def __init__(
@@ -142,13 +146,13 @@ class Launcher:
         launcher_config: LauncherConfig | None = None,
         *,
         pin_resources: bool = True,
-        nodes: Sequence[str | NodeSpec] | None = None,
+        nodes: Sequence[str] | Sequence[NodeSpec] | None = None,
     ) -> None:
         self.system_config = system_config
         self.launcher_config = launcher_config or LauncherConfig.auto()
         self._given_config = launcher_config
         self.pin_resources = pin_resources
-        self._nodes = [n if isinstance(n, NodeSpec) else NodeSpec(n) for n in nodes or ()]
+        self._nodes = None if nodes is None else list(nodes)
         self._link: _ClientLink | None = None
         self._thread: threading.Thread | None = None
         self._keys = itertools.count()
@@ -186,8 +190,14 @@ class Launcher:
             if cfg is not None and cfg.worker_logs:
                 log_dir = os.path.abspath(cfg.log_dir)
                 os.makedirs(log_dir, exist_ok=True)
+            if self._nodes and all(isinstance(n, NodeSpec) for n in self._nodes):
+                nodes: list[NodeSpec] = self._nodes  # type: ignore[assignment]
+            else:
+                found = discover_nodes(self._nodes)  # type: ignore[arg-type]
+                log.info("launcher %s: %s", self._run_id, found)
+                nodes = list(found.nodes)
             plan = plan_run(
-                self.system_config, self._given_config, self._nodes or [NodeSpec(hostname())],
+                self.system_config, self._given_config, nodes,
                 run_id=self._run_id, pin=self.pin_resources, log_dir=log_dir, cwd=os.getcwd(),
             )  # fmt: skip
             self.launcher_config = config = plan.config

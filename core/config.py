@@ -72,6 +72,9 @@ class LauncherConfig(BaseModel):
     failed by itself (exception, non-zero exit, timeout). Heartbeats between masters go every
     ``heartbeat_interval`` seconds; a peer silent for ``heartbeat_timeout`` is lost; a child that
     has not registered ``launch_timeout`` seconds after its start failed to start.
+    ``gpu_selector`` is the variable through which a task sees its GPUs (``ZE_AFFINITY_MASK``,
+    ``CUDA_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``, ``HIP_VISIBLE_DEVICES``); by default the
+    one that matches the GPUs found on the node, else ``ZE_AFFINITY_MASK``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -86,7 +89,7 @@ class LauncherConfig(BaseModel):
     master_logs: bool = False
     nchildren: int | None = Field(default=None, ge=1)
     profile: Literal["basic", "timeline"] | None = None
-    gpu_selector: str = Field(default="ZE_AFFINITY_MASK", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    gpu_selector: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     prefetch: int = Field(default=64, ge=0, le=4096)
     tail_bytes: int = Field(default=64 * 1024, ge=256)
     log_dir: str = "logs"

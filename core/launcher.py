@@ -12,7 +12,7 @@ from core.batch import Batch
 from core.client import Launcher
 from core.config import LauncherConfig, SystemConfig
 from core.ensemble import Source, expand_tasks
-from core.errors import ConfigError
+from core.nodes import discover_nodes
 from core.result import TaskResult
 from core.task import Task
 
@@ -37,14 +37,10 @@ class EnsembleLauncher:
         pin_resources: bool = True,
         return_stdout: bool = False,
     ) -> None:
-        if Nodes is not None and len(set(Nodes)) > 1:
-            raise ConfigError(
-                f"Nodes: {len(set(Nodes))} nodes given; this version runs on one "
-                "node (the one it is started on)"
-            )
         self.tasks = expand_tasks(ensemble_file)
-        self.system_config = system_config or SystemConfig(name="local")
-        config = launcher_config or LauncherConfig.auto()
+        self.nodes = discover_nodes(Nodes).nodes
+        self.system_config = system_config
+        config = launcher_config or LauncherConfig.auto(len(self.nodes))
         if return_stdout and not config.return_stdout:
             config = config.model_copy(update={"return_stdout": True})
         self.launcher_config = config
@@ -58,8 +54,9 @@ class EnsembleLauncher:
         handler = _master_log_handler(self.launcher_config)
         try:
             with Launcher(
-                self.system_config, self.launcher_config, pin_resources=self.pin_resources
-            ) as launcher:
+                self.system_config, self.launcher_config, pin_resources=self.pin_resources,
+                nodes=self.nodes,
+            ) as launcher:  # fmt: skip
                 batch = launcher.submit_tasks(self.tasks)
                 if on_start is not None:
                     on_start(batch, launcher)

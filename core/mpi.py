@@ -30,8 +30,8 @@ of the process that runs it):
 Environment: variables in ``env`` must not be secret. Every launcher is told them explicitly,
 in argv (Open MPI ``-x``, Hydra ``-genv``, PALS ``--env``, ssh ``env``), since Open MPI and ssh
 pass nothing else to other nodes; ``srun`` gets them in its own environment, which it forwards
-(its ``--export`` list cannot carry commas). Secrets go through stdin. Root: Open MPI refuses to run as root without ``--allow-run-as-root``, added only
-then; the others need nothing.
+(its ``--export`` list cannot carry commas). Secrets go through stdin. Root: Open MPI refuses
+to run as root without ``--allow-run-as-root``, added only then; the others need nothing.
 
 Tested here with Debian Open MPI 4.1 and MPICH 4.0 (and the PyPI Open MPI 5.0 wheel by hand);
 Intel MPI, PALS and srun argv follow their documentation and are untested on a real system.

@@ -18,6 +18,7 @@ import time
 
 from core.children import Child, Children, SubMasterOptions, TreeOptions
 from core.errors import LaunchError
+from core.inventory import probe_node
 from core.protocol import (
     Cancel,
     Heartbeat,
@@ -69,11 +70,12 @@ class Relay:
                 self.children.start_submaster(part)
             return
         config = tree.node_config
-        cpus = share.cpus or config.cpus or tuple(sorted(os.sched_getaffinity(0)))
+        found = probe_node() if config.cpus is None or config.gpus is None else None
+        cpus = share.cpus or config.cpus or found.cpus  # type: ignore[union-attr]
         cap = config.slots_of(tree.node)
         if cap is not None:
             cpus = cpus[:cap]
-        gpus = config.gpus or ()
+        gpus = config.gpus if config.gpus is not None else found.gpus  # type: ignore[union-attr]
         self.nodes = (NodeInfo(tree.node, tuple(gpus)),)
         for cpu in cpus:
             self.children.start_worker(SlotInfo(f"{tree.node}:{cpu}", tree.node, cpu))

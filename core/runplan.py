@@ -10,18 +10,12 @@ from dataclasses import dataclass
 from core.children import NodeConfig, TreeOptions, WorkerSettings
 from core.config import LauncherConfig, SystemConfig, hostname
 from core.errors import ConfigError
+from core.inventory import probe_node
 from core.master import TopPlan
+from core.nodes import NodeSpec
 from core.protocol import SlotInfo
 from core.transport import CurveKeys, address_towards
 from core.tree import check_topology, top_shares
-
-
-@dataclass(frozen=True, slots=True)
-class NodeSpec:
-    """One node of the run: its host name, and the most slots to use there (None: all)."""
-
-    name: str
-    slots: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +64,22 @@ def plan_run(
         )
     tcp = bool(remote) or config.comm_name == "zmq"
     bind = config.bind_host or (address_towards(remote[0]) if remote else "127.0.0.1")
+    if system_config is not None:
+        cpus, gpus = tuple(system_config.cpus), tuple(str(g) for g in system_config.gpus)
+        found_selector = None
+    else:  # this node as it is; the other nodes' sub-masters probe their own
+        found = probe_node()
+        cpus, gpus, found_selector = found.cpus, found.gpus, found.gpu_selector
     explicit = system_config is not None
-    system = system_config or SystemConfig()
     node_config = NodeConfig(
-        cpus=tuple(system.cpus) if explicit else None,
-        gpus=tuple(str(g) for g in system.gpus) if explicit else None,
+        cpus=cpus if explicit else None,
+        gpus=gpus if explicit else None,
         slots=tuple((n.name, n.slots) for n in nodes if n.slots is not None),
     )
+    selector = config.gpu_selector or found_selector or "ZE_AFFINITY_MASK"
     worker = WorkerSettings(
         pin=pin, return_stdout=config.return_stdout, tail_bytes=config.tail_bytes,
-        gpu_selector=config.gpu_selector, mpiexec=config.mpiexec,
+        gpu_selector=selector, mpiexec=config.mpiexec,
         task_mpi=config.task_executor_name == "mpi",
         report_interval_s=config.report_interval if config.worker_logs else 0.0,
     )  # fmt: skip
@@ -93,13 +93,11 @@ def plan_run(
         heartbeat_timeout_s=config.heartbeat_timeout, launch_timeout_s=config.launch_timeout,
         log_dir=log_dir, cwd=cwd,
     )  # fmt: skip
-    cpus = tuple(system.cpus)
     cap = nodes[0].slots if local else None
     if cap is not None:
         cpus = cpus[:cap]
     if config.nlevels == 0:
         slots = tuple(SlotInfo(f"{here}:{cpu}", here, cpu) for cpu in cpus)
-        gpus = tuple(str(g) for g in system.gpus)
         top = TopPlan(slots=slots, gpus=gpus)
     else:
         shares = top_shares(names, config.nlevels, config.nchildren, cpus if local else ())

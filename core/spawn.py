@@ -7,6 +7,7 @@ on every node, whatever process group or session they put themselves in.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import pickle
@@ -57,31 +58,35 @@ class ChildProcess:
             os.close(self.pidfd)
 
 
-def child_argv(role: str, run_id: str, name: str) -> list[str]:
-    """``python -m core <role> -`` with the run's marks in its environment (no secrets)."""
+def child_argv(role: str) -> list[str]:
+    """``python -m core <role> -``: a launcher child, which reads its options from stdin."""
+    return [sys.executable, "-m", "core", role, "-"]
+
+
+def child_env(run_id: str, name: str) -> dict[str, str]:
+    """The variables a launcher child runs with: the run's marks and the import path."""
     path = os.pathsep.join(p for p in sys.path if p)
-    return [
-        "env", f"{RUN_MARKER}={run_id}", f"{CHILD_MARKER}={name}", f"PYTHONPATH={path}",
-        sys.executable, "-m", "core", role, "-",
-    ]  # fmt: skip
+    return {RUN_MARKER: run_id, CHILD_MARKER: name, "PYTHONPATH": path}
 
 
 def start_child(
-    identity: bytes, argv: list[str], options: Any, log_path: Path, host: str
-) -> ChildProcess:
-    """Start ``argv`` in its own session and hand it ``options`` through its stdin.
+    identity: bytes, argv: list[str], env: dict[str, str], options: Any, log_path: Path,
+    host: str,
+) -> ChildProcess:  # fmt: skip
+    """Start ``argv`` in its own session, with ``env`` added, and hand it ``options`` on stdin.
 
-    The options (keys included) never appear on a command line or in a file: they are pickled
-    and written, length first, to the child's stdin, which ``mpiexec``, ``srun`` and ``ssh``
-    forward to the process they start. The child dies with this thread (``PR_SET_PDEATHSIG``;
+    The options (keys included) never appear on a command line or in a file: they are pickled,
+    base64-encoded and written as one line to the child's stdin, which ``mpiexec``, ``srun`` and
+    ``ssh`` forward to the process they start (one short line: some launchers mangle binary
+    input or never deliver end-of-file). The child dies with this thread (``PR_SET_PDEATHSIG``;
     an ``mpiexec`` then stops what it started on other nodes).
     """
-    blob = pickle.dumps(options)
+    line = base64.b64encode(pickle.dumps(options)) + b"\n"
     log = log_path.open("ab")
     try:
         popen = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
-            cwd=os.getcwd(), preexec_fn=_die_with_parent_preexec,
+            cwd=os.getcwd(), env={**os.environ, **env}, preexec_fn=_die_with_parent_preexec,
         )  # fmt: skip
     except OSError as exc:
         raise LaunchError(f"could not start {shlex.join(argv)} on {host}: {exc}") from exc
@@ -89,8 +94,8 @@ def start_child(
         log.close()
     assert popen.stdin is not None
     try:
-        popen.stdin.write(len(blob).to_bytes(8, "big") + blob)
-        popen.stdin.close()
+        popen.stdin.write(line)
+        popen.stdin.flush()
     except OSError:  # it died at once: its pidfd and log will tell
         pass
     return ChildProcess(identity, popen, os.pidfd_open(popen.pid), log_path, argv, host)
@@ -98,18 +103,10 @@ def start_child(
 
 def read_options(stream: BinaryIO) -> Any:
     """Read the options a parent wrote to this process's stdin (see ``start_child``)."""
-    size = int.from_bytes(_read_exactly(stream, 8), "big")
-    return pickle.loads(_read_exactly(stream, size))
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            raise LaunchError(f"stdin ended after {len(data)} of {size} bytes of options")
-        data += chunk
-    return bytes(data)
+    line = stream.readline()
+    if not line.endswith(b"\n"):
+        raise LaunchError(f"stdin ended after {len(line)} bytes, before the options line did")
+    return pickle.loads(base64.b64decode(line))
 
 
 def _die_with_parent_preexec() -> None:

@@ -27,11 +27,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from core.children import RunningRecord, WorkerOptions
-from core.mpi_task import mpi_argv
+from core.errors import EnsembleError
+from core.mpi import HostSlots, MpiLauncher, RankSlots, detect_launcher, mpi_task_command
 from core.protocol import (
     Cancel,
     Done,
     Entry,
+    HostPart,
     Outcome,
     Placement,
     Register,
@@ -42,7 +44,7 @@ from core.protocol import (
     TaskItem,
     dumps,
 )
-from core.spawn import die_with_parent
+from core.spawn import CHILD_MARKER, RUN_MARKER, die_with_parent
 from core.transport import Channel, Poller, new_context
 
 log = logging.getLogger("ensemble_mcp.worker")
@@ -117,6 +119,7 @@ class Worker:
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
         self.next_report = time.monotonic() + self.settings.report_interval_s
         self.record = RunningRecord(options.record) if options.record else None
+        self.mpi_launcher: MpiLauncher | None = None
 
     def serve(self) -> None:
         """Register, then run tasks until told to shut down."""
@@ -282,11 +285,14 @@ class Worker:
         """Run a command as a child process in its own session."""
         item = job.item
         argv = list(item.argv or ())
-        nprocs = item.nnodes * item.ppn
-        if nprocs > 1 or item.mpi:
-            argv = mpi_argv(self.settings.mpiexec, argv, job.placement, item.ppn,
-                            self.settings.gpu_selector)  # fmt: skip
         changes = self._env_changes(item.env, job.placement, command=True)
+        if item.nnodes * item.ppn > 1 or item.mpi:
+            try:
+                argv, mpi_env = self._mpi_command(job, argv)
+            except EnsembleError as exc:  # no usable MPI launcher here
+                return Outcome.ended("failed", str(exc), time.time(), _type_name(exc))
+            changes.update(mpi_env)
+            changes.pop(self.settings.gpu_selector, None)  # set per rank instead
         env = {**os.environ, **changes} if changes else None
         start = time.time()
         capture = subprocess.PIPE if self.settings.return_stdout else self.devnull
@@ -305,6 +311,26 @@ class Worker:
             return self._watch(job, proc, start)
         finally:
             _current_command.remove(proc.pid)
+
+    def _mpi_command(self, job: _Job, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The MPI launcher's command for a task on its placement, ranks pinned per host."""
+        if self.mpi_launcher is None:
+            self.mpi_launcher = detect_launcher(self.settings.mpiexec)
+        ppn = job.item.ppn
+        parts = job.placement.parts if job.placement else (
+            HostPart(self.options.node, (self.options.cpu,)),
+        )  # fmt: skip
+        hosts = []
+        for part in parts:
+            cpus = _share(part.cpus, ppn) if self.settings.pin else [()] * ppn
+            gpus = _share(part.gpus, ppn) if part.gpus else [()] * ppn
+            ranks = tuple(RankSlots(tuple(c), tuple(g)) for c, g in zip(cpus, gpus, strict=True))
+            hosts.append(HostSlots(part.node, ranks))
+        marks = {name: os.environ[name] for name in (RUN_MARKER, CHILD_MARKER, "PYTHONPATH")
+                 if name in os.environ}  # fmt: skip
+        command = mpi_task_command(self.mpi_launcher, hosts, argv, env=marks,
+                                   gpu_selector=self.settings.gpu_selector)  # fmt: skip
+        return list(command.argv), dict(command.env)
 
     def _task_cpus(self, placement: Placement | None) -> set[int] | None:
         """The CPUs a placed task may use, when they differ from this worker's own one."""
@@ -401,6 +427,12 @@ class Worker:
                 cancel = cancel or isinstance(message, Shutdown) or running.key in message.keys
             self.handle(message)
         return cancel
+
+
+def _share(ids: tuple[Any, ...], ranks: int) -> list[tuple[Any, ...]]:
+    """``ids`` split into ``ranks`` equal consecutive shares (the scheduler made it divide)."""
+    size = len(ids) // ranks
+    return [ids[r * size : (r + 1) * size] for r in range(ranks)]
 
 
 def _type_name(exc: object) -> str:

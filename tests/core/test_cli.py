@@ -142,6 +142,13 @@ def test_system_config_fills_ids_and_auto_config_follows_the_node_count() -> Non
     )
 
 
-def test_ensemble_launcher_refuses_several_nodes_for_now() -> None:
+def test_ensemble_launcher_refuses_a_bad_node_list_at_once() -> None:
     with pytest.raises(EnsembleError, match="Nodes"):
-        EnsembleLauncher({"ensembles": {"a": {"cmd_template": "true"}}}, Nodes=["a", "b"])
+        EnsembleLauncher({"ensembles": {"a": {"cmd_template": "true"}}}, Nodes=["-oProxy=x"])
+
+
+def test_several_nodes_need_a_child_executor_that_reaches_them() -> None:
+    config = LauncherConfig(nlevels=1, child_executor_name="multiprocessing")
+    spec = {"ensembles": {"a": {"cmd_template": "true"}}}
+    with pytest.raises(EnsembleError, match=r"child_executor_name='multiprocessing'.*use 'mpi'"):
+        EnsembleLauncher(spec, launcher_config=config, Nodes=["localhost", "nodeb"]).run()
