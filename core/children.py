@@ -41,7 +41,15 @@ from core.spawn import (
     start_child,
     stop_children,
 )
-from core.transport import Channel, CurveKeys, PeerGone, Poller, new_context, stop_authenticator
+from core.transport import (
+    Channel,
+    CurveKeys,
+    PeerGone,
+    Poller,
+    address_towards,
+    new_context,
+    stop_authenticator,
+)
 from core.tree import Share
 
 log = logging.getLogger("ensemble_mcp.master")
@@ -84,8 +92,10 @@ class TreeOptions:
     """Sub-master levels at and below this master (0: its children are workers)."""
     share: Share | None = None
     nchildren: int | None = None
-    transport: str = "ipc"
-    bind_host: str = "127.0.0.1"
+    local_tcp: bool = False
+    """Links within a node over ``tcp://`` (``comm_name='zmq'``) rather than ``ipc://``."""
+    bind_host: str | None = None
+    """The address to listen on for children on other nodes (None: the route's address)."""
     keys: CurveKeys | None = None
     remote_launcher: tuple[str, str] = ("multiprocessing", "mpiexec")
     """How children start on other hosts: ``(child_executor_name, mpiexec path)``."""
@@ -158,16 +168,14 @@ class Child:
 class Children:
     """The processes one master started, the socket they talk to it on, and the routes."""
 
-    def __init__(self, tree: TreeOptions, poller: Poller, run_dir: Path) -> None:
+    def __init__(
+        self, tree: TreeOptions, poller: Poller, run_dir: Path, hosts: Iterable[str]
+    ) -> None:
         self.tree = tree
         self.poller = poller
         self.run_dir = run_dir
         self.ctx = new_context()
-        if tree.transport == "tcp":
-            endpoint = f"tcp://{tree.bind_host}:0"
-        else:
-            endpoint = f"ipc://{run_dir}/m-{os.getpid()}-{id(self):x}.sock"
-        self.router = Channel.bind_router(self.ctx, endpoint, tree.keys)
+        self.router = Channel.bind_router(self.ctx, self._endpoint(set(hosts)), tree.keys)
         poller.add(self.router)
         self.all: dict[bytes, Child] = {}
         self.by_pidfd: dict[int, bytes] = {}
@@ -176,6 +184,15 @@ class Children:
         self._generation = itertools.count()
         self._next_heartbeat = 0.0
         self._launcher: MpiLauncher | None = None
+
+    def _endpoint(self, hosts: set[str]) -> str:
+        """Where children connect: ``tcp://`` (CURVE) if any is on another node, else local."""
+        remote = sorted(hosts - {self.tree.node})
+        if remote:
+            return f"tcp://{self.tree.bind_host or address_towards(remote[0])}:0"
+        if self.tree.local_tcp:
+            return "tcp://127.0.0.1:0"
+        return f"ipc://{self.run_dir}/m-{os.getpid()}-{id(self):x}.sock"
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -195,7 +212,8 @@ class Children:
     def start_submaster(self, share: Share) -> Child:
         """Start a sub-master for ``share`` on its first node (here, or through the launcher)."""
         name = f"m-{share.host}-{next(self._generation)}-{os.getpid()}"
-        sub = _replace(self.tree, node=share.host, levels=share.levels - 1, share=share)
+        sub = _replace(self.tree, node=share.host, levels=share.levels - 1, share=share,
+                       bind_host=None)  # fmt: skip
         options = SubMasterOptions(self.router.endpoint, name.encode(), sub)
         child = self._start(name, "master", options, share.host)
         child.share = share

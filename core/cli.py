@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from core.batch import Batch
 from core.client import Launcher
 from core.config import LauncherConfig
-from core.errors import EnsembleError
+from core.errors import ConfigError, EnsembleError
 from core.launcher import EnsembleLauncher
+from core.nodes import discover_nodes
 from core.result import TaskStatus, write_results_to_json
 
 
@@ -20,11 +25,23 @@ def add_run_command(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run the ensembles of a JSON file",
-        description="Run every task of an ensemble JSON file on this node.",
+        description="Run every task of an ensemble JSON file on the run's nodes: those of the "
+        "PBS or Slurm job it runs in (or $ENSEMBLE_MCP_HOSTFILE, or this host). The launcher's "
+        "shape is chosen for the node count; --config and the flags below override it.",
     )
     run.add_argument("ensemble_file", help='JSON file with {"ensembles": {name: spec}}')
     run.add_argument("-o", "--output", default="results.json", help="results JSON (%(default)s)")
-    run.add_argument("--nlevels", type=int, default=None, help="master levels below the client")
+    run.add_argument(
+        "--config", default=None, help="JSON file of LauncherConfig fields (see docs/ensembles.md)"
+    )
+    run.add_argument("--nlevels", type=int, default=None, help="sub-master levels (0-3)")
+    run.add_argument("--nchildren", type=int, default=None, help="children per master")
+    run.add_argument(
+        "--child-executor",
+        choices=("multiprocessing", "mpi", "ssh"),
+        default=None,
+        help="how sub-masters start on other nodes",
+    )
     run.add_argument("--stdout", action="store_true", help="capture each command's stdout")
     run.add_argument("--logs", action="store_true", help="write logs/master-*.log, worker-*.log")
     run.add_argument(
@@ -40,15 +57,7 @@ def add_run_command(commands: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the file; exit code 0 if every task succeeded, 1 if any did not, 2 on bad input."""
     try:
-        config = LauncherConfig.auto().model_copy(
-            update={
-                "return_stdout": args.stdout,
-                "master_logs": args.logs,
-                "worker_logs": args.logs,
-                "report_interval": args.report_interval,
-                **({"nlevels": args.nlevels} if args.nlevels is not None else {}),
-            }
-        )
+        config = _launcher_config(args)
         launcher = EnsembleLauncher(args.ensemble_file, launcher_config=config)
         watcher: list[threading.Thread] = []
 
@@ -77,6 +86,39 @@ def run_command(args: argparse.Namespace) -> int:
                 f"  {result.task_id}: {result.status.value}{': ' + detail[0] if detail else ''}\n"
             )
     return 0 if counts[TaskStatus.SUCCESS] == len(results) else 1
+
+
+def _launcher_config(args: argparse.Namespace) -> LauncherConfig:
+    """The config file's, or the one chosen for the discovered nodes, with the flags applied."""
+    if args.config is not None:
+        try:
+            fields = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--config {args.config}: {exc}") from None
+        try:
+            base = LauncherConfig.model_validate(fields)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, first["loc"])) or "the file"
+            raise ConfigError(f"--config {args.config}: {where}: {first['msg']}") from None
+    else:
+        base = LauncherConfig.auto(len(discover_nodes().nodes))
+    flags = {
+        "nlevels": args.nlevels,
+        "nchildren": args.nchildren,
+        "child_executor_name": args.child_executor,
+    }
+    update: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    update |= {"report_interval": args.report_interval}
+    if args.stdout:
+        update["return_stdout"] = True
+    if args.logs:
+        update |= {"master_logs": True, "worker_logs": True}
+    try:
+        return LauncherConfig.model_validate({**base.model_dump(), **update})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
 
 
 def _progress(batch: Batch, nslots: int) -> None:

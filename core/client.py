@@ -138,6 +138,8 @@ class Launcher:
         pin_resources: bind each worker, and each task, to its CPUs.
         nodes: the run's host names, or NodeSpecs with slot counts (default: discovered, see
             ``core.nodes``: a PBS or Slurm job's nodes, a hostfile, or this host).
+        return_stdout: overrides the config's ``return_stdout`` (the MCP server always wants
+            commands' stdout, whatever the config chosen for the node count says).
     """
 
     def __init__(
@@ -147,12 +149,14 @@ class Launcher:
         *,
         pin_resources: bool = True,
         nodes: Sequence[str] | Sequence[NodeSpec] | None = None,
+        return_stdout: bool | None = None,
     ) -> None:
         self.system_config = system_config
         self.launcher_config = launcher_config or LauncherConfig.auto()
         self._given_config = launcher_config
         self.pin_resources = pin_resources
         self._nodes = None if nodes is None else list(nodes)
+        self._return_stdout = return_stdout
         self._link: _ClientLink | None = None
         self._thread: threading.Thread | None = None
         self._keys = itertools.count()
@@ -196,8 +200,13 @@ class Launcher:
                 found = discover_nodes(self._nodes)  # type: ignore[arg-type]
                 log.info("launcher %s: %s", self._run_id, found)
                 nodes = list(found.nodes)
+            given = self._given_config
+            if self._return_stdout is not None:
+                given = (given or LauncherConfig.auto(len(nodes))).model_copy(
+                    update={"return_stdout": self._return_stdout}
+                )
             plan = plan_run(
-                self.system_config, self._given_config, nodes,
+                self.system_config, given, nodes,
                 run_id=self._run_id, pin=self.pin_resources, log_dir=log_dir, cwd=os.getcwd(),
             )  # fmt: skip
             self.launcher_config = config = plan.config

@@ -95,7 +95,8 @@ class Master:
         self.plan = plan
         self.link = link
         self.poller = Poller()
-        self.children = Children(tree, self.poller, run_dir)
+        hosts = [share.host for share in plan.shares] or [tree.node]
+        self.children = Children(tree, self.poller, run_dir, hosts)
         link.watch(self.poller)
         self.table = TaskTable(prefetch)
         self.groups = 0

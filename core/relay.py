@@ -52,7 +52,10 @@ class Relay:
             self.ctx, options.parent_endpoint, options.identity, self.tree.keys
         )
         self.poller.add(self.parent)
-        self.children = Children(self.tree, self.poller, self.run_dir)
+        share = self.tree.share
+        assert share is not None
+        parts = children_of(share, self.tree.nchildren) if self.tree.levels > 0 else []
+        self.children = Children(self.tree, self.poller, self.run_dir, (p.host for p in parts))
         self.nodes: tuple[NodeInfo, ...] = ()
         self.up = False
         self.stopping = False

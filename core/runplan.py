@@ -14,7 +14,7 @@ from core.inventory import probe_node
 from core.master import TopPlan
 from core.nodes import NodeSpec
 from core.protocol import SlotInfo
-from core.transport import CurveKeys, address_towards
+from core.transport import CurveKeys
 from core.tree import check_topology, top_shares
 
 
@@ -63,7 +63,6 @@ def plan_run(
             f"{', ...' if len(remote) > 5 else ''}); use 'mpi' or 'ssh'"
         )
     tcp = bool(remote) or config.comm_name == "zmq"
-    bind = config.bind_host or (address_towards(remote[0]) if remote else "127.0.0.1")
     if system_config is not None:
         cpus, gpus = tuple(system_config.cpus), tuple(str(g) for g in system_config.gpus)
         found_selector = None
@@ -86,7 +85,7 @@ def plan_run(
     launcher = config.child_executor_name if remote else "multiprocessing"
     tree = TreeOptions(
         run_id=run_id, node=here, levels=config.nlevels, nchildren=config.nchildren,
-        transport="tcp" if tcp else "ipc", bind_host=bind,
+        local_tcp=config.comm_name == "zmq", bind_host=config.bind_host,
         keys=CurveKeys.generate() if tcp else None,
         remote_launcher=(launcher, config.mpiexec), node_config=node_config, worker=worker,
         heartbeat_interval_s=config.heartbeat_interval,

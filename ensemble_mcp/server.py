@@ -185,11 +185,9 @@ class _Launchers:
 
     def _start(self, key: str) -> Launcher:
         system_config, launcher_config = self._configs[key]
-        # A command tool's result is its stdout, so the launcher always captures it.
-        config = (launcher_config or LauncherConfig.auto()).model_copy(
-            update={"return_stdout": True}
-        )
-        launcher = Launcher(system_config, config)
+        # A command tool's result is its stdout, so the launcher always captures it; the
+        # launcher's shape is chosen for the nodes it finds (a job's nodes) unless given.
+        launcher = Launcher(system_config, launcher_config, return_stdout=True)
         launcher.start()
         self._launchers[key] = launcher
         return launcher

@@ -1,0 +1,267 @@
+"""The launcher over several nodes, for real: hosts in network namespaces, each with its own sshd.
+
+Everything runs *on* the simulated hosts (``tests.cluster``): the client on h1, sub-masters
+started on h2 and h3 through ``mpiexec`` (Open MPI or MPICH) or ssh, ZeroMQ with CURVE across
+the bridge. Needs root, iproute2 and OpenSSH (CI has them); skips with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import Cluster, cluster_fixture
+
+pytestmark = [pytest.mark.multihost, pytest.mark.mpi]
+cluster = cluster_fixture(scope="module")
+REPO = str(Path(__file__).resolve().parent.parent)
+RUN = "ENSEMBLE_MCP_RUN"
+
+
+def env_for(cluster: Cluster, flavour: str = "openmpi", **extra: str) -> dict[str, str]:
+    env = {**os.environ, **cluster.mpi_env(flavour), **extra}
+    env["PBS_NODEFILE"] = str(cluster.hostfile("pbs", slots=2))
+    return env
+
+
+class Driver:
+    """``tests.multinode_driver`` running on h1; its JSON lines, read with a deadline."""
+
+    def __init__(self, cluster: Cluster, args: dict[str, Any], env: dict[str, str]) -> None:
+        self.process = cluster.popen(
+            "h1", [sys.executable, "-m", "tests.multinode_driver", json.dumps(args)],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._drain, daemon=True)
+        self._stderr_reader.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        self.stderr.extend(self.process.stderr)
+
+    def read(self, key: str, timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if not line:
+                break
+            message = json.loads(line)
+            if key in message:
+                return message[key] if len(message) == 1 else message
+        self.process.kill()
+        raise AssertionError(f"no {key!r} from the driver; its stderr ends with:\n{self.close()}")
+
+    def close(self) -> str:
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        time.sleep(0.1)  # the stderr thread reads the rest
+        return "".join(self.stderr)[-5000:]
+
+
+def left_on(cluster: Cluster, run_id: str) -> dict[str, list[int]]:
+    """Processes of the run still on each host (zombies excepted: nothing reaps them here)."""
+    return {host: [p for p in cluster.pids_on(host, f"{RUN}={run_id}") if not _zombie(p)]
+            for host in cluster.hosts}  # fmt: skip
+
+
+def no_process_of(cluster: Cluster, run_id: str, timeout_s: float = 10.0) -> dict[str, list[int]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = {h: p for h, p in left_on(cluster, run_id).items() if p}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def strays(cluster: Cluster, before: dict[str, set[int]]) -> dict[str, list[str]]:
+    """Processes on any host that were not there before, sshds and zombies excepted."""
+    found = {}
+    for host, argvs in ((h, cluster.cmdlines(h)) for h in cluster.hosts):
+        extra = [
+            " ".join(a) for p, a in argvs.items()
+            if p not in before[host] and not _zombie(p) and "sshd" not in " ".join(a)
+        ]  # fmt: skip
+        if extra:
+            found[host] = extra
+    return found
+
+
+@pytest.mark.parametrize(("nlevels", "flavour"), [(1, "openmpi"), (2, "openmpi"), (1, "mpich")])
+def test_an_ensemble_file_spreads_over_every_node_of_a_pbs_allocation(
+    cluster: Cluster, nlevels: int, flavour: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    work = Path("/var/tmp") / f"emcp-{os.getpid()}-{nlevels}-{flavour}"  # /tmp is per host
+    work.mkdir(exist_ok=True)
+    spec = {"ensembles": {"where": {"cmd_template": "hostname", "replica": "range(600)"}}}
+    (work / "ensemble.json").write_text(json.dumps(spec))
+    mpiexec = f"mpiexec.{flavour}"
+    (work / "config.json").write_text(json.dumps(
+        {"child_executor_name": "mpi", "nlevels": nlevels, "mpiexec": mpiexec}
+    ))  # fmt: skip
+    before = {h: set(cluster.pids_on(h)) for h in cluster.hosts}
+    done = cluster.run(
+        "h1",
+        [sys.executable, "-m", "ensemble_mcp.cli", "run", str(work / "ensemble.json"), "--config",
+         str(work / "config.json"), "--stdout", "--no-progress", "-o", str(work / "out.json")],
+        env=env_for(cluster, flavour), cwd=REPO, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((work / "out.json").read_text())["results"]
+    assert len(results) == 600
+    assert {r["status"] for r in results} == {"success"}
+    assert all(r["node"] == r["stdout"].strip() for r in results)  # each names its own host
+    per_host = Counter(r["node"] for r in results)
+    assert set(per_host) == set(cluster.hosts)
+    assert min(per_host.values()) >= 600 // 5, per_host
+    assert strays(cluster, before) == {}
+
+
+def test_an_mcp_server_in_the_allocation_spreads_one_call_over_every_node(
+    cluster: Cluster,
+) -> None:
+    port = 9700 + os.getpid() % 200
+    env = env_for(cluster, ENSEMBLE_MCP_TOKEN="t" * 32)
+    server = cluster.popen(
+        "h1",
+        [sys.executable, "-m", "ensemble_mcp.cli", "serve", "tests.multinode_server:server",
+         "--port", str(port)],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client = cluster.run(
+            "h1", [sys.executable, "-m", "tests.multinode_server", str(port), "200"],
+            env=env, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr[-3000:]
+        hosts = Counter(json.loads(client.stdout))
+        assert sum(hosts.values()) == 200
+        assert set(hosts) == set(cluster.hosts), hosts
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster this test may break."""
+    from tests.cluster import skip_if_unavailable
+
+    skip_if_unavailable()
+    with Cluster(3) as fresh:
+        yield fresh
+
+
+def test_killing_a_remote_sub_master_runs_its_tasks_again_elsewhere_once_each(
+    own_cluster: Cluster,
+) -> None:
+    cluster = own_cluster
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1, "heartbeat_timeout": 5,
+                       "return_stdout": True},
+            "argv": ["sh", "-c", "sleep 1; hostname"], "count": 24}  # fmt: skip
+    driver = Driver(cluster, args, env_for(cluster))
+    up = driver.read("run_id")
+    assert up["slots"] == 6
+    driver.read("submitted")
+    mark = f"{RUN}={up['run_id']}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until h3 runs tasks
+        if any("sleep" in " ".join(a) for p, a in cluster.cmdlines("h3").items()
+               if p in cluster.pids_on("h3", mark)):  # fmt: skip
+            break
+        time.sleep(0.05)
+    relays = [p for p, a in cluster.cmdlines("h3").items()
+              if "core" in a and "master" in a and p in cluster.pids_on("h3", mark)]  # fmt: skip
+    assert len(relays) == 1
+    os.kill(relays[0], signal.SIGKILL)
+    results = driver.read("results", timeout=120)
+    err = driver.close()
+    assert len(results) == 24 and len({r["id"] for r in results}) == 24
+    assert {r["status"] for r in results} == {"success"}, [r["error"] for r in results]
+    again = [r for r in results if r["attempts"] == 2]
+    assert again, "no task ran again"
+    assert all(r["stdout"] in ("h1", "h2") for r in again)
+    assert "sub-master on h3 was lost" in err
+    assert no_process_of(cluster, up["run_id"]) == {}
+
+
+def test_sigkill_of_the_client_leaves_no_process_on_any_host_within_10_s(
+    own_cluster: Cluster,
+) -> None:
+    cluster = own_cluster
+    before = {h: set(cluster.pids_on(h)) for h in cluster.hosts}
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1, "heartbeat_interval": 0.5,
+                       "heartbeat_timeout": 3},
+            "argv": ["sleep", "60"], "count": 6}  # fmt: skip
+    driver = Driver(cluster, args, env_for(cluster))
+    up = driver.read("run_id")
+    driver.read("submitted")
+    mark = f"{RUN}={up['run_id']}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+        any("sleep" in " ".join(cluster.cmdlines(h).get(p, [])) for p in cluster.pids_on(h, mark))
+        for h in cluster.hosts
+    ):
+        time.sleep(0.05)
+    driver.process.kill()
+    driver.close()
+    killed = time.monotonic()
+    assert no_process_of(cluster, up["run_id"], timeout_s=10) == {}
+    while strays(cluster, before) and time.monotonic() - killed < 10:
+        time.sleep(0.1)
+    assert strays(cluster, before) == {}  # MPI daemons too
+
+
+def test_no_secret_appears_in_any_command_line_on_any_host(cluster: Cluster) -> None:
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1}, "argv": ["sleep", "3"],
+            "count": 6}  # fmt: skip
+    driver = Driver(cluster, args, env_for(cluster))
+    up = driver.read("run_id")
+    driver.read("submitted")
+    time.sleep(0.5)  # the tasks run: every process of the tree is up
+    argvs = {h: cluster.cmdlines(h) for h in cluster.hosts}
+    driver.read("results", timeout=60)
+    driver.close()
+    assert len(up["secrets"]) == 2
+    assert sum(len(a) for a in argvs.values()) > 10
+    for host, by_pid in argvs.items():
+        for argv in by_pid.values():
+            joined = " ".join(argv)
+            assert not any(secret in joined for secret in up["secrets"]), (host, argv)
