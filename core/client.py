@@ -120,7 +120,7 @@ def _result(batch: Batch, index: int, final: Final) -> TaskResult:
         outcome.stderr, outcome.returncode, outcome.exception, outcome.exception_type,
         outcome.start_time or None, outcome.end_time or None,
         final.hosts[0] if final.hosts else None, list(final.cpus), list(final.gpus),
-        batch.submit_time, final.attempts, list(final.hosts),
+        batch.submit_time, final.attempts, list(final.hosts), list(final.history),
     )  # fmt: skip
 
 

@@ -43,6 +43,8 @@ class TaskResult:
         submit_time: when the task was submitted (seconds since the epoch).
         attempts: how many times the task was started (more than 1 after a retry).
         hosts: every host the task ran on (several for a multi-node MPI task).
+        history: what happened to its earlier attempts (a lost worker or node, a failure that
+            was retried), one line each.
     """
 
     task_id: str
@@ -61,6 +63,7 @@ class TaskResult:
     submit_time: float | None = None
     attempts: int = 1
     hosts: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -390,7 +390,8 @@ class Scheduler:
             queue.popleft()
         elif key in queue:
             queue.remove(key)
-        self._release(key)
+        if self.holds:
+            self._release(key)
         self._refresh(state)
         if duration_s is not None:
             mean = self.mean_duration_s
@@ -433,27 +434,33 @@ class Scheduler:
             self.room = deque(s.index for s in self.slots if s.in_room)
         self.room_cap = cap
         groups = self.groups
+        nodes, room, append = self.nodes, self.room, out.append
         while True:
             took = False
             for group in list(groups):
                 queues = groups[group]
-                if not queues.narrow:
-                    continue
-                slot = self._next_slot(cap)
-                if slot is None:
-                    self._rotate_groups()
-                    return
-                key = queues.narrow.popleft()
-                self.num_pending -= 1
-                if not slot.queue:
-                    self.nodes[slot.node].idle.discard(slot.index)
-                slot.queue.append(key)
-                if not slot.in_room and self._has_room(slot, cap):
-                    slot.in_room = True
-                    self.room.append(slot.index)
-                out.append(Assignment(key, slot.index))
-                took = True
-                if not queues.narrow and not queues.wide:
+                narrow = queues.narrow
+                # one group at a time takes as many as it can in a row, round-robin by batch
+                take = len(narrow) if len(groups) == 1 else 1
+                for _ in range(take):
+                    slot = self._next_slot(cap)
+                    if slot is None:
+                        if not narrow and not queues.wide:
+                            del groups[group]
+                        self._rotate_groups()
+                        return
+                    key = narrow.popleft()
+                    self.num_pending -= 1
+                    queue = slot.queue
+                    if not queue:
+                        nodes[slot.node].idle.discard(slot.index)
+                    queue.append(key)
+                    if not slot.in_room and len(queue) < cap:
+                        slot.in_room = True
+                        room.append(slot.index)
+                    append(Assignment(key, slot.index))
+                    took = True
+                if not narrow and not queues.wide:
                     del groups[group]
             if not took:
                 break
@@ -491,15 +498,15 @@ class Scheduler:
 
     def _refresh(self, slot: _Slot) -> None:
         """Put a slot whose state changed back where placement looks for it."""
-        node = self.nodes[slot.node]
-        if slot.free and not slot.reserved:
-            node.idle.add(slot.index)
+        usable = slot.up and slot.held_by is None and not slot.reserved
+        if usable and not slot.queue:
+            self.nodes[slot.node].idle.add(slot.index)
             if not slot.in_idle:
                 slot.in_idle = True
                 self.idle.append(slot.index)
         else:
-            node.idle.discard(slot.index)
-            if not slot.in_room and self._has_room(slot, self.room_cap):
+            self.nodes[slot.node].idle.discard(slot.index)
+            if usable and not slot.in_room and len(slot.queue) < self.room_cap:
                 slot.in_room = True
                 self.room.append(slot.index)
 

@@ -58,6 +58,8 @@ class Final(NamedTuple):
     hosts: tuple[str, ...] = ()
     cpus: tuple[int, ...] = ()
     gpus: tuple[str, ...] = ()
+    history: tuple[str, ...] = ()
+    """What happened to its earlier attempts (lost, or failed and retried)."""
 
 
 class Send(NamedTuple):
@@ -93,18 +95,22 @@ class _Task:
     placement: Placement | None = None
     lost_runs: int = 0
     failed_runs: int = 0
+    history: list[str] | None = None  # what happened to earlier attempts
     cancelling: bool = False
-
-
-class _SlotRef(NamedTuple):
-    name: str
-    route: bytes
 
 
 @dataclass(slots=True)
 class _NodeCounts:
     done: int = 0
     failed: int = 0
+
+
+class _SlotRef(NamedTuple):
+    name: str
+    route: bytes
+    hosts: tuple[str, ...]
+    cpus: tuple[int, ...]
+    counts: _NodeCounts
 
 
 class TaskTable:
@@ -129,7 +135,8 @@ class TaskTable:
             self.scheduler.add_node(slot.node)
             self.counts.setdefault(slot.node, _NodeCounts())
             self.slot_index[slot.slot] = self.scheduler.add_slot(slot.node, slot.cpu)
-            self.slot_refs.append(_SlotRef(slot.slot, child))
+            counts = self.counts[slot.node]
+            self.slot_refs.append(_SlotRef(slot.slot, child, (slot.node,), (slot.cpu,), counts))
         self._unplaceable.clear()
 
     def ready(self) -> None:
@@ -177,6 +184,7 @@ class TaskTable:
                     requeue.append(key)
                 elif task.lost_runs < task.new.max_retries:
                     task.lost_runs += 1
+                    _note(task, f"attempt {task.lost_runs + task.failed_runs} was lost: {reason}")
                     requeue.append(key)
                 else:
                     runs = task.lost_runs + task.failed_runs + 1
@@ -246,12 +254,21 @@ class TaskTable:
             if task is None or task.attempt != item.attempt or task.slot is None:
                 continue  # a stale attempt (its slot was declared lost) or already ended
             scheduler.finished(item.key, task.slot, item.duration_s)
+            status = item.status
+            if status == "success" and task.placement is None and task.history is None:
+                del tasks[item.key]  # the common case, as _final does it
+                ref = self.slot_refs[task.slot]
+                ref.counts.done += 1
+                attempts = task.failed_runs + 1
+                finals.append(Final(item.key, attempts, item.payload, status, ref.hosts, ref.cpus))
+                continue
             if (
-                item.status in ("failed", "timeout")
+                status in ("failed", "timeout")
                 and not task.cancelling
                 and task.failed_runs < task.new.failure_retries
             ):
                 task.failed_runs += 1
+                _note(task, f"attempt {task.lost_runs + task.failed_runs} ended {status}; retried")
                 task.slot = None
                 requeue.append(item.key)
                 continue
@@ -323,23 +340,29 @@ class TaskTable:
         del self.tasks[key]
         status = status or outcome.status  # type: ignore[union-attr]
         attempts = task.lost_runs + task.failed_runs + (1 if task.attempt else 0)
-        hosts: tuple[str, ...] = ()
-        cpus: tuple[int, ...] = ()
-        gpus: tuple[str, ...] = ()
         where = task.slot if slot is None else slot
         if task.placement is not None:
             parts = task.placement.parts
             hosts, cpus, gpus = tuple(p.node for p in parts), parts[0].cpus, parts[0].gpus
+            counts: _NodeCounts | None = self.counts[hosts[0]]
         elif where is not None:
-            state = self.scheduler.slots[where]
-            hosts, cpus = (self.scheduler.nodes[state.node].name,), (state.cpu,)
-        if hosts:
-            counts = self.counts[hosts[0]]
+            ref = self.slot_refs[where]
+            hosts, cpus, gpus, counts = ref.hosts, ref.cpus, (), ref.counts
+        else:
+            hosts, cpus, gpus, counts = (), (), (), None
+        if counts is not None:
             if status == "success":
                 counts.done += 1
             else:
                 counts.failed += 1
-        return Final(key, attempts, outcome, status, hosts, cpus, gpus)
+        history = tuple(task.history) if task.history else ()
+        return Final(key, attempts, outcome, status, hosts, cpus, gpus, history)
+
+
+def _note(task: _Task, line: str) -> None:
+    if task.history is None:
+        task.history = []
+    task.history.append(line)
 
 
 def _ended(status: str, why: str, now: float, exception_type: str | None = None) -> Outcome:
