@@ -10,8 +10,8 @@ The rule is the same for an ensemble file's ``cmd_template`` and a command-templ
    right after a backslash.
 3. A value's text (:func:`render_value`): ``true``/``false`` for booleans, the shortest form
    that reads back as the same float (``0.25``, ``1e-05``), integers and strings as they are,
-   a list as its elements joined by commas; with a format, ``format(value, spec)``.
-   A text holding a NUL character is refused.
+   a list as its elements joined by commas. A format applies to a number (``{t:.3f}``), else
+   to that text (``{name:>8}``). A text holding a NUL character is refused.
 4. A command that runs as one line (an ensemble task's command, under ``/bin/sh -c`` with
    ``shell: true``) is the template with each value quoted for the place it stands in, so a
    shell reads every value as literal text and splits the line into the same words.
@@ -102,15 +102,16 @@ class Placeholder:
     """The quotes it stands inside in a command line: ``""``, ``"'"`` or ``'"'``."""
 
     def render(self, value: Any) -> str:
-        """The value's text: :func:`render_value`, or ``format(value, spec)`` with a format.
+        """The value's text: :func:`render_value`, formatted by ``spec`` if there is one.
 
         Raises:
             ValueError: the format does not apply, or the text holds a NUL.
         """
         if not self.spec:
             return render_value(value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
         try:
-            return _no_nul(format(value, self.spec))
+            return _no_nul(format(value if number else render_value(value), self.spec))
         except (ValueError, TypeError) as exc:
             raise ValueError(
                 f"format {{{self.name}:{self.spec}}} does not apply to {value!r}: {exc}"
@@ -240,10 +241,16 @@ class CommandTemplate:
         Raises:
             ValueError: a value's text cannot be made (:meth:`Placeholder.render`).
         """
-        return [
-            "".join(p if isinstance(p, str) else p.render(values[p.name]) for p in word)
-            for word in self.words
-        ]
+        argv = []
+        for word in self.words:  # the common words, one literal or one placeholder, go first
+            if len(word) == 1:
+                piece = word[0]
+                argv.append(piece if isinstance(piece, str) else piece.render(values[piece.name]))
+            else:
+                argv.append(
+                    "".join([p if isinstance(p, str) else p.render(values[p.name]) for p in word])
+                )
+        return argv
 
     def command_line(self, values: Mapping[str, Any]) -> str:
         """The command as one line, for ``shlex.split`` or ``/bin/sh -c``: the same words.

@@ -10,15 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ensemble_mcp.errors import TunnelError
     from ensemble_mcp.server import Server
-    from ensemble_mcp.tunnel import Tunnel, TunnelError, start_tunnel, stop_tunnel
+    from ensemble_mcp.tunnel import Tunnel, start_tunnel, stop_tunnel
 
 __all__ = ("Server", "Tunnel", "TunnelError", "start_tunnel", "stop_tunnel")
 
 _HOME = {
     "Server": "ensemble_mcp.server",
     "Tunnel": "ensemble_mcp.tunnel",
-    "TunnelError": "ensemble_mcp.tunnel",
+    "TunnelError": "ensemble_mcp.errors",
     "start_tunnel": "ensemble_mcp.tunnel",
     "stop_tunnel": "ensemble_mcp.tunnel",
 }

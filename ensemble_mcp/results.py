@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from core.relations import RELATIONS
 from core.result import TaskResult, TaskStatus
-from ensemble_mcp.tools import EnsembleSpec, Plan
+from ensemble_mcp.plan import Plan
+from ensemble_mcp.tools import EnsembleSpec
 
 StatusName = Literal["success", "failed", "timeout", "cancelled"]
 STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
@@ -44,7 +46,7 @@ _SUMMARY_SCHEMA: dict[str, Any] = {
     "properties": {
         "tool": {"type": "string"},
         "total": {"type": "integer", "description": "number of tasks"},
-        "relation": {"type": "string", "enum": ["one-to-one", "many-to-many"]},
+        "relation": {"type": "string", "enum": list(RELATIONS)},
         "lengths": {
             "type": "object",
             "additionalProperties": {"type": "integer"},

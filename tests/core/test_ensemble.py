@@ -379,7 +379,9 @@ def test_a_placeholder_inside_quotes_becomes_part_of_the_quoted_word(
 def test_a_placeholder_after_a_backslash_is_rejected() -> None:
     message = error_of({"ensembles": {"q": {"cmd_template": "echo \\{v}", "v": 1}}})
 
-    assert message.startswith("ensemble 'q', key 'cmd_template': placeholder {v} is after a backslash")
+    assert message.startswith(
+        "ensemble 'q', key 'cmd_template': placeholder {v} is after a backslash"
+    )
 
 
 # --- generators ---------------------------------------------------------------------------------
