@@ -27,7 +27,7 @@ from core.relations import (
 from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError
 from ensemble_mcp.tools import EnsembleSpec, Param
 
-__all__ = ("Plan", "plan_ensemble")
+__all__ = ("Plan", "plan_ensemble", "show_json")
 
 _MAX_PROBLEMS = 5
 
@@ -93,7 +93,7 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks
         relation = relation[0]  # the list habit of every other argument
     if not is_relation(relation):
         allowed = " or ".join(json.dumps(r) for r in RELATIONS)
-        problems.append(f"relation must be {allowed}, got {_show(relation)}")
+        problems.append(f"relation must be {allowed}, got {show_json(relation)}")
     unknown = [k for k in args if k not in spec.param_names]
     if unknown:
         problems.append(
@@ -173,7 +173,7 @@ def _validate(
         except ValidationError as exc:
             for err in exc.errors(include_url=False)[:_MAX_PROBLEMS]:
                 index = err["loc"][0] if err["loc"] else 0
-                shown = _show(raw[p.name][index]) if isinstance(index, int) else "?"
+                shown = show_json(raw[p.name][index]) if isinstance(index, int) else "?"
                 problems.append(
                     f"{p.name}[{index}] = {shown} is not a valid {p.type_label}: {err['msg']}"
                 )
@@ -221,7 +221,8 @@ def _known(spec: EnsembleSpec) -> str:
     return ", ".join([*names, "relation"])
 
 
-def _show(value: Any, limit: int = 40) -> str:
+def show_json(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON (or repr), cut to ``limit`` characters: how texts show a value."""
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
