@@ -62,8 +62,8 @@ class EnsembleTool:
         reason = launcher.why_unplaceable(self.options)
         if reason is not None:
             raise ToolCallError(
-                f"the tasks of {self.spec.name} can never run on this server: {reason}. "
-                f"{NOTHING_RUN}"
+                f"{self.spec.name} cannot run on this server: {reason}; this comes from how "
+                f"the tool is set up, so calling it again will not help. {NOTHING_RUN}"
             )
         executable = self.spec.executable
         task_ids = (f"{task_prefix}{i}" for i in range(plan.total))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -224,13 +225,35 @@ async def test_tasks_no_node_can_hold_are_refused_before_launch(server: Server, 
     assert server.num_calls == before
 
 
-async def test_options_the_launcher_refuses_give_a_tool_error(server: Server, mode: str) -> None:
+async def test_gpus_the_node_lacks_are_refused_before_launch(server: Server, mode: str) -> None:
     name = f"gpu_{uuid.uuid4().hex[:8]}"
-    server.ensemble_tool("true {x}", name=name, ngpus_per_process=1, submit_tool=False)
+    server.ensemble_tool("true {x}", name=name, ngpus_per_process=1000, submit_tool=False)
     result = await call(server, mode, name, {"x": [1]})
 
     assert result.is_error
-    assert "GPU" in text_of(result) and text_of(result).endswith("Nothing was run.")
+    assert "ngpus_per_process=1000" in text_of(result)
+    assert text_of(result).endswith("Nothing was run.")
+
+
+async def test_what_the_launcher_refuses_at_submit_is_a_tool_error(
+    server: Server, mode: str
+) -> None:
+    lock = threading.Lock()
+
+    def locked(x: int) -> int:
+        """Needs a lock, which cannot be sent to a worker process."""
+        with lock:
+            return x
+
+    name = f"locked_{uuid.uuid4().hex[:8]}"
+    server.ensemble_tool(locked, name=name, submit_tool=False)
+    before = server.num_calls
+    result = await call(server, mode, name, {"x": [1, 2]})
+
+    assert result.is_error
+    assert "the launcher refused the tasks: cannot send" in text_of(result)
+    assert text_of(result).endswith("Nothing was run.")
+    assert server.num_calls == before
 
 
 # -- progress, concurrency, cancellation -------------------------------------------------------
