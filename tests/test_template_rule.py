@@ -16,7 +16,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from core import Launcher, LauncherConfig
+from core import Launcher
 from core.ensemble import expand_tasks
 from ensemble_mcp.server import Server
 
@@ -63,8 +63,7 @@ TEMPLATES: list[tuple[str, Callable[[str], list[str]]]] = [
 
 @pytest.fixture(scope="module")
 def launcher() -> Iterator[Launcher]:
-    config = LauncherConfig.auto().model_copy(update={"return_stdout": True})
-    with Launcher(None, config) as running:
+    with Launcher(return_stdout=True) as running:
         yield running
 
 
