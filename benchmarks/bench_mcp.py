@@ -4,7 +4,9 @@
 
 Prints (issue #3 bars): a no-op function over 1,000-element lists (all 1,000 results back;
 bar <= 0.5 s), a 1-element call (bar <= 20 ms), and 20 concurrent clients each making a 100-task
-call (all 2,000 results correct, none mixed up). The script serves itself with ``--serve PORT``.
+call (all 2,000 results correct, none mixed up). Issue #9 bar: a call whose tasks no node can
+hold (``ppn`` larger than the node) is refused in under 2 s. The script serves itself with
+``--serve PORT``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def noop(x: float) -> float:
 def tag(x: int, client: int) -> list[int]:
     """Return (client, x): lets each caller check it got its own results."""
     return [client, x]
+
+
+# No node has this many slots: every call must be refused at once, not wait forever.
+server.ensemble_tool("true {x}", name="too_wide", ppn=100_000, submit_tool=False)
 
 
 @server.tool()
@@ -94,6 +100,17 @@ async def _floor(url: str, mode: str, repeat: int) -> list[float]:
     return times
 
 
+async def _refused(url: str, mode: str, repeat: int) -> list[float]:
+    times = []
+    async with Client(url, mode=mode) as client:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            result = await client.call_tool("too_wide", {"x": [1]})
+            times.append(time.perf_counter() - start)
+            assert result.is_error and "Nothing was run." in result.content[0].text
+    return times
+
+
 async def _concurrent(url: str, clients: int, size: int) -> tuple[float, int, int]:
     wrong = 0
     got = 0
@@ -121,6 +138,8 @@ async def _bench(url: str, repeat: int) -> None:
         print(f"[{mode:6}] 1-task call     : {_stats(small)}   bar <= 20 ms")
         floor = await _floor(url, mode, repeat * 5)
         print(f"[{mode:6}] plain SDK tool  : {_stats(floor)}   (reference: no ensemble)")
+        refused = await _refused(url, mode, repeat)
+        print(f"[{mode:6}] ppn > node      : {_stats(refused)}   bar < 2 s (refused)")
     wall, got, wrong = await _concurrent(url, 20, 100)
     print(
         f"20 clients x 100 tasks: {got} results, {wrong} wrong, {wall:.2f} s wall   "

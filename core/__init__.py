@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from core.batch import Batch
@@ -70,13 +71,6 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module(_HOME.get(name, "core.errors")), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'core' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(
+    __name__, {name: _HOME.get(name, "core.errors") for name in __all__}
+)

@@ -12,10 +12,10 @@ A spec maps keys to values. The known keys are the Task settings (``nnodes``, ``
 ``shell``) plus ``cmd_template`` and ``relation``; every other key is a parameter. A list or a
 generator string (see :mod:`core.generators`) makes a key a sweep dimension; ``env`` never is.
 ``one-to-one`` zips the dimensions, using a 1-element list for every task (broadcast);
-``many-to-many`` takes their product, the last key varying fastest. ``{key}`` placeholders in
-``cmd_template`` are replaced by shell-quoted values, so each value is one argv element.
-Templates are :mod:`core.template`, the checks of values :mod:`core.spec_values`; the reference
-with examples is ``docs/ensembles.md``.
+``many-to-many`` takes their product, the last key varying fastest (:mod:`core.relations`).
+``{key}`` placeholders in ``cmd_template`` follow the template rule of :mod:`core.template`: a
+value is never split, and never read as shell syntax. The checks of values are
+:mod:`core.spec_values`; the reference with examples is ``docs/ensembles.md``.
 """
 
 from __future__ import annotations
@@ -23,23 +23,21 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
-import itertools
 import json
-import math
 import os
 import re
-import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
 from core.errors import ConfigError
 from core.generators import parse_generator
+from core.relations import DEFAULT_RELATION, RELATIONS, Relation, UnequalLengthsError, fan_out
 from core.spec_values import CHECKS, brief, check_param, check_run_dir
-from core.task import Task
-from core.template import Field, Piece, fill, render_value, split_template
+from core.task import Task, first_problem
+from core.template import CommandTemplate, Piece, Placeholder, TextTemplate, quote_for
 
 __all__ = (
     "MAX_TASKS",
@@ -52,7 +50,8 @@ __all__ = (
 )
 
 Source: TypeAlias = str | os.PathLike[str] | Mapping[str, Any]
-RELATIONS = ("one-to-one", "many-to-many")
+Compiled: TypeAlias = str | tuple[int, list[str]]
+"""A compiled template piece: text, or (dimension index, the text for each of its values)."""
 MAX_TASKS = 1_000_000
 """Default cap on the tasks one source may expand to (checked before any Task is built)."""
 TASKS_GROUP = "tasks"
@@ -67,6 +66,7 @@ _NOT_ALLOWED = {
     "args": "an ensemble runs commands; put arguments in cmd_template",
     "kwargs": "an ensemble runs commands; put arguments in cmd_template",
 }
+_T = TypeVar("_T", CommandTemplate, TextTemplate)
 _new_task = Task.__new__
 _set = object.__setattr__
 # _Copier fills exactly the state pydantic keeps for a model without private attributes or extras.
@@ -208,7 +208,7 @@ class _Ensemble:
             raise ConfigError(
                 f"{self.where}: the spec must be an object of keys, got {brief(spec)}"
             )
-        self.relation = self._relation(spec.get("relation", "one-to-one"))
+        self.relation = self._relation(spec.get("relation", DEFAULT_RELATION))
         self.fixed: dict[str, Any] = {}
         self.dims: list[tuple[str, list[Any]]] = []
         for key, raw in spec.items():
@@ -226,28 +226,32 @@ class _Ensemble:
             raise self.error(
                 "cmd_template", f"must be a non-empty command line string, got {brief(template)}"
             )
-        fields = self._split("cmd_template", template, quoted=True)
+        command = self._parse("cmd_template", template, CommandTemplate.parse)
         run_dir = self.fixed.get("run_dir")
-        dir_fields = self._split("run_dir", run_dir, quoted=False) if run_dir else []
-        self._check_unused(spec, {f[0] for f in fields + dir_fields if isinstance(f, tuple)})
-        self.count = self._count()
-        self.command = self._compile(fields, quote=True)
-        self.run_dir = self._compile(dir_fields, quote=False) if run_dir else None
+        directory = self._parse("run_dir", run_dir, TextTemplate.parse) if run_dir else None
+        self._check_unused(spec, {*command.names, *(directory.names if directory else ())})
+        try:
+            self.fanout = fan_out(self.relation, {key: len(values) for key, values in self.dims})
+        except UnequalLengthsError as exc:
+            raise self.error(exc.mismatch, str(exc)) from None
+        self.count = self.fanout.total
+        self.command = self._compile(command.pieces, quote=True)
+        self.run_dir = self._compile(directory.pieces, quote=False) if directory else None
         self.dir_varies = any(not isinstance(p, str) for p in self.run_dir or ())
         if self.run_dir is not None and not self.dir_varies:
-            self._check_rendered_dir(fill(self.run_dir, ()))
+            self._check_rendered_dir(_fill(self.run_dir, ()))
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this ensemble and ``key``."""
         return ConfigError(f"{self.where}, key {key!r}: {problem}")
 
-    def _relation(self, relation: Any) -> str:
+    def _relation(self, relation: Any) -> Relation:
         if relation not in RELATIONS:
             raise self.error(
                 "relation",
                 f"unknown relation {relation!r}; use {' or '.join(map(repr, RELATIONS))}",
             )
-        return str(relation)
+        return relation  # type: ignore[no-any-return]
 
     def _add(self, key: str, raw: Any) -> None:
         if key in _NOT_ALLOWED:
@@ -310,87 +314,57 @@ class _Ensemble:
                     f"unknown key, not a placeholder in cmd_template; did you mean {close[0]!r}?",
                 )
 
-    def _count(self) -> int:
-        lengths = [(key, len(values)) for key, values in self.dims]
-        if self.relation == "many-to-many":
-            return math.prod(n for _, n in lengths)
-        long = [(key, n) for key, n in lengths if n > 1]
-        for key, n in long:
-            if n != long[0][1]:
-                shown = ", ".join(f"{k}: {m}" for k, m in lengths)
-                raise self.error(
-                    key,
-                    f"lengths differ ({shown}); under one-to-one every list "
-                    "longer than 1 must have the same length (a 1-element list is "
-                    'used for every task); make them equal, or set "relation": '
-                    '"many-to-many" for every combination '
-                    f"({math.prod(m for _, m in lengths):,} tasks)",
-                )
-        return long[0][1] if long else 1
-
-    def _split(self, key: str, template: str, *, quoted: bool) -> list[Field]:
-        keys = [*self.fixed, *(k for k, _ in self.dims)]
+    def _parse(self, key: str, template: str, parse: Callable[[str], _T]) -> _T:
         try:
-            return split_template(template, keys=keys, reserved=_NOT_SWEPT, quoted=quoted)
+            parsed = parse(template)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
-
-    def _compile(self, fields: list[Field], *, quote: bool) -> list[Piece]:
-        positions = {key: j for j, (key, _) in enumerate(self.dims)}
-        pieces: list[Piece] = []
-        for field in fields:
-            if isinstance(field, str):
-                text: Piece = field
-            else:
-                key, spec = field
-                if key in positions:
-                    j = positions[key]
-                    text = (j, self._rendered(key, spec, quote, self.dims[j][1]))
-                else:
-                    text = self._renderer(key, spec, quote)(self.fixed[key])
-            if isinstance(text, str) and pieces and isinstance(pieces[-1], str):
-                pieces[-1] += text
-            else:
-                pieces.append(text)
-        return pieces
-
-    def _rendered(self, key: str, spec: str, quote: bool, values: list[Any]) -> list[str]:
-        kinds = set(map(type, values))
-        if not spec and kinds <= {int, float}:  # numbers need no shell quoting
-            return [repr(value) for value in values]
-        render = self._renderer(key, spec, quote)
-        return [render(value) for value in values]
-
-    def _renderer(self, key: str, spec: str, quote: bool) -> Callable[[Any], str]:
-        def render(value: Any) -> str:
-            try:
-                text = format(value, spec) if spec else render_value(value)
-            except (ValueError, TypeError) as exc:
+        keys = [*self.fixed, *(k for k, _ in self.dims)]
+        for name in parsed.names:
+            if name in _NOT_SWEPT:
+                raise self.error(key, f"{{{name}}} cannot be a placeholder")
+            if name not in keys:
+                given = ", ".join(k for k in keys if k not in _NOT_SWEPT) or "none"
                 raise self.error(
-                    key, f"format {{{key}:{spec}}} does not apply to {value!r}: {exc}"
-                ) from None
-            return shlex.quote(text) if quote else text
+                    key,
+                    f"placeholder {{{name}}} has no value; add a key {name!r} to the ensemble "
+                    f"(keys given: {given})",
+                )
+        return parsed
 
-        return render
+    def _compile(self, pieces: tuple[Piece, ...], *, quote: bool) -> list[Compiled]:
+        """Render each value of each placeholder once; tasks then only join strings."""
+        positions = {key: j for j, (key, _) in enumerate(self.dims)}
+        compiled: list[Compiled] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                text: Compiled = piece
+            elif piece.name in positions:
+                j = positions[piece.name]
+                text = (j, self._rendered(piece, self.dims[j][1], quote))
+            else:
+                text = self._rendered(piece, [self.fixed[piece.name]], quote)[0]
+            if isinstance(text, str) and compiled and isinstance(compiled[-1], str):
+                compiled[-1] += text
+            else:
+                compiled.append(text)
+        return compiled
+
+    def _rendered(self, piece: Placeholder, values: list[Any], quote: bool) -> list[str]:
+        if not piece.spec and set(map(type, values)) <= {int, float}:
+            return [repr(value) for value in values]  # shell-safe already: the fast path
+        try:
+            if not quote:
+                return [piece.render(value) for value in values]
+            return [quote_for(piece.quoting, piece.render(value)) for value in values]
+        except ValueError as exc:
+            raise self.error(piece.name, str(exc)) from None
 
     def _check_rendered_dir(self, path: str) -> None:
         try:
             check_run_dir(path)
         except ValueError as exc:
             raise self.error("run_dir", str(exc)) from None
-
-    def _indices(self) -> Iterable[tuple[int, ...]]:
-        if self.relation == "many-to-many":
-            return itertools.product(*(range(len(values)) for _, values in self.dims))
-        if not self.dims:
-            return [()]
-        return zip(
-            *(
-                range(self.count) if len(values) > 1 else itertools.repeat(0, self.count)
-                for _, values in self.dims
-            ),
-            strict=True,
-        )
 
     def tasks(self) -> list[Task]:
         """Build the tasks; ids are ``<name>-<index>``, zero-padded to the widest index.
@@ -406,13 +380,13 @@ class _Ensemble:
         validated: dict[tuple[int, ...], _Copier] = {}
         tasks = []
         with _gc_paused():
-            for number, idx in enumerate(self._indices()):
+            for number, idx in enumerate(self.fanout.indices()):
                 changes = {
                     "task_id": f"{self.name}-{number:0{width}d}",
-                    "executable": fill(self.command, idx),
+                    "executable": _fill(self.command, idx),
                 }
                 if self.run_dir is not None:
-                    changes["run_dir"] = fill(self.run_dir, idx)
+                    changes["run_dir"] = _fill(self.run_dir, idx)
                     if self.dir_varies:
                         self._check_rendered_dir(changes["run_dir"])
                 combination = tuple([idx[j] for j in positions]) if positions else ()
@@ -431,9 +405,14 @@ class _Ensemble:
         try:
             return Task(**fields)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            key = str(first["loc"][0]) if first["loc"] else "?"
-            raise self.error(key, f"{first['msg']} (got {first['input']!r})") from None
+            raise self.error(*first_problem(exc)) from None
+
+
+def _fill(pieces: list[Compiled], idx: tuple[int, ...]) -> str:
+    """The text of compiled ``pieces`` for the task whose index in each dimension is ``idx``."""
+    if len(pieces) == 1 and isinstance(pieces[0], str):
+        return pieces[0]
+    return "".join([p if isinstance(p, str) else p[1][idx[p[0]]] for p in pieces])
 
 
 class _Copier:

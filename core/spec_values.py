@@ -1,4 +1,9 @@
-"""Checks of ensemble spec values: one rule per Task setting, and one for every other key."""
+"""The rule of each task setting, and of every other ensemble value: one check each.
+
+``CHECKS`` holds one check per setting. ``core.task`` builds the fields of ``Task`` and
+``TaskOptions`` from them, ensemble files read their keys with them, and ``ensemble_tool``
+options go through ``TaskOptions``: each rule, and its message, exists once.
+"""
 
 from __future__ import annotations
 
@@ -134,4 +139,4 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "timeout": _check_timeout,
     "shell": _check_shell,
 }
-"""The check of each Task setting a spec may give; each raises ValueError naming the problem."""
+"""The check of each Task setting; each returns the value (converted) or raises ValueError."""

@@ -1,12 +1,81 @@
-"""The Task model: one unit of work (a Python callable, a command, or an MPI program)."""
+"""The Task model: one unit of work (a Python callable, a command, or an MPI program).
+
+Each setting (``nnodes``, ``ppn``, ``env``, ...) has one rule, in ``core.spec_values.CHECKS``;
+the field types below apply it, so ``Task``, ``TaskOptions``, ensemble files and
+``ensemble_tool`` options accept and refuse the same values with the same messages.
+"""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from core.errors import ConfigError
+from core.spec_values import CHECKS
+
+__all__ = (
+    "DEFAULT_OPTIONS",
+    "CpuAffinity",
+    "Env",
+    "GpuAffinity",
+    "GpuCount",
+    "NodeCount",
+    "ProcessCount",
+    "RunDir",
+    "Shell",
+    "Task",
+    "TaskOptions",
+    "Timeout",
+    "first_problem",
+)
+
+
+def _rule(setting: str) -> BeforeValidator:
+    return BeforeValidator(CHECKS[setting])
+
+
+NodeCount = Annotated[int, _rule("nnodes")]
+"""Nodes a task spans: a whole number >= 1."""
+ProcessCount = Annotated[int, _rule("ppn")]
+"""Processes per node: a whole number >= 1."""
+GpuCount = Annotated[int, _rule("ngpus_per_process")]
+"""GPUs per process: a whole number >= 0."""
+Env = Annotated[dict[str, str], _rule("env")]
+"""Environment variables: names without ``=``, string values."""
+RunDir = Annotated[str | None, _rule("run_dir")]
+"""The directory to run in: a non-empty path without ``..``, or None."""
+Timeout = Annotated[float | None, _rule("timeout")]
+"""Seconds > 0 after which the task is killed, or None."""
+CpuAffinity = Annotated[list[int] | None, _rule("cpu_affinity")]
+"""CPU ids (a list, or ``"0,1"``), or None."""
+GpuAffinity = Annotated[list[str] | None, _rule("gpu_affinity")]
+"""GPU ids (a list, or ``"0,1"``), or None."""
+Shell = Annotated[bool, _rule("shell")]
+"""Whether a command runs under ``/bin/sh -c``."""
+
+
+def first_problem(error: ValidationError) -> tuple[str, str]:
+    """The field and the message of the first problem pydantic found, for a ConfigError.
+
+    A rule's own message (a ValueError from ``CHECKS``) is given without pydantic's prefix.
+    """
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "?"
+    cause = (first.get("ctx") or {}).get("error")
+    if first["type"] == "value_error" and cause is not None:
+        return field, str(cause)
+    return field, f"{first['msg']} (got {first['input']!r})"
 
 
 class TaskOptions(BaseModel):
@@ -18,19 +87,31 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nnodes: int = Field(default=1, ge=1)
-    ppn: int = Field(default=1, ge=1)
-    ngpus_per_process: int = Field(default=0, ge=0)
-    env: dict[str, str] = Field(default_factory=dict)
-    run_dir: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    cpu_affinity: list[int] | None = None
-    gpu_affinity: list[str] | None = None
+    nnodes: NodeCount = 1
+    ppn: ProcessCount = 1
+    ngpus_per_process: GpuCount = 0
+    env: Env = Field(default_factory=dict)
+    run_dir: RunDir = None
+    timeout: Timeout = None
+    cpu_affinity: CpuAffinity = None
+    gpu_affinity: GpuAffinity = None
 
     @property
     def nprocs(self) -> int:
         """Processes each task runs (``nnodes * ppn``)."""
         return self.nnodes * self.ppn
+
+    def check_callable(self) -> None:
+        """Refuse options a Python callable cannot run with (it runs in one process).
+
+        Raises:
+            ConfigError: ``nnodes * ppn > 1``.
+        """
+        if self.nprocs > 1:
+            raise ConfigError(
+                f"a Python callable runs in one process; nnodes={self.nnodes}, "
+                f"ppn={self.ppn} need a command"
+            )
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -51,18 +132,18 @@ class Task(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     task_id: str = Field(min_length=1)
-    nnodes: int = Field(default=1, ge=1)
-    ppn: int = Field(default=1, ge=1)
-    ngpus_per_process: int = Field(default=0, ge=0)
+    nnodes: NodeCount = 1
+    ppn: ProcessCount = 1
+    ngpus_per_process: GpuCount = 0
     executable: Callable[..., Any] | str | list[str]
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
-    run_dir: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    cpu_affinity: list[int] | None = None
-    gpu_affinity: list[str] | None = None
-    shell: bool = False
+    env: Env = Field(default_factory=dict)
+    run_dir: RunDir = None
+    timeout: Timeout = None
+    cpu_affinity: CpuAffinity = None
+    gpu_affinity: GpuAffinity = None
+    shell: Shell = False
 
     @field_validator("executable")
     @classmethod

@@ -6,29 +6,24 @@ port over SSH. Names load lazily, so that using the tunnel does not import the M
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from ensemble_mcp.errors import TunnelError
     from ensemble_mcp.server import Server
-    from ensemble_mcp.tunnel import Tunnel, TunnelError, start_tunnel, stop_tunnel
+    from ensemble_mcp.tunnel import Tunnel, start_tunnel, stop_tunnel
 
 __all__ = ("Server", "Tunnel", "TunnelError", "start_tunnel", "stop_tunnel")
 
 _HOME = {
     "Server": "ensemble_mcp.server",
     "Tunnel": "ensemble_mcp.tunnel",
-    "TunnelError": "ensemble_mcp.tunnel",
+    "TunnelError": "ensemble_mcp.errors",
     "start_tunnel": "ensemble_mcp.tunnel",
     "stop_tunnel": "ensemble_mcp.tunnel",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        return getattr(importlib.import_module(_HOME[name]), name)
-    raise AttributeError(f"module 'ensemble_mcp' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _HOME)

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from core import Batch
+from ensemble_mcp.errors import NOTHING_RUN, ToolCallError
+from ensemble_mcp.plan import Plan
 from ensemble_mcp.results import ANY_JSON, STATUSES, ResultConverter, render_text, summarize
-from ensemble_mcp.tools import EnsembleSpec, Plan
+from ensemble_mcp.tools import EnsembleSpec
 
 MAX_PAGE = 1000
 
@@ -72,15 +73,15 @@ class Registry:
         """Make room for one more ensemble.
 
         Raises:
-            ToolError: ``max_ensembles`` ensembles are still running.
+            ToolCallError: ``max_ensembles`` ensembles are still running.
         """
         with self._lock:
             self._prune()
             if len(self._ensembles) >= self.max_ensembles:
-                raise ToolError(
+                raise ToolCallError(
                     f"{len(self._ensembles)} ensembles are still running, the most "
                     "this server keeps; wait for one to finish or cancel one with "
-                    "ensemble_cancel. Nothing was run."
+                    f"ensemble_cancel. {NOTHING_RUN}"
                 )
 
     def add(
@@ -109,13 +110,13 @@ class Registry:
         """The ensemble with this id.
 
         Raises:
-            ToolError: no such ensemble (never existed, or dropped after ``ttl_s``).
+            ToolCallError: no such ensemble (never existed, or dropped after ``ttl_s``).
         """
         with self._lock:
             self._prune()
             ensemble = self._ensembles.get(ensemble_id)
         if ensemble is None:
-            raise ToolError(
+            raise ToolCallError(
                 f"no ensemble has id {ensemble_id!r}; ids come from a *_submit tool, "
                 f"and finished ensembles are dropped after {self.ttl_s:g} s"
             )

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from core.relations import RELATIONS
 from core.result import TaskResult, TaskStatus
-from ensemble_mcp.tools import EnsembleSpec, Plan
+from ensemble_mcp.plan import Plan, show_json
+from ensemble_mcp.tools import EnsembleSpec
 
 StatusName = Literal["success", "failed", "timeout", "cancelled"]
 STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
@@ -44,7 +46,7 @@ _SUMMARY_SCHEMA: dict[str, Any] = {
     "properties": {
         "tool": {"type": "string"},
         "total": {"type": "integer", "description": "number of tasks"},
-        "relation": {"type": "string", "enum": ["one-to-one", "many-to-many"]},
+        "relation": {"type": "string", "enum": list(RELATIONS)},
         "lengths": {
             "type": "object",
             "additionalProperties": {"type": "integer"},
@@ -158,7 +160,7 @@ class ResultConverter:
         for pos, k in enumerate(ok):
             if pos in bad:
                 values[k] = _Invalid(
-                    f"the task returned {_short(raw[pos])}, which does not match "
+                    f"the task returned {show_json(raw[pos], 60)}, which does not match "
                     f"its return type {_type_name(self.spec.returns)}: "
                     f"{bad[pos]}"
                 )
@@ -243,14 +245,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
@@ -318,10 +312,10 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 def _entry_line(entry: dict[str, Any]) -> str:
-    params = ", ".join(f"{k}={_short(v, 30)}" for k, v in entry["params"].items())
+    params = ", ".join(f"{k}={show_json(v, 30)}" for k, v in entry["params"].items())
     status = entry["status"]
     if status == "success":
-        outcome = _short(entry.get("result"), 80) if "result" in entry else "(see note)"
+        outcome = show_json(entry.get("result"), 80) if "result" in entry else "(see note)"
     elif status == "pending":
         outcome = "pending"
     else:

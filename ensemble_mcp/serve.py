@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ensemble_mcp.errors import ServeTargetError
+
 TRANSPORTS = ("streamable-http", "stdio")
 
 
@@ -41,7 +43,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Load the target server and run it until interrupted; returns the exit code."""
     try:
         server = load_server(args.target)
-    except (ImportError, AttributeError, TypeError, FileNotFoundError) as exc:
+    except ServeTargetError as exc:
         sys.stderr.write(f"ensemble-mcp serve: {exc}\n")
         return 2
     kwargs: dict[str, Any] = {}
@@ -61,25 +63,26 @@ def load_server(target: str) -> Any:
     """The server object that ``target`` (``module:attr`` or ``file.py:attr``) names.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ImportError: the module cannot be imported.
-        AttributeError: the module has no such attribute.
-        TypeError: the attribute is not an MCP server.
+        ServeTargetError: the file does not exist, the module cannot be imported, it has no
+            such attribute, or the attribute is not an MCP server; raised from the cause.
     """
     from mcp.server.mcpserver import MCPServer
 
     where, _, attr = target.partition(":")
     attr = attr or "server"
-    module = (
-        _load_file(Path(where))
-        if where.endswith(".py") or "/" in where
-        else importlib.import_module(where)
-    )
+    try:
+        module = (
+            _load_file(Path(where))
+            if where.endswith(".py") or "/" in where
+            else importlib.import_module(where)
+        )
+    except ImportError as exc:
+        raise ServeTargetError(f"cannot import {where}: {exc}") from exc
     server = getattr(module, attr, None)
     if server is None:
-        raise AttributeError(f"{where} has no attribute {attr!r} (give it as {where}:NAME)")
+        raise ServeTargetError(f"{where} has no attribute {attr!r} (give it as {where}:NAME)")
     if not isinstance(server, MCPServer):
-        raise TypeError(f"{target} is a {type(server).__name__}, not an MCP server")
+        raise ServeTargetError(f"{target} is a {type(server).__name__}, not an MCP server")
     return server
 
 
@@ -87,11 +90,11 @@ def _load_file(path: Path) -> ModuleType:
     import cloudpickle
 
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise ServeTargetError(f"no such file: {path}")
     name = f"ensemble_mcp_served_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path} as a Python module")
+        raise ServeTargetError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import paramiko
 
+from ensemble_mcp.errors import TunnelError
+
 __all__ = (
     "BROKEN",
     "SshConnection",
@@ -35,10 +37,6 @@ _PTY_COMMAND = "exec sleep 2147483647"
 _KNOWN_HOSTS = "~/.ssh/known_hosts"
 _GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 _SSH_CONFIG = "~/.ssh/config"
-
-
-class TunnelError(Exception):
-    """The tunnel could not be opened or kept up; the message says what failed and what to do."""
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,35 @@
-"""Ensemble tool specs: signature -> list-typed schema, description, and pre-launch planning.
+"""Ensemble tool specs: a function signature or command template -> list-typed schema and text.
 
 A function ``f(a: float, b: int = 2)`` becomes a tool taking ``a: list[float]`` (required),
-``b: list[int]`` (optional) and ``relation``. ``plan_ensemble`` turns the arguments of one call
-into the tasks' keyword arguments, or raises ``EnsembleInputError`` (a ``ToolError``) whose text
-names the parameter, the problem and the fix, before anything is launched.
+``b: list[int]`` (optional) and ``relation``. A command template ``"./sim --p {p}"`` becomes a
+tool taking ``p`` (numbers, strings or booleans, unless typed). How one call's lists form its
+tasks is :mod:`ensemble_mcp.plan`.
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import json
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from pydantic.fields import FieldInfo
 
-# Re-exported: server.py and the tests import these from here.
-from ensemble_mcp.docstrings import Docstring as Docstring
-from ensemble_mcp.docstrings import parse_docstring as parse_docstring
-from ensemble_mcp.templates import CommandTemplate as CommandTemplate
-from ensemble_mcp.templates import TemplateValue as TemplateValue
+from core.relations import DEFAULT_RELATION, RELATIONS
+from core.template import CommandTemplate, TemplateValue
+from ensemble_mcp.docstrings import parse_docstring
 
-Relation = Literal["one-to-one", "many-to-many"]
-RELATIONS: tuple[str, ...] = ("one-to-one", "many-to-many")
-NOTHING_RUN = "Nothing was run."
-_MAX_PROBLEMS = 5
-
-
-class EnsembleInputError(ToolError):
-    """The arguments of an ensemble call cannot form its tasks; nothing was launched."""
+__all__ = (
+    "EnsembleSpec",
+    "Param",
+    "describe",
+    "input_schema",
+    "spec_from_function",
+    "spec_from_template",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +157,10 @@ def spec_from_template(
         raise ValueError(
             f"a command template tool needs a name: ensemble_tool({template!r}, name=...)"
         )
-    command = CommandTemplate.parse(template)
+    try:
+        command = CommandTemplate.parse(template)
+    except ValueError as exc:
+        raise ValueError(f"{name}: command template {template!r}: {exc}") from None
     given = dict(params or {})
     extra = sorted(set(given) - set(command.names))
     if extra:
@@ -244,7 +242,7 @@ def input_schema(spec: EnsembleSpec) -> dict[str, Any]:
     properties["relation"] = {
         "type": "string",
         "enum": list(RELATIONS),
-        "default": "one-to-one",
+        "default": DEFAULT_RELATION,
         "description": _RELATION_HELP,
     }
     schema: dict[str, Any] = {
@@ -305,225 +303,3 @@ def _sample(p: Param, n: int, which: int = 0) -> str:
     if values is None:
         return "[" + ", ".join(f"{p.name[0]}{i + 1}" for i in range(n)) + "]"
     return json.dumps(values[which][:n])
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning: arguments -> tasks, with the errors an agent can act on
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The tasks of one call: validated lists and how they combine."""
-
-    relation: str
-    values: dict[str, list[Any]]
-    """Validated elements per given parameter (what the function receives)."""
-    json_values: dict[str, list[Any]]
-    """The same elements in JSON form (what the results echo)."""
-    lengths: dict[str, int]
-    """Each list's length after broadcast."""
-    broadcast: tuple[str, ...]
-    total: int
-
-    def indices(self) -> Iterator[tuple[int, ...]]:
-        """Per task, the element index into each list (in ``values`` order)."""
-        sizes = [len(v) for v in self.values.values()]
-        if self.relation == "many-to-many":
-            yield from itertools.product(*(range(n) for n in sizes))
-            return
-        for i in range(self.total):
-            yield tuple(i if n > 1 else 0 for n in sizes)
-
-    def tasks(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """Per task, in order: (keyword arguments, JSON echo of the same arguments)."""
-        names = list(self.values)
-        values = list(self.values.values())
-        echoes = list(self.json_values.values())
-        for idx in self.indices():
-            yield (
-                {n: v[j] for n, v, j in zip(names, values, idx, strict=True)},
-                {n: v[j] for n, v, j in zip(names, echoes, idx, strict=True)},
-            )
-
-
-def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks: int) -> Plan:
-    """Check one call's arguments and lay out its tasks.
-
-    Under ``one-to-one``, a 1-element list or a bare value is used for every task; lists longer
-    than one must have equal lengths. ``many-to-many`` takes the Cartesian product.
-
-    Raises:
-        EnsembleInputError: unknown or missing arguments, a bad relation, empty lists, unequal
-            lengths, more tasks than ``max_tasks``, or elements of the wrong type.
-    """
-    args = dict(arguments)
-    problems: list[str] = []
-    relation = args.pop("relation", None) or "one-to-one"
-    if isinstance(relation, list) and len(relation) == 1:
-        relation = relation[0]  # the list habit of every other argument
-    if relation not in RELATIONS:
-        problems.append(f'relation must be "one-to-one" or "many-to-many", got {_show(relation)}')
-    unknown = [k for k in args if k not in spec.param_names]
-    if unknown:
-        problems.append(
-            f"unknown argument{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(k) for k in unknown)}; the arguments are: "
-            f"{_known(spec)}"
-        )
-    raw: dict[str, list[Any]] = {}
-    for p in spec.params:
-        value = args.get(p.name)
-        if value is None:
-            if p.required:
-                problems.append(
-                    f"missing argument {p.name!r}: a list of {p.type_label} values, one per task"
-                )
-            continue
-        raw[p.name] = _as_list(p, value)
-        if not raw[p.name]:
-            problems.append(f"{p.name!r} is an empty list; give at least one value")
-    if problems:
-        raise _error(problems)
-    lengths = {n: len(v) for n, v in raw.items()}
-    total = _count(spec, relation, raw, lengths, max_tasks)
-    values, json_values = _validate(spec, raw)
-    broadcast: tuple[str, ...] = ()
-    if relation == "one-to-one":
-        broadcast = tuple(n for n, k in lengths.items() if k == 1 and total > 1)
-        lengths = dict.fromkeys(lengths, total)
-    return Plan(
-        relation=relation,
-        values=values,
-        json_values=json_values,
-        lengths=lengths,
-        broadcast=broadcast,
-        total=total,
-    )
-
-
-def _as_list(p: Param, value: Any) -> list[Any]:
-    if isinstance(value, str) and p.type_label != "string" and value.lstrip().startswith("["):
-        try:  # some clients send a list as its JSON text
-            value = json.loads(value)
-        except ValueError:
-            pass
-    if not isinstance(value, list):
-        return [value]
-    if p.takes_lists and value and not isinstance(value[0], (list, tuple)):
-        return [value]
-    return value
-
-
-def _count(
-    spec: EnsembleSpec,
-    relation: str,
-    raw: dict[str, list[Any]],
-    lengths: dict[str, int],
-    max_tasks: int,
-) -> int:
-    if relation == "many-to-many":
-        total = math.prod(lengths.values())
-        formed = " x ".join(f"{n} {k}" for n, k in lengths.items())
-        if total > max_tasks:
-            raise _error(
-                [
-                    f"this call would run {total:,} tasks ({formed}, relation "
-                    f'"many-to-many"), above the cap of {max_tasks:,} tasks per call; '
-                    "split it into several calls"
-                ]
-            )
-        return total
-    long = {n: k for n, k in lengths.items() if k > 1}
-    if len(set(long.values())) > 1:
-        raise EnsembleInputError(_unequal_message(spec, raw, long, max_tasks))
-    total = max(lengths.values(), default=1)
-    if total > max_tasks:
-        raise _error(
-            [
-                f"this call would run {total:,} tasks (lists of {total:,} values), above "
-                f"the cap of {max_tasks:,} tasks per call; split it into several calls"
-            ]
-        )
-    return total
-
-
-def _validate(
-    spec: EnsembleSpec, raw: dict[str, list[Any]]
-) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    problems: list[str] = []
-    values: dict[str, list[Any]] = {}
-    json_values: dict[str, list[Any]] = {}
-    for p in spec.params:
-        if p.name not in raw:
-            continue
-        try:
-            values[p.name] = p.adapter.validate_python(raw[p.name])
-        except ValidationError as exc:
-            for err in exc.errors(include_url=False)[:_MAX_PROBLEMS]:
-                index = err["loc"][0] if err["loc"] else 0
-                shown = _show(raw[p.name][index]) if isinstance(index, int) else "?"
-                problems.append(
-                    f"{p.name}[{index}] = {shown} is not a valid {p.type_label}: {err['msg']}"
-                )
-            continue
-        json_values[p.name] = p.adapter.dump_python(values[p.name], mode="json")
-    if problems:
-        raise _error(problems)
-    return values, json_values
-
-
-def _error(problems: list[str]) -> EnsembleInputError:
-    shown = problems[:_MAX_PROBLEMS]
-    more = len(problems) - len(shown)
-    if more:
-        shown.append(f"... and {more} more problem{'s' if more > 1 else ''}")
-    if len(shown) == 1:
-        return EnsembleInputError(f"{shown[0]}. {NOTHING_RUN}")
-    return EnsembleInputError("\n".join(f"- {s}" for s in shown) + f"\n{NOTHING_RUN}")
-
-
-def _unequal_message(
-    spec: EnsembleSpec, raw: dict[str, list[Any]], long: dict[str, int], max_tasks: int
-) -> str:
-    top = max(long.values())
-    parts = [f"{n} has {k} values" for n, k in long.items()]
-    shorter = [n for n, k in long.items() if k != top]
-    one = {n: (raw[n][:1] if n in shorter else v) for n, v in raw.items()}
-    every = {**raw, "relation": "many-to-many"}
-    product = math.prod(len(v) for v in raw.values())
-    over = f", above the cap of {max_tasks:,}" if product > max_tasks else ""
-    lead = ", ".join(parts[:-1]) + f" and {parts[-1]}"
-    return (
-        f'Under relation "one-to-one" the lists must have equal lengths (a 1-element list is '
-        f"used for every task), but {lead}. {NOTHING_RUN}\n"
-        f'If every combination is meant ({product:,} tasks{over}), add relation="many-to-many":\n'
-        f"  {spec.name}({_show_args(every)})\n"
-        f"If each task has its own values, give every list {top} values.\n"
-        f"If one {' and one '.join(shorter)} is meant for every task, give only that value "
-        f"(this leaves out the other values you gave):\n"
-        f"  {spec.name}({_show_args(one)})"
-    )
-
-
-def _known(spec: EnsembleSpec) -> str:
-    names = [f"{p.name} (required)" if p.required else p.name for p in spec.params]
-    return ", ".join([*names, "relation"])
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _show_args(args: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_show_list(v)}" for k, v in args.items())
-
-
-def _show_list(value: Any) -> str:
-    if not isinstance(value, list) or len(value) <= 8:
-        return json.dumps(value)
-    head = ", ".join(json.dumps(v) for v in value[:3])
-    return f"[{head}, ... ({len(value)} values)]"

@@ -360,18 +360,28 @@ def test_any_text_value_is_exactly_one_argv_element(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("template", "where"),
+    ("template", "argv"),
     [
-        ("echo '{v}'", "inside single quotes"),
-        ('echo "{v}"', "inside double quotes"),
-        ("echo \\{v}", "after a backslash"),
-        ("echo 'a' \"--x={v}\"", "inside double quotes"),
+        ("echo '{v}'", ["echo", "a b"]),
+        ('echo "{v}"', ["echo", "a b"]),
+        ("echo 'a' \"--x={v}\"", ["echo", "a", "--x=a b"]),
+        ("echo 'it is {v}!'", ["echo", "it is a b!"]),
     ],
 )
-def test_a_placeholder_inside_quotes_is_rejected(template: str, where: str) -> None:
-    message = error_of({"ensembles": {"q": {"cmd_template": template, "v": 1}}})
+def test_a_placeholder_inside_quotes_becomes_part_of_the_quoted_word(
+    template: str, argv: list[str]
+) -> None:
+    [task] = one({"cmd_template": template, "v": "a b"})
 
-    assert message.startswith("ensemble 'q', key 'cmd_template': placeholder {v} is " + where)
+    assert task.argv() == argv
+
+
+def test_a_placeholder_after_a_backslash_is_rejected() -> None:
+    message = error_of({"ensembles": {"q": {"cmd_template": "echo \\{v}", "v": 1}}})
+
+    assert message.startswith(
+        "ensemble 'q', key 'cmd_template': placeholder {v} is after a backslash"
+    )
 
 
 # --- generators ---------------------------------------------------------------------------------
@@ -663,16 +673,16 @@ def test_a_fan_out_over_the_cap_gives_the_count_and_the_cap() -> None:
     )
 
 
-def test_a_pydantic_error_becomes_a_config_error_naming_the_key() -> None:
-    # Every value is checked before a Task is built, so no spec reaches this path today; the
-    # conversion is tested directly to keep it honest should Task gain a constraint.
+def test_a_task_validation_error_names_the_key_with_the_rules_own_message() -> None:
+    # Every value is checked before a Task is built, so no spec reaches this path today; Task
+    # applies the same rules (core.spec_values.CHECKS), so its message is the ensemble key's.
     from core.ensemble import _Ensemble
 
     ensemble = _Ensemble("s", {"cmd_template": "x"})
     with pytest.raises(ConfigError) as caught:
         ensemble._task({"task_id": "s-0", "executable": "x", "ppn": 0})
 
-    assert str(caught.value).startswith("ensemble 's', key 'ppn': Input should be greater")
+    assert str(caught.value) == "ensemble 's', key 'ppn': must be a whole number >= 1, got 0"
 
 
 def test_a_generator_string_is_never_evaluated() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -205,6 +206,56 @@ async def test_bad_arguments_return_an_error_that_shows_the_fix_and_run_nothing(
     assert server.num_calls == before
 
 
+async def test_tasks_no_node_can_hold_are_refused_before_launch(server: Server, mode: str) -> None:
+    launcher = server.launcher
+    assert launcher is not None
+    ppn = launcher.num_slots + 1
+    name = f"wide_{uuid.uuid4().hex[:8]}"
+    server.ensemble_tool("true {x}", name=name, ppn=ppn)
+    before = server.num_calls
+    async with Client(server, mode=mode) as client:
+        with anyio.fail_after(5):  # it used to hang: the task waited for slots forever
+            result = await client.call_tool(name, {"x": [1, 2]})
+            submitted = await client.call_tool(f"{name}_submit", {"x": [1, 2]})
+    for refused in (result, submitted):
+        assert refused.is_error
+        assert f"ppn={ppn}" in text_of(refused)
+        assert f"the largest node has {launcher.num_slots}" in text_of(refused)
+        assert text_of(refused).endswith("Nothing was run.")
+    assert server.num_calls == before
+
+
+async def test_gpus_the_node_lacks_are_refused_before_launch(server: Server, mode: str) -> None:
+    name = f"gpu_{uuid.uuid4().hex[:8]}"
+    server.ensemble_tool("true {x}", name=name, ngpus_per_process=1000, submit_tool=False)
+    result = await call(server, mode, name, {"x": [1]})
+
+    assert result.is_error
+    assert "ngpus_per_process=1000" in text_of(result)
+    assert text_of(result).endswith("Nothing was run.")
+
+
+async def test_what_the_launcher_refuses_at_submit_is_a_tool_error(
+    server: Server, mode: str
+) -> None:
+    lock = threading.Lock()
+
+    def locked(x: int) -> int:
+        """Needs a lock, which cannot be sent to a worker process."""
+        with lock:
+            return x
+
+    name = f"locked_{uuid.uuid4().hex[:8]}"
+    server.ensemble_tool(locked, name=name, submit_tool=False)
+    before = server.num_calls
+    result = await call(server, mode, name, {"x": [1, 2]})
+
+    assert result.is_error
+    assert "the launcher refused the tasks: cannot send" in text_of(result)
+    assert text_of(result).endswith("Nothing was run.")
+    assert server.num_calls == before
+
+
 # -- progress, concurrency, cancellation -------------------------------------------------------
 
 
@@ -337,7 +388,11 @@ def test_decorator_forms_return_what_they_were_given() -> None:
         srv.ensemble_tool(sim)
     with pytest.raises(ValueError, match="option timeout"):
         srv.ensemble_tool(sim, name="sim4", timeout=-1)
-    with pytest.raises(ValueError, match="need a command template"):
+    with pytest.raises(ValueError, match="sim6: option nnodes: must be a whole number >= 1, got 0"):
+        srv.ensemble_tool("echo {a}", name="sim6", nnodes=0)
+    with pytest.raises(ValueError, match="sim7: option env: value of 'A' must be a string"):
+        srv.ensemble_tool("echo {a}", name="sim7", env={"A": 1})
+    with pytest.raises(ValueError, match="need a command; register a command template"):
         srv.ensemble_tool(sim, name="sim5", ppn=2)
 
 

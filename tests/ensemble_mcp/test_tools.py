@@ -10,16 +10,15 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from core.template import CommandTemplate
+from ensemble_mcp.docstrings import parse_docstring
+from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError
 from ensemble_mcp.jobs import Registry
+from ensemble_mcp.plan import plan_ensemble
 from ensemble_mcp.tools import (
-    NOTHING_RUN,
-    CommandTemplate,
-    EnsembleInputError,
     EnsembleSpec,
     describe,
     input_schema,
-    parse_docstring,
-    plan_ensemble,
     spec_from_function,
     spec_from_template,
 )
@@ -345,13 +344,13 @@ def test_template_placeholders_become_list_parameters() -> None:
 
 def test_each_template_value_is_exactly_one_argv_element() -> None:
     command = CommandTemplate.parse("echo --x={x} {y} 'a {x}'")
-    assert command.render({"x": "1 2; rm -rf /", "y": "$(id -u)"}) == [
+    assert command.argv({"x": "1 2; rm -rf /", "y": "$(id -u)"}) == [
         "echo",
         "--x=1 2; rm -rf /",
         "$(id -u)",
         "a 1 2; rm -rf /",
     ]
-    assert command.render({"x": 1.5, "y": True}) == ["echo", "--x=1.5", "true", "a 1.5"]
+    assert command.argv({"x": 1.5, "y": True}) == ["echo", "--x=1.5", "true", "a 1.5"]
 
 
 def test_malformed_templates_and_nul_values_are_rejected() -> None:

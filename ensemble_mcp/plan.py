@@ -1,0 +1,241 @@
+"""One call's arguments -> its tasks, or an error that shows the agent the fix.
+
+``plan_ensemble`` checks the arguments of one ensemble tool call and lays out its tasks with the
+rule of :mod:`core.relations`, or raises ``EnsembleInputError`` (a ``ToolError``) whose text
+names the parameter, the problem and the fix, before anything is launched. The texts were tuned
+for small LLMs: the fix that loses nothing comes first, with the corrected call written out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from core.relations import (
+    DEFAULT_RELATION,
+    RELATIONS,
+    Fanout,
+    Relation,
+    UnequalLengthsError,
+    fan_out,
+    is_relation,
+)
+from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError
+from ensemble_mcp.tools import EnsembleSpec, Param
+
+__all__ = ("Plan", "plan_ensemble", "show_json")
+
+_MAX_PROBLEMS = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The tasks of one call: validated lists and how they combine."""
+
+    fanout: Fanout
+    values: dict[str, list[Any]]
+    """Validated elements per given parameter (what the function receives)."""
+    json_values: dict[str, list[Any]]
+    """The same elements in JSON form (what the results echo)."""
+
+    @property
+    def relation(self) -> Relation:
+        """The relation the lists combine by."""
+        return self.fanout.relation
+
+    @property
+    def total(self) -> int:
+        """The number of tasks."""
+        return self.fanout.total
+
+    @property
+    def broadcast(self) -> tuple[str, ...]:
+        """The 1-element lists used for every task."""
+        return self.fanout.broadcast
+
+    @property
+    def lengths(self) -> dict[str, int]:
+        """Each list's length after broadcast."""
+        if self.relation == "one-to-one":
+            return dict.fromkeys(self.fanout.lengths, self.total)
+        return dict(self.fanout.lengths)
+
+    def tasks(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Per task, in order: (keyword arguments, JSON echo of the same arguments)."""
+        names = list(self.values)
+        values = list(self.values.values())
+        echoes = list(self.json_values.values())
+        for idx in self.fanout.indices():
+            yield (
+                {n: v[j] for n, v, j in zip(names, values, idx, strict=True)},
+                {n: v[j] for n, v, j in zip(names, echoes, idx, strict=True)},
+            )
+
+
+def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks: int) -> Plan:
+    """Check one call's arguments and lay out its tasks.
+
+    Under ``one-to-one``, a 1-element list or a bare value is used for every task; lists longer
+    than one must have equal lengths. ``many-to-many`` takes the Cartesian product.
+
+    Raises:
+        EnsembleInputError: unknown or missing arguments, a bad relation, empty lists, unequal
+            lengths, more tasks than ``max_tasks``, or elements of the wrong type.
+    """
+    args = dict(arguments)
+    problems: list[str] = []
+    relation = args.pop("relation", None) or DEFAULT_RELATION
+    if isinstance(relation, list) and len(relation) == 1:
+        relation = relation[0]  # the list habit of every other argument
+    if not is_relation(relation):
+        allowed = " or ".join(json.dumps(r) for r in RELATIONS)
+        problems.append(f"relation must be {allowed}, got {show_json(relation)}")
+    unknown = [k for k in args if k not in spec.param_names]
+    if unknown:
+        problems.append(
+            f"unknown argument{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}; the arguments are: "
+            f"{_known(spec)}"
+        )
+    raw: dict[str, list[Any]] = {}
+    for p in spec.params:
+        value = args.get(p.name)
+        if value is None:
+            if p.required:
+                problems.append(
+                    f"missing argument {p.name!r}: a list of {p.type_label} values, one per task"
+                )
+            continue
+        raw[p.name] = _as_list(p, value)
+        if not raw[p.name]:
+            problems.append(f"{p.name!r} is an empty list; give at least one value")
+    if problems or not is_relation(relation):
+        raise _error(problems)
+    fanout = _fan_out(spec, relation, raw, max_tasks)
+    values, json_values = _validate(spec, raw)
+    return Plan(fanout=fanout, values=values, json_values=json_values)
+
+
+def _as_list(p: Param, value: Any) -> list[Any]:
+    if isinstance(value, str) and p.type_label != "string" and value.lstrip().startswith("["):
+        try:  # some clients send a list as its JSON text
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if not isinstance(value, list):
+        return [value]
+    if p.takes_lists and value and not isinstance(value[0], (list, tuple)):
+        return [value]
+    return value
+
+
+def _fan_out(
+    spec: EnsembleSpec, relation: Relation, raw: dict[str, list[Any]], max_tasks: int
+) -> Fanout:
+    try:
+        fanout = fan_out(relation, {n: len(v) for n, v in raw.items()})
+    except UnequalLengthsError as exc:
+        raise EnsembleInputError(_unequal_message(spec, raw, exc, max_tasks)) from None
+    if fanout.total <= max_tasks:
+        return fanout
+    if relation == "many-to-many":
+        formed = " x ".join(f"{n} {k}" for n, k in fanout.lengths.items())
+        raise _error(
+            [
+                f"this call would run {fanout.total:,} tasks ({formed}, relation "
+                f'"many-to-many"), above the cap of {max_tasks:,} tasks per call; '
+                "split it into several calls"
+            ]
+        )
+    raise _error(
+        [
+            f"this call would run {fanout.total:,} tasks (lists of {fanout.total:,} values), "
+            f"above the cap of {max_tasks:,} tasks per call; split it into several calls"
+        ]
+    )
+
+
+def _validate(
+    spec: EnsembleSpec, raw: dict[str, list[Any]]
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    problems: list[str] = []
+    values: dict[str, list[Any]] = {}
+    json_values: dict[str, list[Any]] = {}
+    for p in spec.params:
+        if p.name not in raw:
+            continue
+        try:
+            values[p.name] = p.adapter.validate_python(raw[p.name])
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False)[:_MAX_PROBLEMS]:
+                index = err["loc"][0] if err["loc"] else 0
+                shown = show_json(raw[p.name][index]) if isinstance(index, int) else "?"
+                problems.append(
+                    f"{p.name}[{index}] = {shown} is not a valid {p.type_label}: {err['msg']}"
+                )
+            continue
+        json_values[p.name] = p.adapter.dump_python(values[p.name], mode="json")
+    if problems:
+        raise _error(problems)
+    return values, json_values
+
+
+def _error(problems: list[str]) -> EnsembleInputError:
+    shown = problems[:_MAX_PROBLEMS]
+    more = len(problems) - len(shown)
+    if more:
+        shown.append(f"... and {more} more problem{'s' if more > 1 else ''}")
+    if len(shown) == 1:
+        return EnsembleInputError(f"{shown[0]}. {NOTHING_RUN}")
+    return EnsembleInputError("\n".join(f"- {s}" for s in shown) + f"\n{NOTHING_RUN}")
+
+
+def _unequal_message(
+    spec: EnsembleSpec, raw: dict[str, list[Any]], exc: UnequalLengthsError, max_tasks: int
+) -> str:
+    """The fixes of ``exc``, the one that loses nothing (many-to-many) first, as full calls."""
+    parts = [f"{n} has {k} values" for n, k in exc.lengths.items() if k > 1]
+    lead = ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    every = {**raw, "relation": "many-to-many"}
+    over = f", above the cap of {max_tasks:,}" if exc.every_combination > max_tasks else ""
+    one = {n: (v[:1] if n in exc.shorter else v) for n, v in raw.items()}
+    return (
+        f'Under relation "one-to-one" the lists must have equal lengths (a 1-element list is '
+        f"used for every task), but {lead}. {NOTHING_RUN}\n"
+        f"If every combination is meant ({exc.every_combination:,} tasks{over}), add "
+        'relation="many-to-many":\n'
+        f"  {spec.name}({_show_args(every)})\n"
+        f"If each task has its own values, give every list {exc.longest} values.\n"
+        f"If one {' and one '.join(exc.shorter)} is meant for every task, give only that value "
+        f"(this leaves out the other values you gave):\n"
+        f"  {spec.name}({_show_args(one)})"
+    )
+
+
+def _known(spec: EnsembleSpec) -> str:
+    names = [f"{p.name} (required)" if p.required else p.name for p in spec.params]
+    return ", ".join([*names, "relation"])
+
+
+def show_json(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON (or repr), cut to ``limit`` characters: how texts show a value."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show_args(args: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_show_list(v)}" for k, v in args.items())
+
+
+def _show_list(value: Any) -> str:
+    if not isinstance(value, list) or len(value) <= 8:
+        return json.dumps(value)
+    head = ", ".join(json.dumps(v) for v in value[:3])
+    return f"[{head}, ... ({len(value)} values)]"

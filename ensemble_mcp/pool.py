@@ -1,0 +1,92 @@
+"""The server's warm launchers: started when the first session opens, stopped after the last."""
+
+from __future__ import annotations
+
+import threading
+
+from core import Launcher, LauncherConfig, SystemConfig
+from ensemble_mcp.errors import ToolCallError
+
+__all__ = ("LauncherPool",)
+
+
+class LauncherPool:
+    """One warm launcher per configuration; tools with their own configs get their own.
+
+    Users (sessions, ``Server.start``) are counted: the first starts every launcher known so
+    far, the last stops them all, and every task with them.
+    """
+
+    def __init__(
+        self, system_config: SystemConfig | None, launcher_config: LauncherConfig | None
+    ) -> None:
+        self._configs: dict[str, tuple[SystemConfig | None, LauncherConfig | None]] = {
+            "": (system_config, launcher_config)
+        }
+        self._launchers: dict[str, Launcher] = {}
+        self._refs = 0
+        self._lock = threading.Lock()
+
+    def key(
+        self, system_config: SystemConfig | None, launcher_config: LauncherConfig | None
+    ) -> str:
+        """The key of the launcher for these configs (registering them if new)."""
+        if system_config is None and launcher_config is None:
+            return ""
+        key = "|".join(c.model_dump_json() if c else "-" for c in (system_config, launcher_config))
+        with self._lock:
+            self._configs.setdefault(key, (system_config, launcher_config))
+        return key
+
+    def acquire(self) -> None:
+        """Count one more user; the first starts a launcher per configuration."""
+        with self._lock:
+            self._refs += 1
+            if self._refs == 1:
+                try:
+                    for key in self._configs:
+                        self._start(key)
+                except BaseException:
+                    self._refs -= 1
+                    launchers, self._launchers = list(self._launchers.values()), {}
+                    for launcher in launchers:
+                        launcher.shutdown()
+                    raise
+
+    def release(self) -> bool:
+        """Count one user less; the last stops every launcher (and every task) and gets True."""
+        with self._lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return False
+            launchers, self._launchers = list(self._launchers.values()), {}
+        for launcher in launchers:
+            launcher.shutdown()
+        return True
+
+    def running(self, key: str = "") -> Launcher | None:
+        """The launcher for ``key`` if it is running."""
+        return self._launchers.get(key)
+
+    def get(self, key: str) -> Launcher:
+        """The running launcher for ``key``, started now if it is not yet.
+
+        Raises:
+            ToolCallError: no session is open (the server is not running).
+        """
+        with self._lock:
+            if self._refs <= 0:
+                raise ToolCallError(
+                    "the server's launcher is not running (the server is starting "
+                    "or stopping); call again shortly"
+                )
+            return self._launchers.get(key) or self._start(key)
+
+    def _start(self, key: str) -> Launcher:
+        system_config, launcher_config = self._configs[key]
+        # A command tool's result is its stdout, so the launcher always captures it; the
+        # launcher's shape is chosen for the nodes it finds (a job's nodes) unless given.
+        launcher = Launcher(system_config, launcher_config, return_stdout=True)
+        launcher.start()
+        self._launchers[key] = launcher
+        return launcher
