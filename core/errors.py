@@ -1,22 +1,25 @@
-"""The exception tree of ensemble-mcp, core and MCP edge together.
+"""The exception tree of ensemble-mcp, core and MCP edge together (drawn here, once).
 
 ::
 
     EnsembleError
-    ├── ConfigError          (also ValueError) bad config or ensemble, caught before anything runs
-    │   └── UnequalLengths   one-to-one lists of different lengths; carries the lengths and fixes
-    ├── LaunchError          a worker or sub-master failed to start (host, argv and output tail)
-    ├── LauncherBroken       the service stopped or lost every slot; pending tasks fail with it
-    ├── ProtocolError        bad frame or version mismatch between launcher processes
-    ├── TaskError            raised by ``Future.result()``, ``TaskResult.unwrap()``; has the result
-    │   ├── TaskFailed       the task raised or exited non-zero
-    │   │   ├── WorkerLost   the worker process running it died, and its retries are used up
-    │   │   ├── NodeLost     the node (sub-master) running it was lost, and its retries are used up
-    │   │   └── Unplaceable  no node of the launcher can ever hold what the task asks for
-    │   ├── TaskTimeout      the task ran past its timeout
-    │   └── TaskCancelled    the task was cancelled
-    └── (ensemble_mcp.errors) the MCP edge's errors: bad tool input (also the SDK's ToolError),
-                             ``TunnelError`` (SSH connect, host key, port in use), ...
+    ├── ConfigError            (also ValueError) bad config or input, refused before anything runs
+    │   ├── UnequalLengthsError  (core.relations) one-to-one lists of different lengths, with the
+    │   │                        lengths and the task count of each fix
+    │   └── ServeTargetError     (ensemble_mcp.errors) ``ensemble-mcp serve TARGET`` names no server
+    ├── LaunchError            a worker or sub-master failed to start (host, argv and output tail)
+    ├── LauncherBroken         the service stopped or lost every slot; pending tasks fail with it
+    ├── ProtocolError          bad frame or version mismatch between launcher processes
+    ├── TaskError              raised by ``Future.result()``, ``TaskResult.unwrap()``; has the result
+    │   ├── TaskFailed         the task raised or exited non-zero
+    │   │   ├── WorkerLost     the worker process running it died, and its retries are used up
+    │   │   ├── NodeLost       the node (sub-master) running it was lost, and its retries are used up
+    │   │   └── Unplaceable    no node of the launcher can ever hold what the task asks for
+    │   ├── TaskTimeout        the task ran past its timeout
+    │   └── TaskCancelled      the task was cancelled
+    ├── TunnelError            (ensemble_mcp.errors) the SSH tunnel could not open or stay up
+    └── ToolCallError          (ensemble_mcp.errors; also the MCP SDK's ToolError) a refused call
+        └── EnsembleInputError   the arguments cannot form the ensemble's tasks; nothing ran
 
 A task that did not succeed is data first (a ``TaskResult`` whose ``exception_type`` names one of
 these classes, e.g. ``core.errors.WorkerLost``); the classes are raised only when a caller asks
