@@ -10,10 +10,10 @@
     ├── LaunchError            a worker or sub-master failed to start (host, argv and output tail)
     ├── LauncherBroken         the service stopped or lost every slot; pending tasks fail with it
     ├── ProtocolError          bad frame or version mismatch between launcher processes
-    ├── TaskError              raised by ``Future.result()``, ``TaskResult.unwrap()``; has the result
+    ├── TaskError              raised by ``Future.result()`` and ``TaskResult.unwrap()``
     │   ├── TaskFailed         the task raised or exited non-zero
     │   │   ├── WorkerLost     the worker process running it died, and its retries are used up
-    │   │   ├── NodeLost       the node (sub-master) running it was lost, and its retries are used up
+    │   │   ├── NodeLost       its node (sub-master) was lost, and its retries are used up
     │   │   └── Unplaceable    no node of the launcher can ever hold what the task asks for
     │   ├── TaskTimeout        the task ran past its timeout
     │   └── TaskCancelled      the task was cancelled
