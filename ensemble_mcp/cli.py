@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_connect_command(commands)
     add_config_command(commands)
+    from ensemble_mcp.plot import add_plot_command
+
+    add_plot_command(commands)
     args = parser.parse_args(argv)
     handler = args.handler
     return int(handler(args))
