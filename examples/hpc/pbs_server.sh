@@ -12,14 +12,15 @@
 # never appears in this job's output. When the job ends (walltime, qdel), the server is stopped
 # and the connection and token files are removed.
 #
-# Edit the #PBS lines for your site (account, queue, walltime, node size). Settings you can also
+# Edit the #PBS lines for your site: account, queue, walltime, and the nodes as
+# select=<nodes>:ncpus=<cores per node>:mpiprocs=<tasks at once per node>. Settings you can also
 # give with `qsub -v NAME=value`:
 #   ENSEMBLE_MCP_TARGET  the server to run (default: the example, examples/agents/server.py:server)
 #   ENSEMBLE_MCP_JOBS    where connection files go (default: ~/.ensemble-mcp/jobs; must be on a
 #                        file system the login node sees too; home directories are)
 #
 #PBS -N ensemble-mcp
-#PBS -l select=1
+#PBS -l select=1:ncpus=32:mpiprocs=32
 #PBS -l walltime=01:00:00
 #PBS -j oe
 ##PBS -A your_project
@@ -33,17 +34,19 @@ set -euo pipefail
 # module load python
 # source ~/venvs/ensemble/bin/activate
 
-# 2. Where we are. PBS starts the script in $HOME on the first node of the job; PBS_NODEFILE lists
-#    the job's nodes (one line per CPU or MPI rank), PBS_JOBID names the job.
+# 2. Where we are. PBS runs this script on the first node of the job: the server runs here. It
+#    starts in $HOME, so go back to where you submitted from. The launcher inside the server reads
+#    PBS_NODEFILE itself and runs tasks on every node of the job, as many at once on each node as
+#    the file has lines for it (PBS writes one per mpiprocs: ask for mpiprocs=<cores per node>).
 cd "${PBS_O_WORKDIR:-$PWD}"
 : "${PBS_JOBID:?PBS_JOBID is not set: submit this script with qsub}"
 : "${PBS_NODEFILE:?PBS_NODEFILE is not set: submit this script with qsub}"
 JOB_ID="$PBS_JOBID"
 SCHEDULER=pbs
-NODE="$(head -n 1 "$PBS_NODEFILE")"
 
-# 3. Private files: everything created from here on is readable by you only (0600 files, 0700
-#    directories).
+# 3. This node's short name (what the login node reaches over SSH), the server to run, and private
+#    files: everything created from here on is readable by you only (0600 files, 0700 directories).
+NODE="${HOSTNAME%%.*}"
 TARGET="${ENSEMBLE_MCP_TARGET:-examples/agents/server.py:server}"
 JOB_DIR="${ENSEMBLE_MCP_JOBS:-$HOME/.ensemble-mcp/jobs}/${JOB_ID//[^A-Za-z0-9._-]/_}"
 umask 077

@@ -33,24 +33,18 @@ set -euo pipefail
 # module load python
 # source ~/venvs/ensemble/bin/activate
 
-# 2. Where we are. Slurm runs the script on the first node of the job, in the directory it was
-#    submitted from; SLURM_JOB_NODELIST lists the job's nodes in compressed form (cn[07-09],gpu01),
-#    SLURM_JOB_ID names the job.
+# 2. Where we are. Slurm runs this script on the first node of the job, in the directory it was
+#    submitted from: the server runs here. The launcher inside the server reads SLURM_JOB_NODELIST
+#    and SLURM_JOB_CPUS_PER_NODE itself and runs tasks on every node of the job.
 cd "${SLURM_SUBMIT_DIR:-$PWD}"
 : "${SLURM_JOB_ID:?SLURM_JOB_ID is not set: submit this script with sbatch}"
 : "${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set: submit this script with sbatch}"
 JOB_ID="$SLURM_JOB_ID"
 SCHEDULER=slurm
-if command -v scontrol >/dev/null; then
-    NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
-elif [[ "$SLURM_JOB_NODELIST" =~ ^([^,[]+)\[([^],-]+)[^]]*\]([^,[]*) ]]; then
-    NODE="${BASH_REMATCH[1]}${BASH_REMATCH[2]}${BASH_REMATCH[3]}"  # cn[07-09],gpu01 -> cn07
-else
-    NODE="${SLURM_JOB_NODELIST%%,*}"                                 # cn07,cn08 -> cn07
-fi
 
-# 3. Private files: everything created from here on is readable by you only (0600 files, 0700
-#    directories).
+# 3. This node's short name (what the login node reaches over SSH), the server to run, and private
+#    files: everything created from here on is readable by you only (0600 files, 0700 directories).
+NODE="${HOSTNAME%%.*}"
 TARGET="${ENSEMBLE_MCP_TARGET:-examples/agents/server.py:server}"
 JOB_DIR="${ENSEMBLE_MCP_JOBS:-$HOME/.ensemble-mcp/jobs}/${JOB_ID//[^A-Za-z0-9._-]/_}"
 umask 077

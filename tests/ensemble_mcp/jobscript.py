@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -95,10 +96,10 @@ def _pump(job: Job) -> None:
     job._queue.put(None)
 
 
-def pbs_env(tmp: Path, nodes: list[str], job_id: str = "4242.pbs01") -> dict[str, str]:
-    """PBS's variables for a job on ``nodes`` (the nodefile lists each node once per CPU)."""
+def pbs_env(tmp: Path, job_id: str = "4242.pbs01") -> dict[str, str]:
+    """PBS's variables for a one-node job on this host (listed once per mpiprocs, as PBS does)."""
     nodefile = tmp / "pbs_nodefile"
-    nodefile.write_text("".join(f"{node}\n" * 4 for node in nodes))
+    nodefile.write_text(f"{socket.gethostname()}\n" * 4)
     return {"PBS_NODEFILE": str(nodefile), "PBS_JOBID": job_id, "PBS_O_WORKDIR": str(ROOT)}
 
 
