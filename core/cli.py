@@ -90,7 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
     sys.stderr.write(f"{len(results)} tasks: {summary or 'none'}; results in {path}\n")
     if launcher.profile_path is not None:
         sys.stderr.write(
-            f"profile ({args.profile}) in {launcher.profile_path}; draw it with: "
+            f"profile ({config.profile}) in {launcher.profile_path}; draw it with: "
             f"ensemble-mcp plot {launcher.profile_path} -o run.png\n"
         )
     for result in results:
