@@ -51,6 +51,13 @@ def add_run_command(commands: Any) -> None:
         help="seconds between status lines in the logs (%(default)s)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--profile",
+        choices=("basic", "timeline"),
+        default=None,
+        help="write a profile of the run: per-task timings (basic), plus slot events (timeline)",
+    )
+    run.add_argument("--profile-dir", default="profiles", help="where profiles go (%(default)s)")
     run.set_defaults(handler=run_command)
 
 
@@ -58,7 +65,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the file; exit code 0 if every task succeeded, 1 if any did not, 2 on bad input."""
     try:
         config = _launcher_config(args)
-        launcher = EnsembleLauncher(args.ensemble_file, launcher_config=config)
+        launcher = EnsembleLauncher(
+            args.ensemble_file, launcher_config=config, profile_dir=args.profile_dir
+        )
         watcher: list[threading.Thread] = []
 
         def show(batch: Batch, running: Launcher) -> None:
@@ -79,6 +88,11 @@ def run_command(args: argparse.Namespace) -> int:
     counts = {s: sum(1 for r in results if r.status is s) for s in TaskStatus}
     summary = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
     sys.stderr.write(f"{len(results)} tasks: {summary or 'none'}; results in {path}\n")
+    if launcher.profile_path is not None:
+        sys.stderr.write(
+            f"profile ({config.profile}) in {launcher.profile_path}; draw it with: "
+            f"ensemble-mcp plot {launcher.profile_path} -o run.png\n"
+        )
     for result in results:
         if not result.ok:
             detail = (result.exception or result.stderr or "").strip().splitlines()
@@ -107,6 +121,7 @@ def _launcher_config(args: argparse.Namespace) -> LauncherConfig:
         "nlevels": args.nlevels,
         "nchildren": args.nchildren,
         "child_executor_name": args.child_executor,
+        "profile": args.profile,
     }
     update: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     update |= {"report_interval": args.report_interval}

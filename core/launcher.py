@@ -12,7 +12,9 @@ from core.batch import Batch
 from core.client import Launcher
 from core.config import LauncherConfig, SystemConfig
 from core.ensemble import Source, expand_tasks
+from core.errors import ConfigError
 from core.nodes import discover_nodes
+from core.profile import write_profile
 from core.result import TaskResult
 from core.task import Task
 
@@ -21,7 +23,9 @@ class EnsembleLauncher:
     """Run every task of an ensemble definition on this node and return one record per task.
 
     ``ensemble_file`` is a JSON file, a dict ``{"ensembles": {name: spec}}``, or a dict of
-    ``Task`` objects. ``launcher_config=None`` chooses one for the node count.
+    ``Task`` objects. ``launcher_config=None`` chooses one for the node count. With
+    ``launcher_config.profile`` set (``"basic"`` or ``"timeline"``), ``run`` also writes a profile
+    to ``profile_dir`` and keeps its path in ``profile_path`` (see docs/profiles.md).
 
     Example:
         >>> results = EnsembleLauncher("config.json").run()         # doctest: +SKIP
@@ -36,6 +40,7 @@ class EnsembleLauncher:
         Nodes: list[str] | None = None,
         pin_resources: bool = True,
         return_stdout: bool = False,
+        profile_dir: str | os.PathLike[str] = "profiles",
     ) -> None:
         self.tasks = expand_tasks(ensemble_file)
         self.nodes = discover_nodes(Nodes).nodes
@@ -45,12 +50,17 @@ class EnsembleLauncher:
             config = config.model_copy(update={"return_stdout": True})
         self.launcher_config = config
         self.pin_resources = pin_resources
+        self.profile_dir = Path(profile_dir)
+        self.profile_path: Path | None = None
 
     def run(self, on_start: Callable[[Batch, Launcher], Any] | None = None) -> list[TaskResult]:
         """Start the launcher, run every task, stop, and return the results in task order.
 
         ``on_start(batch, launcher)`` is called once the tasks are submitted (progress display).
         """
+        level = self.launcher_config.profile
+        if level is not None:
+            _prepare_profile_dir(self.profile_dir)
         handler = _master_log_handler(self.launcher_config)
         try:
             with Launcher(
@@ -60,11 +70,33 @@ class EnsembleLauncher:
                 batch = launcher.submit_tasks(self.tasks)
                 if on_start is not None:
                     on_start(batch, launcher)
-                return batch.results()
+                results = batch.results()
+                num_slots = launcher.num_slots
+            if level is not None:
+                self.profile_path = write_profile(
+                    results, level, self.profile_dir, num_slots=num_slots, run_id=launcher.run_id
+                )
+            return results
         finally:
             if handler is not None:
                 logging.getLogger("ensemble_mcp.master").removeHandler(handler)
                 handler.close()
+
+
+def _prepare_profile_dir(directory: Path) -> None:
+    """Create the profile directory before the run, so that a bad one fails before any task."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"profile: cannot create the profile directory {directory}: {exc.strerror}; "
+            "pass another profile_dir (CLI: --profile-dir)"
+        ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"profile: the profile directory {directory} is not writable; "
+            "pass another profile_dir (CLI: --profile-dir)"
+        )
 
 
 def _master_log_handler(config: LauncherConfig) -> logging.Handler | None:

@@ -1,4 +1,4 @@
-"""The ``ensemble-mcp`` command: ``run`` an ensemble file, ``serve`` a tool module, ``tunnel``."""
+"""The ``ensemble-mcp`` command: run, serve, tunnel, check, connect, config and plot."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ensemble_mcp.tunnel_cli import add_tunnel_command
 
     add_tunnel_command(commands)
+    from ensemble_mcp.check import add_check_command
+
+    add_check_command(commands)
+    from ensemble_mcp.connect import add_config_command, add_connect_command
+
+    add_connect_command(commands)
+    add_config_command(commands)
+    from ensemble_mcp.plot import add_plot_command
+
+    add_plot_command(commands)
     args = parser.parse_args(argv)
     handler = args.handler
     return int(handler(args))
