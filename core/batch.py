@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from functools import partial
+from pathlib import Path
 
 from core.result import TaskResult
 
@@ -29,6 +30,10 @@ class Batch:
         self._futures: list[Future[TaskResult]] | None = None
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.on_done: Callable[[Batch], None] | None = None
+        """Called once, in the launcher's thread, when the last task has ended."""
+        self.profile: Future[Path] | None = None
+        """Where this batch's profile is written, when the launcher's config asks for one."""
 
     def __len__(self) -> int:
         return len(self.task_ids)
@@ -67,6 +72,10 @@ class Batch:
                     self._futures[index].set_result(result)
             self._cond.notify_all()
             waiters, self._waiters = self._waiters, []
+            ended = self.done()
+        if ended and self.on_done is not None:
+            on_done, self.on_done = self.on_done, None
+            on_done(self)
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                 loop.call_soon_threadsafe(event.set)

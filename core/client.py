@@ -24,7 +24,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from core.config import LauncherConfig, SystemConfig
 from core.errors import ConfigError, LauncherBroken, LaunchError
 from core.master import CancelTasks, Command, Master, Stop, SubmitTasks
 from core.nodes import NodeSpec, discover_nodes
+from core.profile import write_profile
 from core.protocol import Outcome, TaskItem, dumps
 from core.result import TaskResult, TaskStatus
 from core.runplan import plan_run
@@ -166,6 +167,7 @@ class Launcher:
         self._run_dir: Path | None = None
         self._broken: str | None = None
         self._sent_functions: set[bytes] = set()
+        self._profiler: ThreadPoolExecutor | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -249,6 +251,8 @@ class Launcher:
             link.push(Stop())
         if wait:
             thread.join()
+            if self._profiler is not None:
+                self._profiler.shutdown(wait=True)
             kill_run(self._run_id)
             link.close()
             if self._run_dir is not None:
@@ -271,6 +275,24 @@ class Launcher:
     def _cancel(self, keys: list[int]) -> None:
         if self._link is not None:
             self._link.push(CancelTasks(keys))
+
+    def _write_profile(self, batch: Batch) -> None:
+        """Hand a finished batch's profile to the writer thread (not the master's)."""
+        config = self.launcher_config
+        if self._profiler is None:
+            self._profiler = ThreadPoolExecutor(1, thread_name_prefix="ensemble-mcp-profile")
+        batch.profile = self._profiler.submit(
+            write_profile, batch.results(), config.profile, config.profile_dir,  # type: ignore[arg-type]
+            slots=self.slots, num_slots=self.num_slots, run_id=self._run_id,
+        )  # fmt: skip
+
+    @property
+    def slots(self) -> list[tuple[str, int]]:
+        """Every slot as ``(node, cpu)``, as the launcher started (empty before ``start``)."""
+        inventory = self._link.inventory if self._link else None
+        if inventory is None:
+            return []
+        return [(inventory.nodes[s.node].name, s.cpu) for s in inventory.slots]
 
     def _function(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         cached = self._functions.get(id(fn))
@@ -296,6 +318,8 @@ class Launcher:
             raise LauncherBroken(self._broken or "the launcher is not started; call start()")
         keys = [task.key for task in tasks]
         batch = Batch(self._cancel, task_ids, keys)
+        if self.launcher_config.profile is not None:
+            batch.on_done = self._write_profile
         owners = self._link.owners
         for index, key in enumerate(keys):
             owners[key] = (batch, index)

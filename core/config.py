@@ -72,6 +72,8 @@ class LauncherConfig(BaseModel):
     failed by itself (exception, non-zero exit, timeout). Heartbeats between masters go every
     ``heartbeat_interval`` seconds; a peer silent for ``heartbeat_timeout`` is lost; a child that
     has not registered ``launch_timeout`` seconds after its start failed to start.
+    ``profile`` (``basic`` or ``timeline``) writes, for every batch of tasks once it has ended, a
+    profile to ``profile_dir`` (see docs/profiles.md; an MCP call is one batch).
     ``gpu_selector`` is the variable through which a task sees its GPUs (``ZE_AFFINITY_MASK``,
     ``CUDA_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``, ``HIP_VISIBLE_DEVICES``); by default the
     one that matches the GPUs found on the node, else ``ZE_AFFINITY_MASK``.
@@ -89,6 +91,7 @@ class LauncherConfig(BaseModel):
     master_logs: bool = False
     nchildren: int | None = Field(default=None, ge=1)
     profile: Literal["basic", "timeline"] | None = None
+    profile_dir: str = "profiles"
     gpu_selector: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     prefetch: int = Field(default=64, ge=0, le=4096)
     tail_bytes: int = Field(default=64 * 1024, ge=256)

@@ -14,7 +14,6 @@ from core.config import LauncherConfig, SystemConfig
 from core.ensemble import Source, expand_tasks
 from core.errors import ConfigError
 from core.nodes import discover_nodes
-from core.profile import write_profile
 from core.result import TaskResult
 from core.task import Task
 
@@ -59,23 +58,21 @@ class EnsembleLauncher:
         ``on_start(batch, launcher)`` is called once the tasks are submitted (progress display).
         """
         level = self.launcher_config.profile
+        config = self.launcher_config
         if level is not None:
             _prepare_profile_dir(self.profile_dir)
+            config = config.model_copy(update={"profile_dir": str(self.profile_dir)})
         handler = _master_log_handler(self.launcher_config)
         try:
             with Launcher(
-                self.system_config, self.launcher_config, pin_resources=self.pin_resources,
-                nodes=self.nodes,
-            ) as launcher:  # fmt: skip
+                self.system_config, config, pin_resources=self.pin_resources, nodes=self.nodes
+            ) as launcher:
                 batch = launcher.submit_tasks(self.tasks)
                 if on_start is not None:
                     on_start(batch, launcher)
                 results = batch.results()
-                num_slots = launcher.num_slots
-            if level is not None:
-                self.profile_path = write_profile(
-                    results, level, self.profile_dir, num_slots=num_slots, run_id=launcher.run_id
-                )
+            if batch.profile is not None:
+                self.profile_path = batch.profile.result()
             return results
         finally:
             if handler is not None:

@@ -134,19 +134,33 @@ def write_profile(
 ) -> Path:
     """Write the profile of ``results`` to a new file in ``directory``; return its path.
 
-    The file is ``<directory>/run-<YYYYmmdd-HHMMSS>-<run id>.jsonl``, written whole or not at all.
+    The file is ``<directory>/run-<YYYYmmdd-HHMMSS>-<run id>[-<n>].jsonl`` (``-<n>`` when that
+    name is taken: a launcher writes one profile per batch), written whole or not at all.
     """
     records = build_profile(results, level, slots=slots, num_slots=num_slots, run_id=run_id)
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(records[0]["created"]))
-    path = folder / f"run-{stamp}-{(run_id or uuid.uuid4().hex)[:8]}.jsonl"
+    stem = f"run-{stamp}-{(run_id or uuid.uuid4().hex)[:8]}"
+    path = _claim(folder, stem)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as out:
         for record in records:
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
     tmp.replace(path)
     return path
+
+
+def _claim(folder: Path, stem: str) -> Path:
+    """A new file in ``folder`` named after ``stem``, created empty so no one else takes it."""
+    for n in range(10_000):
+        path = folder / (f"{stem}.jsonl" if n == 0 else f"{stem}-{n}.jsonl")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free profile name for {stem} in {folder}")
 
 
 def read_profile(path: str | os.PathLike[str]) -> Profile:

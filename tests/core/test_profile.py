@@ -194,3 +194,19 @@ def test_the_run_command_writes_a_profile_and_says_where(tmp_path: Path) -> None
     assert f"profile (timeline) in profiles/{path.name}" in done.stderr
     assert f"ensemble-mcp plot profiles/{path.name} -o run.png" in done.stderr
     assert len(read_profile(path).slots) == 2
+
+
+def test_a_launcher_writes_one_profile_per_batch(tmp_path: Path) -> None:
+    from core import Launcher
+
+    config = LauncherConfig(nlevels=0, profile="timeline", profile_dir=str(tmp_path))
+    with Launcher(launcher_config=config) as launcher:
+        first = launcher.map_tasks(abs, [((-i,), {}) for i in range(5)])
+        second = launcher.map_tasks(abs, [((i,), {}) for i in range(3)])
+        assert first.results(timeout=30) and second.results(timeout=30)
+        assert first.profile is not None and second.profile is not None
+        paths = [first.profile.result(timeout=30), second.profile.result(timeout=30)]
+    profiles = [read_profile(path) for path in paths]
+    assert [len(p.tasks) for p in profiles] == [5, 3]
+    assert len({*paths}) == 2 and {p.parent for p in paths} == {tmp_path}
+    assert set(profiles[0].slot_ids) == set(launcher.slots)
