@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import os
 import shutil
 import signal
@@ -474,7 +475,8 @@ def test_two_ranks_run_on_the_two_cpus_given_with_their_own_gpus(
     )
     done = run_command(command, mark)
     assert done.returncode == 0, done.stderr.decode()
-    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    # ranks write at once: the launcher may join their lines, so read each object on its own
+    reports = [json.loads(text) for text in re.findall(rb"\{[^{}]*\}", done.stdout)]
     assert sorted(reports, key=lambda r: r["rank"]) == [
         {"rank": "0", "cpus": str(second), "gpus": "7"},
         {"rank": "1", "cpus": str(first), "gpus": "8,9"},
