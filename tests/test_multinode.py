@@ -265,3 +265,37 @@ def test_no_secret_appears_in_any_command_line_on_any_host(cluster: Cluster) -> 
         for argv in by_pid.values():
             joined = " ".join(argv)
             assert not any(secret in joined for secret in up["secrets"]), (host, argv)
+
+
+@pytest.mark.parametrize("flavour", ["openmpi", "mpich"])
+def test_an_mpi_task_over_two_nodes_runs_one_rank_on_each(cluster: Cluster, flavour: str) -> None:
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1, "return_stdout": True,
+                       "mpiexec": f"mpiexec.{flavour}"},
+            "argv": ["hostname"], "count": 1, "task": {"nnodes": 2, "ppn": 1}}  # fmt: skip
+    driver = Driver(cluster, args, env_for(cluster, flavour))
+    driver.read("run_id")
+    (result,) = driver.read("results")
+    driver.close()
+    assert result["status"] == "success", result["error"]
+    assert len(result["hosts"]) == 2 and len(set(result["hosts"])) == 2
+    assert sorted(result["stdout"].split()) == sorted(result["hosts"])
+
+
+def test_an_mpi_task_over_two_nodes_killed_at_its_timeout_leaves_no_rank(
+    cluster: Cluster,
+) -> None:
+    task = {"nnodes": 2, "ppn": 1, "timeout": 3}
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1},
+            "argv": ["sleep", "60"], "count": 1, "task": task}  # fmt: skip
+    before = {h: set(cluster.pids_on(h)) for h in cluster.hosts}
+    driver = Driver(cluster, args, env_for(cluster))
+    up = driver.read("run_id")
+    (result,) = driver.read("results")
+    assert result["status"] == "timeout"
+    assert len(set(result["hosts"])) == 2
+    sleeps = {h: [" ".join(a) for a in cluster.cmdlines(h).values() if a[:2] == ["sleep", "60"]]
+              for h in result["hosts"]}  # fmt: skip
+    assert sleeps == {h: [] for h in result["hosts"]}  # every rank is gone as the task ends
+    driver.close()
+    assert no_process_of(cluster, up["run_id"]) == {}
+    assert strays(cluster, before) == {}
