@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.inventory import PRESETS
+
 ExecutorName = Literal["multiprocessing", "mpi"]
 CommName = Literal["multiprocessing", "zmq"]
 _UNSUPPORTED = {"dragon": "DragonHPC is not supported by this build"}
@@ -21,11 +23,13 @@ def _available_cpus() -> list[int]:
 
 
 class SystemConfig(BaseModel):
-    """What one node offers: its CPUs and GPUs.
+    """What one node offers: its CPUs and GPUs (every node of the run alike).
 
     ``cpus`` and ``gpus`` list the ids that tasks may use; each CPU id is one *slot*. Repeating a
     GPU id (``gpus=['0', '0', '1']``) oversubscribes it. Empty lists mean "all": every CPU this
-    process may run on, and ``ngpus`` GPUs numbered from 0.
+    process may run on, and ``ngpus`` GPUs numbered from 0. A ``name`` that is a preset of
+    ``core.inventory`` (``"aurora"``, ``"polaris"``) fills in what is not given from it. Without
+    any SystemConfig, each node is asked what it has (``core.inventory.probe_node``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +42,13 @@ class SystemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fill_ids(self) -> SystemConfig:
+        preset = PRESETS.get(self.name.lower())
+        if preset is not None:
+            given = self.model_fields_set
+            if not self.cpus and "ncpus" not in given:
+                self.cpus = list(preset.cpus)
+            if not self.gpus and "ngpus" not in given:
+                self.gpus = list(preset.gpus)
         if not self.cpus:
             self.cpus = _available_cpus()[: self.ncpus] or list(range(self.ncpus))
             if len(self.cpus) < self.ncpus:

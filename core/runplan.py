@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from core.children import NodeConfig, TreeOptions, WorkerSettings
 from core.config import LauncherConfig, SystemConfig, hostname
 from core.errors import ConfigError
-from core.inventory import probe_node
+from core.inventory import PRESETS, probe_node
 from core.master import TopPlan
 from core.nodes import NodeSpec
 from core.protocol import SlotInfo
@@ -65,7 +65,8 @@ def plan_run(
     tcp = bool(remote) or config.comm_name == "zmq"
     if system_config is not None:
         cpus, gpus = tuple(system_config.cpus), tuple(str(g) for g in system_config.gpus)
-        found_selector = None
+        preset = PRESETS.get(system_config.name.lower())
+        found_selector = preset.gpu_selector if preset is not None else None
     else:  # this node as it is; the other nodes' sub-masters probe their own
         found = probe_node()
         cpus, gpus, found_selector = found.cpus, found.gpus, found.gpu_selector
