@@ -53,6 +53,9 @@ from core.transport import (
 from core.tree import Share
 
 log = logging.getLogger("ensemble_mcp.master")
+_MAX_EARLY_DEATHS = 3  # replacements of a slot that die before registering, in a row
+_QUICK_DEATH_S = 10.0  # a worker that dies sooner than this after its start died "quickly"
+_MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,9 @@ class Child:
     last_seen: float = 0.0
     sent: set[bytes] = field(default_factory=set)
     restarts: int = 0
+    """Workers of this slot in a row that died before they registered."""
+    quick: int = 0
+    """Workers of this slot in a row that died soon after they started."""
     running: tuple[int, int] | None = None
     """For a dead worker: ``(key, attempt)`` it was running, from its record."""
 
@@ -184,6 +190,7 @@ class Children:
         self._generation = itertools.count()
         self._next_heartbeat = 0.0
         self._launcher: MpiLauncher | None = None
+        self._restarts: list[tuple[float, SlotInfo, int, int]] = []
 
     def _endpoint(self, hosts: set[str]) -> str:
         """Where children connect: ``tcp://`` (CURVE) if any is on another node, else local."""
@@ -195,6 +202,36 @@ class Children:
         return f"ipc://{self.run_dir}/m-{os.getpid()}-{id(self):x}.sock"
 
     # -- starting ---------------------------------------------------------------------------
+
+    def replace(self, child: Child) -> bool:
+        """Start a replacement for a dead worker; False when its slot should be given up.
+
+        A slot whose workers keep dying before they register is given up after
+        ``_MAX_EARLY_DEATHS``; one whose workers keep dying soon after they start (a task that
+        kills its worker, a broken environment) is restarted after a growing pause, so that
+        nothing spins, and never given up for that alone.
+        """
+        assert child.slot is not None
+        now = time.monotonic()
+        restarts = 0 if child.registered else child.restarts + 1
+        if restarts > _MAX_EARLY_DEATHS:
+            return False
+        quick = child.quick + 1 if now - child.started < _QUICK_DEATH_S else 0
+        delay = 0.0 if quick <= 1 else min(_MAX_BACKOFF_S, 0.25 * 2 ** (quick - 2))
+        self._restarts.append((now + delay, child.slot, restarts, quick))
+        return True
+
+    def start_due(self, now: float) -> float | None:
+        """Start the replacements whose pause is over; the time of the next one, if any."""
+        waiting = []
+        for due, slot, restarts, quick in self._restarts:
+            if due <= now:
+                child = self.start_worker(slot, restarts)
+                child.quick = quick
+            else:
+                waiting.append((due, slot, restarts, quick))
+        self._restarts = waiting
+        return min((due for due, *_ in waiting), default=None)
 
     def start_worker(self, slot: SlotInfo, restarts: int = 0) -> Child:
         """Start a worker for ``slot`` on this node."""

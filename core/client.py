@@ -36,7 +36,7 @@ from core.errors import ConfigError, LauncherBroken, LaunchError
 from core.master import CancelTasks, Command, Master, Stop, SubmitTasks
 from core.nodes import NodeSpec, discover_nodes
 from core.profile import write_profile
-from core.protocol import Outcome, TaskItem, dumps
+from core.protocol import Outcome, TaskItem
 from core.result import TaskResult, TaskStatus
 from core.runplan import plan_run
 from core.scheduler import NARROW, Need, Scheduler
@@ -110,18 +110,17 @@ def _result(batch: Batch, index: int, final: Final) -> TaskResult:
     """The one place a TaskResult is made: from a task's final outcome and placement."""
     outcome = final.outcome
     if isinstance(outcome, bytes):
-        try:
-            outcome = pickle.loads(outcome)  # noqa: S301 - from our own authenticated workers
+        try:  # the Outcome's fields as a plain tuple (Outcome.pack), read in place
+            outcome = pickle.loads(outcome)  # noqa: S301 - from our authenticated workers
         except Exception as exc:  # noqa: BLE001 - one bad result fails one task
             why = f"the task's result could not be unpickled here: {exc!r}"
             outcome = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)
-    assert isinstance(outcome, Outcome)
+    status, value, stdout, stderr, returncode, exception, exc_type, start, end = outcome
+    hosts = final.hosts
     return TaskResult(
-        batch.task_ids[index], _STATUS[outcome.status], outcome.value, outcome.stdout,
-        outcome.stderr, outcome.returncode, outcome.exception, outcome.exception_type,
-        outcome.start_time or None, outcome.end_time or None,
-        final.hosts[0] if final.hosts else None, list(final.cpus), list(final.gpus),
-        batch.submit_time, final.attempts, list(final.hosts), list(final.history),
+        batch.task_ids[index], _STATUS[status], value, stdout, stderr, returncode, exception,
+        exc_type, start or None, end or None, hosts[0] if hosts else None, list(final.cpus),
+        list(final.gpus), batch.submit_time, final.attempts, list(hosts), list(final.history),
     )  # fmt: skip
 
 
@@ -376,7 +375,7 @@ class Launcher:
         config = self.launcher_config
         key = next(self._keys)
         try:
-            payload = dumps(item)
+            payload = item.pack()
         except Exception as exc:  # noqa: BLE001 - an unpicklable argument fails its task only
             why = f"the task's arguments could not be sent to a worker: {exc!r}"
             refused[index] = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)

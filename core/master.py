@@ -30,7 +30,6 @@ from core.transport import Poller
 from core.tree import Share
 
 log = logging.getLogger("ensemble_mcp.master")
-_MAX_RESTARTS = 3  # per slot, for a worker that dies before it registers
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +102,7 @@ class Master:
         self.up = False
         self.stopping = False
         self.report_interval_s = report_interval_s
+        self.next_restart: float | None = None
         self.next_report = time.monotonic() + report_interval_s
 
     def run(self) -> None:
@@ -129,6 +129,8 @@ class Master:
             self.children.shutdown()
 
     def _wait_ms(self) -> float | None:
+        if self.next_restart is not None:
+            return max(0.0, (self.next_restart - time.monotonic()) * 1000)
         if not self.up or any(not c.is_worker for c in self.children.all.values()):
             return self.tree.heartbeat_interval_s * 1000  # heartbeats and start-up deadlines
         if log.isEnabledFor(logging.INFO):
@@ -205,10 +207,8 @@ class Master:
             if child.registered:
                 actions = self.table.slots_down([child.slot.slot], why, now, running=child.running)
                 self._perform(actions)
-            if child.registered or child.restarts < _MAX_RESTARTS:
+            if self.children.replace(child):
                 log.warning("%s exited (%s); starting a replacement", child.what(), reason)
-                restarts = 0 if child.registered else child.restarts + 1
-                self.children.start_worker(child.slot, restarts)
             else:
                 log.error("%s keeps dying before it registers; its slot stays down", child.what())
                 self._perform(self.table.slots_down([child.slot.slot], why, now, gone=True))
@@ -229,6 +229,7 @@ class Master:
 
     def _tick(self, now: float) -> None:
         monotonic = time.monotonic()
+        self.next_restart = self.children.start_due(monotonic)
         for child in self.children.overdue(monotonic):
             if not child.registered and not self.up:
                 limit = self.tree.launch_timeout_s

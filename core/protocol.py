@@ -1,7 +1,8 @@
 """Wire messages between launcher processes, and their frames.
 
-Every message is ``[header, control, *payloads]``: a 3-byte header (kind, protocol version) that is
-never pickle, a small control part (plain tuples, stdlib pickle), and opaque payload frames. A
+Every message is ``[header, control]`` or ``[header, control, payloads]``: a 3-byte header (kind,
+protocol version) that is never pickle, a small control part (plain tuples, stdlib pickle), and
+the opaque payloads of a Submit or Results, concatenated (their sizes in the control part). A
 task's arguments and a task's result travel as one payload each, pickled once where they are
 made (the client, the worker) and unpickled only where they are used (the worker, the client):
 sub-masters route payloads by slot without unpickling them, so they never need the user's
@@ -30,7 +31,7 @@ _HEADER = struct.Struct("!BH")
 class TaskItem(NamedTuple):
     """What a task runs: a call (``fn`` digest set) or a command (``argv`` set).
 
-    Pickled once, at submission, into the payload a worker receives.
+    Pickled once, at submission, into the payload a worker receives (``pack``/``unpack``).
     """
 
     fn: bytes | None
@@ -44,6 +45,15 @@ class TaskItem(NamedTuple):
     ppn: int = 1
     mpi: bool = False
     """Run the command under the MPI launcher even with one process."""
+
+    def pack(self) -> bytes:
+        """The payload: the fields as a plain tuple (no class to name or look up per task)."""
+        return dumps(tuple(self))
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> TaskItem:
+        """The item in a payload made by ``pack``."""
+        return cls._make(pickle.loads(payload))
 
 
 class HostPart(NamedTuple):
@@ -93,6 +103,15 @@ class Outcome(NamedTuple):
     exception_type: str | None = None
     start_time: float = 0.0
     end_time: float = 0.0
+
+    def pack(self) -> bytes:
+        """The payload: the fields as a plain tuple."""
+        return dumps(tuple(self))
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> Outcome:
+        """The outcome in a payload made by ``pack``."""
+        return cls._make(pickle.loads(payload))
 
     @classmethod
     def ended(cls, status: str, why: str, now: float, exception_type: str | None = None) -> Outcome:
@@ -211,23 +230,45 @@ def dumps(value: Any) -> bytes:
 
 
 def encode(message: Message) -> list[bytes]:
-    """The frames of a message."""
+    """The frames of a message.
+
+    The payloads of a Submit or Results travel concatenated in one frame (their lengths in the
+    control part): one frame per task would cost a Python-level send and receive per task.
+    """
     header = _HEADER.pack(_KIND_OF[type(message)], PROTOCOL_VERSION)
     if isinstance(message, Submit):
         entries = message.entries
-        rows = [(e.slot, e.key, e.attempt, e.fn, e.placement) for e in entries]
-        digests = list(message.functions)
-        return [
-            header,
-            pickle.dumps((rows, digests), protocol=_DUMP),
-            *(e.payload for e in entries),
-            *message.functions.values(),
-        ]
+        rows = [(e.slot, e.key, e.attempt, e.fn, e.placement, len(e.payload)) for e in entries]
+        blobs = list(message.functions.items())
+        control = (rows, [(digest, len(blob)) for digest, blob in blobs])
+        payloads = b"".join([*(e.payload for e in entries), *(blob for _, blob in blobs)])
+        return [header, pickle.dumps(control, protocol=_DUMP), payloads]
     if isinstance(message, Results):
-        control = [(d.key, d.attempt, d.status, d.duration_s) for d in message.done]
-        return [header, pickle.dumps(control, protocol=_DUMP), *(d.payload for d in message.done)]
+        done = message.done
+        results = [(d.key, d.attempt, d.status, d.duration_s, len(d.payload)) for d in done]
+        payloads = b"".join([d.payload for d in done])
+        return [header, pickle.dumps(results, protocol=_DUMP), payloads]
     fields = tuple(getattr(message, name) for name in message.__slots__)
     return [header, pickle.dumps(fields, protocol=_DUMP)]
+
+
+def _entry(fields: tuple[Any, ...]) -> Entry:
+    return tuple.__new__(Entry, fields)
+
+
+def _done(fields: tuple[Any, ...]) -> Done:
+    return tuple.__new__(Done, fields)
+
+
+def _cut(blob: bytes, sizes: list[int]) -> list[bytes]:
+    """``blob`` cut into consecutive pieces of ``sizes``; ProtocolError if they do not add up."""
+    if sum(sizes) != len(blob):
+        raise ProtocolError(f"payload frame of {len(blob)} bytes, {sum(sizes)} announced")
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(blob[start : start + size])
+        start += size
+    return pieces
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -245,18 +286,18 @@ def decode(frames: list[bytes]) -> Message:
     try:
         control = pickle.loads(frames[1])
         if kind == _SUBMIT:
-            rows, digests = control
-            if len(frames) != 2 + len(rows) + len(digests):
-                raise ProtocolError(f"Submit with {len(rows)} tasks has {len(frames)} frames")
-            entries = [Entry._make((*row, frames[2 + i])) for i, row in enumerate(rows)]
-            blobs = frames[2 + len(rows) :]
-            return Submit(entries=entries, functions=dict(zip(digests, blobs, strict=True)))
+            if len(frames) != 3:
+                raise ProtocolError(f"Submit has {len(frames)} frames, not 3")
+            rows, blobs = control
+            pieces = _cut(frames[2], [row[5] for row in rows] + [size for _, size in blobs])
+            entries = [_entry((*row[:5], pieces[i])) for i, row in enumerate(rows)]
+            functions = {digest: pieces[len(rows) + i] for i, (digest, _) in enumerate(blobs)}
+            return Submit(entries=entries, functions=functions)
         if kind == _RESULTS:
-            if len(frames) != 2 + len(control):
-                raise ProtocolError(f"Results with {len(control)} tasks has {len(frames)} frames")
-            return Results(
-                done=[Done._make((*row, frames[2 + i])) for i, row in enumerate(control)]
-            )
+            if len(frames) != 3:
+                raise ProtocolError(f"Results has {len(frames)} frames, not 3")
+            pieces = _cut(frames[2], [row[4] for row in control])
+            return Results(done=[_done((*row[:4], pieces[i])) for i, row in enumerate(control)])
         cls = _KINDS[kind]
         return cls(**dict(zip(cls.__slots__, control, strict=True)))  # type: ignore[no-any-return]
     except ProtocolError:

@@ -36,7 +36,6 @@ from core.transport import Channel, Poller, new_context, private_dir
 from core.tree import children_of
 
 log = logging.getLogger("ensemble_mcp.master")
-_MAX_RESTARTS = 3  # per slot, for a worker that dies before it registers
 
 
 class Relay:
@@ -61,6 +60,7 @@ class Relay:
         self.stopping = False
         self.parent_seen = time.monotonic()
         self.next_beat = 0.0
+        self.next_restart: float | None = None
 
     # -- plan -------------------------------------------------------------------------------
 
@@ -105,11 +105,15 @@ class Relay:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _wait_ms(self) -> float:
-        return max(0.0, (self.next_beat - time.monotonic()) * 1000)
+        wake = (
+            self.next_beat if self.next_restart is None else min(self.next_beat, self.next_restart)
+        )
+        return max(0.0, (wake - time.monotonic()) * 1000)
 
     def _tick(self) -> None:
         now = time.monotonic()
         tree = self.tree
+        self.next_restart = self.children.start_due(now)
         if now - self.parent_seen > tree.heartbeat_timeout_s:
             log.error("no word from the parent for %.0f s: stopping", now - self.parent_seen)
             self.stopping = True
@@ -182,14 +186,12 @@ class Relay:
         if child.registered:
             self.parent.send(SlotsDown(slots=(child.slot.slot,), reason=why,
                                        running=child.running))  # fmt: skip
-        restarts = 0 if child.registered else child.restarts + 1
-        if restarts > _MAX_RESTARTS:
+        if not self.children.replace(child):
             log.error("%s keeps dying before it registers (%s); leaving its slot down",
                       child.what(), reason)  # fmt: skip
             self.parent.send(SlotsDown(slots=(child.slot.slot,), reason=why, gone=True))
             return
         log.warning("%s exited (%s); starting a replacement", child.what(), reason)
-        self.children.start_worker(child.slot, restarts)
 
     def _from_parent(self) -> None:
         while True:

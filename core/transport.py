@@ -123,7 +123,7 @@ class Channel:
         """
         frames = encode(message)
         try:
-            self.socket.send_multipart(frames if to is None else [to, *frames], copy=False)
+            self.socket.send_multipart(frames if to is None else [to, *frames])
         except zmq.ZMQError as exc:
             raise PeerGone(f"{to!r}: {exc}") from None
 

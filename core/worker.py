@@ -42,7 +42,6 @@ from core.protocol import (
     SlotInfo,
     Submit,
     TaskItem,
-    dumps,
 )
 from core.spawn import CHILD_MARKER, RUN_MARKER, die_with_parent
 from core.transport import Channel, Poller, new_context
@@ -168,7 +167,7 @@ class Worker:
         if self.record is not None:  # unpickling runs user code too: it may kill us
             self.record.note(entry.key, entry.attempt)
         try:
-            item = pickle.loads(entry.payload)
+            item = TaskItem.unpack(entry.payload)
         except BaseException as exc:  # noqa: BLE001 - one bad payload fails one task
             why = f"the task's arguments could not be unpickled in the worker: {exc!r}"
             job = _Job(entry.key, entry.attempt, None, None)  # type: ignore[arg-type]
@@ -185,13 +184,13 @@ class Worker:
         if not self.out:
             self.first_out = now
         try:
-            payload = dumps(outcome)
+            payload = outcome.pack()
         except Exception as exc:  # noqa: BLE001 - the value cannot be pickled: that task fails
             outcome = outcome._replace(
                 status="failed", value=None, exception_type=_type_name(exc),
                 exception=f"the task's return value could not be pickled: {exc!r}",
             )  # fmt: skip
-            payload = dumps(outcome)
+            payload = outcome.pack()
         duration = outcome.end_time - outcome.start_time
         self.out.append(Done(job.key, job.attempt, outcome.status, duration, payload))
         self.counts[outcome.status] += 1

@@ -8,11 +8,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from core import ConfigError, Launcher, Task, TaskStatus
 from tests.conftest import pids_with_env, wait_until_gone
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class ExplodesWhenLoaded:
@@ -146,3 +149,38 @@ def test_killing_the_client_with_sigkill_leaves_no_process_behind(nlevels: int, 
     finally:
         client.kill()
         client.wait()
+
+
+BROKEN_WORKER = """
+import os, time
+from core.protocol import Register, SlotInfo
+import core.worker
+
+def serve(self):  # register, then die soon after: a broken worker, no task needed
+    o = self.options
+    self.channel.send(Register(pid=os.getpid(), slots=(SlotInfo(o.slot, o.node, o.cpu),), nodes=()))
+    time.sleep(0.05)
+    os._exit(3)
+
+core.worker.Worker.serve = serve
+"""
+
+WATCH = """
+import logging, sys, time
+from core import Launcher, LauncherConfig
+logging.basicConfig(level=logging.WARNING)
+with Launcher(launcher_config=LauncherConfig(nlevels=0)) as launcher:
+    time.sleep(3)  # a window of time over which the replacements are counted
+"""
+
+
+def test_workers_that_keep_dying_are_replaced_after_a_growing_pause_not_in_a_spin(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BROKEN_WORKER)  # loaded by every worker
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", WATCH], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    replacements = done.stderr.count("starting a replacement")
+    assert 4 <= replacements <= 16, done.stderr[-2000:]  # two slots; pauses 0, .25, .5, 1 s

@@ -52,11 +52,14 @@ def test_every_message_round_trips() -> None:
         assert decode(encode(message)) == message
 
 
-def test_payloads_travel_as_their_own_frames_untouched() -> None:
+def test_payloads_travel_untouched_in_one_frame() -> None:
     payloads = [dumps(TaskItem(None, (), {}, ["echo", str(i)], None, None, None)) for i in range(3)]
     entries = [Entry(f"h:{i}", i, 1, None, None, p) for i, p in enumerate(payloads)]
     frames = encode(Submit(entries=entries, functions={b"k": b"blob"}))
-    assert frames[2:5] == payloads and frames[5] == b"blob"
+    assert len(frames) == 3 and frames[2] == b"".join(payloads) + b"blob"
+    decoded = decode(frames)
+    assert isinstance(decoded, Submit)
+    assert [e.payload for e in decoded.entries] == payloads and decoded.functions == {b"k": b"blob"}
 
 
 def test_the_header_is_not_pickle_and_a_version_mismatch_is_refused() -> None:
@@ -73,7 +76,7 @@ def test_the_header_is_not_pickle_and_a_version_mismatch_is_refused() -> None:
         [b"x"],
         [b"\x00\x00", b""],
         [b"\xff\x00\x02", b""],
-        [b"\x01\x00\x02", pickle.dumps(([("s", 1, 1, None, None)], []))],  # a payload missing
+        [b"\x01\x00\x02", pickle.dumps(([("s", 1, 1, None, None, 5)], [])), b"abc"],  # too short
         [b"\x03\x00\x02", b"not pickle"],
     ],
 )
