@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.mpi import Command, Flavour, MpiLauncher, detect_launcher, launch_on_host, ssh_command
 from core.protocol import (
     Cancel,
     Entry,
@@ -41,6 +41,10 @@ from core.spawn import (
     start_child,
     stop_children,
 )
+
+if TYPE_CHECKING:
+    from core.mpi import Command, MpiLauncher
+
 from core.transport import (
     Channel,
     CurveKeys,
@@ -56,6 +60,7 @@ log = logging.getLogger("ensemble_mcp.master")
 _MAX_EARLY_DEATHS = 3  # replacements of a slot that die before registering, in a row
 _QUICK_DEATH_S = 10.0  # a worker that dies sooner than this after its start died "quickly"
 _MAX_BACKOFF_S = 30.0
+_RECORD = struct.Struct("qq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +278,8 @@ class Children:
 
     def _remote(self, host: str, argv: list[str], env: dict[str, str]) -> Command:
         """The command that starts ``argv`` on ``host`` (through mpiexec, srun or ssh)."""
+        from core.mpi import Flavour, launch_on_host, ssh_command  # masters only, not workers
+
         kind, mpiexec = self.tree.remote_launcher
         if kind == "ssh":
             return ssh_command(host, argv, env=env)
@@ -427,7 +434,7 @@ class RunningRecord:
 
     def note(self, key: int, attempt: int) -> None:
         """The worker starts ``key`` (attempt ``attempt``); ``key=-1``: it is idle."""
-        struct.pack_into("qq", self.map, 0, key, attempt)
+        _RECORD.pack_into(self.map, 0, key, attempt)
 
     @staticmethod
     def read(path: Path) -> tuple[int, int] | None:
@@ -441,6 +448,8 @@ class RunningRecord:
 
 def _mpi_launcher(mpiexec: str) -> MpiLauncher:
     """``srun`` inside a Slurm job (when it is on PATH), else ``mpiexec``, flavour detected."""
+    from core.mpi import detect_launcher
+
     if os.environ.get("SLURM_JOB_ID") and shutil.which("srun"):
         return detect_launcher("srun")
     return detect_launcher(mpiexec)

@@ -25,6 +25,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from core.errors import ConfigError, LauncherBroken, LaunchError
 from core.master import CancelTasks, Command, Master, Stop, SubmitTasks
 from core.nodes import NodeSpec, discover_nodes
 from core.profile import write_profile
-from core.protocol import Outcome, TaskItem
+from core.protocol import Outcome, TaskItem, dumps
 from core.result import TaskResult, TaskStatus
 from core.runplan import plan_run
 from core.scheduler import NARROW, Need, Scheduler
@@ -46,6 +47,7 @@ from core.task import DEFAULT_OPTIONS, Task, TaskOptions
 from core.transport import Poller, private_dir
 
 _STATUS = {s.value: s for s in TaskStatus}
+_new_task = partial(tuple.__new__, NewTask)  # a NamedTuple without its Python-level __new__
 log = logging.getLogger("ensemble_mcp.master")
 _START_MARGIN_S = 30.0
 
@@ -367,20 +369,27 @@ class Launcher:
                         None, (), {}, task.argv(), task.env or None, task.run_dir, task.timeout,
                         task.nnodes, task.ppn, config.task_executor_name == "mpi",
                     )  # fmt: skip
-                new_tasks.append(self._new(item, need, refused, index))
+                new_tasks.append(self._new(tuple(item), need, refused, index))
                 task_ids.append(task.task_id)
             return self._submit(new_tasks, task_ids, functions, refused)
 
-    def _new(self, item: TaskItem, need: Need, refused: dict[int, Outcome], index: int) -> NewTask:
+    def _new(
+        self, item: tuple[Any, ...], need: Need, refused: dict[int, Outcome], index: int
+    ) -> NewTask:
+        """A task for the table, with ``item`` (a TaskItem's fields) pickled here, once.
+
+        A plain tuple is cheaper to pickle and unpickle than the NamedTuple.
+        """
         config = self.launcher_config
         key = next(self._keys)
         try:
-            payload = item.pack()
+            payload = dumps(item)
         except Exception as exc:  # noqa: BLE001 - an unpicklable argument fails its task only
             why = f"the task's arguments could not be sent to a worker: {exc!r}"
             refused[index] = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)
             payload = b""
-        return NewTask(key, payload, item.fn, need, config.max_retries, config.failure_retries)
+        fields = (key, payload, item[0], need, config.max_retries, config.failure_retries)
+        return _new_task(fields)
 
     def map_tasks(
         self,
@@ -412,9 +421,12 @@ class Launcher:
         refused: dict[int, Outcome] = {}
         with self._lock:
             digest, blob = self._function(fn)
-            new_tasks = [
+            new_tasks = [  # TaskItem's fields, in order
                 self._new(
-                    TaskItem(digest, args, kwargs, None, env, run_dir, timeout), need, refused, i
+                    (digest, args, kwargs, None, env, run_dir, timeout, 1, 1, False),
+                    need,
+                    refused,
+                    i,
                 )
                 for i, (args, kwargs) in enumerate(calls)
             ]
@@ -443,7 +455,7 @@ class Launcher:
         with self._lock:
             new_tasks = [
                 self._new(
-                    TaskItem(None, (), {}, list(argv), env, run_dir, timeout, nnodes, ppn, mpi),
+                    (None, (), {}, list(argv), env, run_dir, timeout, nnodes, ppn, mpi),
                     need,
                     refused,
                     i,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.inventory import PRESETS
+from core.nodes import hostname
+
+__all__ = ("LauncherConfig", "SystemConfig", "hostname")
 
 ExecutorName = Literal["multiprocessing", "mpi"]
 CommName = Literal["multiprocessing", "zmq"]
@@ -141,8 +143,3 @@ class LauncherConfig(BaseModel):
             return cls(nlevels=0)
         nlevels = 1 if nnodes <= 64 else 2 if nnodes <= 2048 else 3
         return cls(nlevels=nlevels, child_executor_name="mpi", comm_name="zmq")
-
-
-def hostname() -> str:
-    """This node's short host name."""
-    return socket.gethostname().split(".")[0]

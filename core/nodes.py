@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from core.config import hostname
 from core.errors import ConfigError
 
 HOSTFILE_VARIABLE = "ENSEMBLE_MCP_HOSTFILE"
@@ -46,6 +46,11 @@ _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}", re.ASCII)
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}", re.ASCII)
 _COUNT = re.compile(r"([1-9][0-9]*)(?:\(x([1-9][0-9]*)\))?", re.ASCII)
 _TRAILING_DIGITS = re.compile(r"(.*?)([0-9]+)", re.ASCII | re.DOTALL)
+
+
+def hostname() -> str:
+    """This node's short host name."""
+    return socket.gethostname().split(".")[0]
 
 
 @dataclass(frozen=True, slots=True)

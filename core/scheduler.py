@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 from core.errors import ConfigError
@@ -93,7 +94,8 @@ class Need(NamedTuple):
                     "give a multiple of ppn (each process sees the same number of GPUs)"
                 )
             per_proc = len(gpu_ids) // ppn
-        return cls(nnodes, ppn, per_proc, cpus, gpu_ids)
+        need = cls(nnodes, ppn, per_proc, cpus, gpu_ids)
+        return NARROW if need == NARROW else need
 
     @property
     def cpus_per_node(self) -> int:
@@ -129,6 +131,9 @@ class Assignment(NamedTuple):
     key: int
     slot: int
     placement: Placement | None = None
+
+
+_assignment = partial(tuple.__new__, Assignment)  # without the NamedTuple's Python __new__
 
 
 @dataclass(slots=True)
@@ -333,6 +338,14 @@ class Scheduler:
             self.needs[key] = need
         self.num_pending += 1
 
+    def submit_narrow(self, keys: list[int], group: int = 0) -> None:
+        """Queue one-CPU tasks in ``group``, in order (``submit`` for many at once)."""
+        queues = self.groups.get(group)
+        if queues is None:
+            queues = self.groups[group] = _Group()
+        queues.narrow.extend(keys)
+        self.num_pending += len(keys)
+
     def requeue(self, keys: list[int], needs: dict[int, Need]) -> None:
         """Queue tasks again ahead of every other group (their slot was lost)."""
         if not keys:
@@ -458,7 +471,7 @@ class Scheduler:
                     if not slot.in_room and len(queue) < cap:
                         slot.in_room = True
                         room.append(slot.index)
-                    append(Assignment(key, slot.index))
+                    append(_assignment((key, slot.index, None)))
                     took = True
                 if not narrow and not queues.wide:
                     del groups[group]

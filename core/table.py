@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from core.protocol import Done, Entry, NodeInfo, Outcome, Placement, SlotInfo
@@ -60,6 +61,10 @@ class Final(NamedTuple):
     gpus: tuple[str, ...] = ()
     history: tuple[str, ...] = ()
     """What happened to its earlier attempts (lost, or failed and retried)."""
+
+
+_entry = partial(tuple.__new__, Entry)  # NamedTuples without their Python-level __new__
+_final = partial(tuple.__new__, Final)
 
 
 class Send(NamedTuple):
@@ -216,15 +221,22 @@ class TaskTable:
     def submit(self, tasks: Iterable[NewTask], group: int, now: float) -> list[Action]:
         """Queue tasks (one group per batch); those that can never run end at once."""
         finals: list[Final] = []
-        tables, scheduler = self.tasks, self.scheduler
+        table, scheduler = self.tasks, self.scheduler
+        narrow: list[int] = []
+        narrow_ok = self.why_unplaceable(NARROW) is None
         for new in tasks:
-            task = tables[new.key] = _Task(new)
+            task = table[new.key] = _Task(new)
+            if new.need is NARROW and narrow_ok:
+                narrow.append(new.key)  # the common case, queued together below
+                continue
             why = self.why_unplaceable(new.need)
             if why is None:
                 scheduler.submit(new.key, new.need, group)
             else:
                 text = f"the task {why}; it can never run on this launcher"
                 finals.append(self._final(new.key, task, _ended("failed", text, now, UNPLACEABLE)))
+        if narrow:
+            scheduler.submit_narrow(narrow, group)
         return [Deliver(finals)] if finals else []
 
     def dispatch(self) -> list[Action]:
@@ -236,7 +248,7 @@ class TaskTable:
             task.attempt += 1
             task.slot, task.placement = slot, placement
             ref = refs[slot]
-            entry = Entry(ref.name, key, task.attempt, task.new.fn, placement, task.new.payload)
+            entry = _entry((ref.name, key, task.attempt, task.new.fn, placement, task.new.payload))
             entries = sends.get(ref.route)
             if entries is None:
                 sends[ref.route] = [entry]
@@ -260,7 +272,8 @@ class TaskTable:
                 ref = self.slot_refs[task.slot]
                 ref.counts.done += 1
                 attempts = task.failed_runs + 1
-                finals.append(Final(item.key, attempts, item.payload, status, ref.hosts, ref.cpus))
+                fields = (item.key, attempts, item.payload, status, ref.hosts, ref.cpus, (), ())
+                finals.append(_final(fields))
                 continue
             if (
                 status in ("failed", "timeout")

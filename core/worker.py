@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 from core.children import RunningRecord, WorkerOptions
 from core.errors import EnsembleError
-from core.mpi import HostSlots, MpiLauncher, RankSlots, detect_launcher, mpi_task_command
 from core.protocol import (
     Cancel,
     Done,
@@ -42,6 +41,7 @@ from core.protocol import (
     SlotInfo,
     Submit,
     TaskItem,
+    dumps,
 )
 from core.spawn import CHILD_MARKER, RUN_MARKER, die_with_parent
 from core.transport import Channel, Poller, new_context
@@ -118,7 +118,7 @@ class Worker:
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
         self.next_report = time.monotonic() + self.settings.report_interval_s
         self.record = RunningRecord(options.record) if options.record else None
-        self.mpi_launcher: MpiLauncher | None = None
+        self.mpi_launcher: Any = None  # core.mpi.MpiLauncher, detected on the first MPI task
 
     def serve(self) -> None:
         """Register, then run tasks until told to shut down."""
@@ -184,7 +184,7 @@ class Worker:
         if not self.out:
             self.first_out = now
         try:
-            payload = outcome.pack()
+            payload = dumps(tuple(outcome))  # Outcome.pack, inline: this runs for every task
         except Exception as exc:  # noqa: BLE001 - the value cannot be pickled: that task fails
             outcome = outcome._replace(
                 status="failed", value=None, exception_type=_type_name(exc),
@@ -242,17 +242,19 @@ class Worker:
             return Outcome.ended("failed", why, start, _type_name(fn))
         captured = io.StringIO() if self.settings.return_stdout else None
         status, value, exception, exc_type = "success", None, None, None
-        env = self._env_changes(item.env, job.placement)
+        plain = not captured and not item.env and not item.cwd and job.placement is None
         if item.timeout:
             signal.setitimer(signal.ITIMER_REAL, item.timeout)
         try:
-            with (
-                contextlib.redirect_stdout(captured) if captured else contextlib.nullcontext(),
-                _call_env(env, item.cwd, self._task_cpus(job.placement)),
-            ):
-                value = fn(*item.args, **item.kwargs)
-                if isinstance(value, types.CoroutineType):
-                    value = self._event_loop().run_until_complete(value)
+            if plain:  # the common case, without the context managers' cost
+                value = self._call(fn, item)
+            else:
+                env = self._env_changes(item.env, job.placement)
+                with (
+                    contextlib.redirect_stdout(captured) if captured else contextlib.nullcontext(),
+                    _call_env(env, item.cwd, self._task_cpus(job.placement)),
+                ):
+                    value = self._call(fn, item)
         except _Timeout:
             status, exception = "timeout", f"timed out after {item.timeout} s"
         except BaseException as exc:  # noqa: BLE001 - a task's failure is data
@@ -263,6 +265,12 @@ class Worker:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         stdout = captured.getvalue()[-self.settings.tail_bytes :] if captured else None
         return Outcome(status, value, stdout, None, None, exception, exc_type, start, time.time())
+
+    def _call(self, fn: Callable[..., Any], item: TaskItem) -> Any:
+        value = fn(*item.args, **item.kwargs)
+        if isinstance(value, types.CoroutineType):
+            value = self._event_loop().run_until_complete(value)
+        return value
 
     def _event_loop(self) -> Any:
         if self.loop is None:
@@ -313,6 +321,8 @@ class Worker:
 
     def _mpi_command(self, job: _Job, argv: list[str]) -> tuple[list[str], dict[str, str]]:
         """The MPI launcher's command for a task on its placement, ranks pinned per host."""
+        from core.mpi import HostSlots, RankSlots, detect_launcher, mpi_task_command
+
         if self.mpi_launcher is None:
             self.mpi_launcher = detect_launcher(self.settings.mpiexec)
         ppn = job.item.ppn
