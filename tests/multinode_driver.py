@@ -52,7 +52,7 @@ def main(args: dict[str, Any]) -> None:
             results=[
                 {
                     "id": r.task_id, "status": r.status.value, "node": r.node, "hosts": r.hosts,
-                    "cpus": r.cpus, "gpus": r.gpus, "attempts": r.attempts,
+                    "cpus": r.cpus, "gpus": r.gpus, "attempts": r.attempts, "history": r.history,
                     "stdout": (r.stdout or "").strip(), "error": r.exception,
                     "type": r.exception_type,
                 }

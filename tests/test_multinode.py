@@ -299,3 +299,122 @@ def test_an_mpi_task_over_two_nodes_killed_at_its_timeout_leaves_no_rank(
     driver.close()
     assert no_process_of(cluster, up["run_id"]) == {}
     assert strays(cluster, before) == {}
+
+
+def wait_for_tasks_on(cluster: Cluster, host: str, mark: str, word: str = "sleep") -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(
+            word in " ".join(cluster.cmdlines(host).get(p, [])) for p in cluster.pids_on(host, mark)
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no task started on {host}")
+
+
+def test_losing_a_whole_node_runs_its_tasks_again_on_the_others(own_cluster: Cluster) -> None:
+    cluster = own_cluster
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1, "heartbeat_interval": 0.5,
+                       "heartbeat_timeout": 3, "return_stdout": True},
+            "argv": ["sh", "-c", "sleep 1; hostname"], "count": 18}  # fmt: skip
+    driver = Driver(cluster, args, env_for(cluster))
+    up = driver.read("run_id")
+    driver.read("submitted")
+    wait_for_tasks_on(cluster, "h3", f"{RUN}={up['run_id']}")
+    cluster.kill_host("h3")  # its sshd and every process, network cut: nothing says goodbye
+    results = driver.read("results", timeout=120)
+    err = driver.close()
+    assert len(results) == 18 and {r["status"] for r in results} == {"success"}
+    assert {r["stdout"] for r in results} <= {"h1", "h2", "h3"}
+    moved = [r for r in results if r["attempts"] == 2]
+    assert moved and all(r["stdout"] in ("h1", "h2") for r in moved)
+    assert all("sub-master on h3 was lost" in r["history"][0] for r in moved)
+    assert "went silent" in err or "was lost" in err
+
+
+def test_a_worker_killed_on_a_remote_node_costs_one_attempt(cluster: Cluster) -> None:
+    args = {"config": {"child_executor_name": "mpi", "nlevels": 1, "return_stdout": True},
+            "argv": ["sh", "-c", "sleep 2; hostname"], "count": 6}  # fmt: skip
+    driver = Driver(cluster, args, env_for(cluster))
+    up = driver.read("run_id")
+    driver.read("submitted")
+    mark = f"{RUN}={up['run_id']}"
+    wait_for_tasks_on(cluster, "h2", mark)
+    marked = cluster.pids_on("h2", mark)
+    workers = [p for p, a in cluster.cmdlines("h2").items()
+               if a[-3:] == ["core", "worker", "-"] and p in marked]  # fmt: skip
+    os.kill(workers[0], signal.SIGKILL)
+    results = driver.read("results", timeout=60)
+    driver.close()
+    assert {r["status"] for r in results} == {"success"}
+    assert sorted(r["attempts"] for r in results) == [1, 1, 1, 1, 1, 2]
+    assert no_process_of(cluster, up["run_id"]) == {}
+
+
+CANCEL = """
+import json, sys, time
+from core import Launcher, LauncherConfig, Task
+with Launcher(launcher_config=LauncherConfig(child_executor_name="mpi", nlevels=1)) as launcher:
+    print(json.dumps({"run_id": launcher.run_id}), flush=True)
+    batch = launcher.submit_tasks([Task(task_id=f"t{i}", executable=["sleep", "60"])
+                                   for i in range(12)])
+    sys.stdin.readline()  # the test says when every node runs tasks
+    batch.cancel()
+    print(json.dumps({"results": sorted({r.status.value for r in batch.results(timeout=60)})}),
+          flush=True)
+"""
+
+
+def test_cancel_reaches_every_node_and_leaves_no_process(cluster: Cluster) -> None:
+    client = cluster.popen(
+        "h1", [sys.executable, "-c", CANCEL], env=env_for(cluster), cwd=REPO, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert client.stdout is not None and client.stdin is not None
+    run_id = json.loads(client.stdout.readline())["run_id"]
+    for host in cluster.hosts:
+        wait_for_tasks_on(cluster, host, f"{RUN}={run_id}")
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    assert json.loads(client.stdout.readline()) == {"results": ["cancelled"]}
+    client.wait(timeout=60)
+    for host in cluster.hosts:
+        assert [a for a in cluster.cmdlines(host).values() if a[:2] == ["sleep", "60"]] == []
+    assert no_process_of(cluster, run_id) == {}
+
+
+STRANGER = """
+import sys, zmq
+from core.protocol import Heartbeat
+from core.transport import Channel, CurveKeys, new_context
+keys = CurveKeys.generate()
+role, endpoint = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
+ctx = new_context()
+if role == "parent":
+    router = Channel.bind_router(ctx, "tcp://0.0.0.0:0", keys)
+    print(router.endpoint.rsplit(":", 1)[1], keys.server_public.decode(), flush=True)
+    print("got" if router.socket.poll(4000) else "nothing", flush=True)
+else:  # a stranger: the right server key, a key pair of its own
+    public, secret = zmq.curve_keypair()
+    server = sys.stdin.readline().strip().encode()
+    spy = Channel.connect_dealer(ctx, endpoint, b"spy", CurveKeys(server, b"", public, secret))
+    spy.send(Heartbeat())
+    spy.socket.poll(5000)
+"""
+
+
+def test_a_stranger_on_another_node_is_refused_by_curve(cluster: Cluster) -> None:
+    parent = cluster.popen("h1", [sys.executable, "-c", STRANGER, "parent"], cwd=REPO, text=True,
+                           stdout=subprocess.PIPE)  # fmt: skip
+    assert parent.stdout is not None
+    port, server_key = parent.stdout.readline().split()
+    endpoint = f"tcp://{cluster.addresses['h1']}:{port}"
+    stranger = cluster.popen("h2", [sys.executable, "-c", STRANGER, "spy", endpoint], cwd=REPO,
+                             text=True, stdin=subprocess.PIPE)  # fmt: skip
+    assert stranger.stdin is not None
+    stranger.stdin.write(server_key + "\n")
+    stranger.stdin.flush()
+    assert parent.stdout.readline().strip() == "nothing"
+    parent.wait(timeout=30)
+    stranger.kill()
+    stranger.wait()

@@ -152,3 +152,17 @@ def test_several_nodes_need_a_child_executor_that_reaches_them() -> None:
     spec = {"ensembles": {"a": {"cmd_template": "true"}}}
     with pytest.raises(EnsembleError, match=r"child_executor_name='multiprocessing'.*use 'mpi'"):
         EnsembleLauncher(spec, launcher_config=config, Nodes=["localhost", "nodeb"]).run()
+
+
+def test_a_task_no_node_can_hold_fails_at_once_and_the_run_says_why(tmp_path: Path) -> None:
+    spec = {"ensembles": {"wide": {"cmd_template": "true", "ppn": 64}}}
+    (tmp_path / "e.json").write_text(json.dumps(spec))
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble_mcp.cli", "run", str(tmp_path / "e.json"), "--no-progress",
+         "-o", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "asks for ppn=64, but the largest node has" in done.stderr
+    (result,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert (result["status"], result["exception_type"]) == ("failed", "core.errors.Unplaceable")
