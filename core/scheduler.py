@@ -412,6 +412,23 @@ class Scheduler:
                 duration_s if mean is None else mean + _EWMA * (duration_s - mean)
             )
 
+    def finished_many(self, ended: list[tuple[int, int, float]]) -> None:
+        """``finished`` for many ``(key, slot, duration_s)`` at once (the master's hot path)."""
+        slots, holds, refresh = self.slots, self.holds, self._refresh
+        mean = self.mean_duration_s
+        for key, slot, duration_s in ended:
+            state = slots[slot]
+            queue = state.queue
+            if queue and queue[0] == key:
+                queue.popleft()
+            elif key in queue:
+                queue.remove(key)
+            if holds:
+                self._release(key)
+            refresh(state)
+            mean = duration_s if mean is None else mean + _EWMA * (duration_s - mean)
+        self.mean_duration_s = mean
+
     @property
     def extra(self) -> int:
         """Tasks queued per slot beyond the running one.
@@ -441,13 +458,10 @@ class Scheduler:
 
     def _assign_narrow(self, out: list[Assignment]) -> None:
         cap = 1 + self.extra
-        if cap > self.room_cap:  # deeper prefetch now: every slot below the new cap has room
-            for s in self.slots:
-                s.in_room = self._has_room(s, cap)
-            self.room = deque(s.index for s in self.slots if s.in_room)
-        self.room_cap = cap
+        if cap < self.room_cap:  # shallower prefetch: slots at the old depth are skipped lazily
+            self.room_cap = cap
         groups = self.groups
-        nodes, room, append = self.nodes, self.room, out.append
+        nodes, append = self.nodes, out.append
         while True:
             took = False
             for group in list(groups):
@@ -468,9 +482,9 @@ class Scheduler:
                     if not queue:
                         nodes[slot.node].idle.discard(slot.index)
                     queue.append(key)
-                    if not slot.in_room and len(queue) < cap:
+                    if not slot.in_room and len(queue) < self.room_cap:
                         slot.in_room = True
-                        room.append(slot.index)
+                        self.room.append(slot.index)
                     append(_assignment((key, slot.index, None)))
                     took = True
                 if not narrow and not queues.wide:
@@ -491,6 +505,11 @@ class Scheduler:
             slot.in_idle = False
             if slot.free and not slot.reserved:
                 return slot
+        if cap > self.room_cap:  # deeper prefetch now, and no idle slot left: widen the room
+            for s in slots:
+                s.in_room = self._has_room(s, cap)
+            self.room = deque(s.index for s in slots if s.in_room)
+            self.room_cap = cap
         room = self.room
         while room:
             slot = slots[room[0]]

@@ -260,16 +260,19 @@ class TaskTable:
         """Attempts ended."""
         finals: list[Final] = []
         requeue: list[int] = []
-        scheduler, tasks = self.scheduler, self.tasks
+        scheduler, tasks, refs = self.scheduler, self.tasks, self.slot_refs
+        current = []
         for item in items:
             task = tasks.get(item.key)
             if task is None or task.attempt != item.attempt or task.slot is None:
                 continue  # a stale attempt (its slot was declared lost) or already ended
-            scheduler.finished(item.key, task.slot, item.duration_s)
+            current.append((item, task))
+        scheduler.finished_many([(i.key, t.slot, i.duration_s) for i, t in current])  # type: ignore[misc]
+        for item, task in current:
             status = item.status
             if status == "success" and task.placement is None and task.history is None:
                 del tasks[item.key]  # the common case, as _final does it
-                ref = self.slot_refs[task.slot]
+                ref = refs[task.slot]  # type: ignore[index]
                 ref.counts.done += 1
                 attempts = task.failed_runs + 1
                 fields = (item.key, attempts, item.payload, status, ref.hosts, ref.cpus, (), ())
