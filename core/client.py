@@ -169,6 +169,7 @@ class Launcher:
         self._broken: str | None = None
         self._sent_functions: set[bytes] = set()
         self._profiler: ThreadPoolExecutor | None = None
+        self._log_handler: logging.Handler | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class Launcher:
                 run_id=self._run_id, pin=self.pin_resources, log_dir=log_dir, cwd=os.getcwd(),
             )  # fmt: skip
             self.launcher_config = config = plan.config
+            self._log_handler = _master_log_handler(config, self._run_id)
             self._run_dir = run_dir = private_dir()
             self._link = link = _ClientLink()
             master = Master(plan.tree, plan.top, link, run_dir, config.prefetch,
@@ -254,6 +256,9 @@ class Launcher:
             thread.join()
             if self._profiler is not None:
                 self._profiler.shutdown(wait=True)
+            if self._log_handler is not None:
+                log.removeHandler(self._log_handler)
+                self._log_handler.close()
             kill_run(self._run_id)
             link.close()
             if self._run_dir is not None:
@@ -505,6 +510,18 @@ class Launcher:
 
         inner.add_done_callback(copy)
         return outer
+
+
+def _master_log_handler(config: LauncherConfig, run_id: str) -> logging.Handler | None:
+    """``master_logs``: the master's lines (status every ``report_interval``) to a file."""
+    if not config.master_logs:
+        return None
+    os.makedirs(config.log_dir, exist_ok=True)
+    handler = logging.FileHandler(Path(config.log_dir) / f"master-{run_id}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
 
 
 def _need(options: TaskOptions) -> Need:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -62,22 +61,16 @@ class EnsembleLauncher:
         if level is not None:
             _prepare_profile_dir(self.profile_dir)
             config = config.model_copy(update={"profile_dir": str(self.profile_dir)})
-        handler = _master_log_handler(self.launcher_config)
-        try:
-            with Launcher(
-                self.system_config, config, pin_resources=self.pin_resources, nodes=self.nodes
-            ) as launcher:
-                batch = launcher.submit_tasks(self.tasks)
-                if on_start is not None:
-                    on_start(batch, launcher)
-                results = batch.results()
-            if batch.profile is not None:
-                self.profile_path = batch.profile.result()
-            return results
-        finally:
-            if handler is not None:
-                logging.getLogger("ensemble_mcp.master").removeHandler(handler)
-                handler.close()
+        with Launcher(
+            self.system_config, config, pin_resources=self.pin_resources, nodes=self.nodes
+        ) as launcher:
+            batch = launcher.submit_tasks(self.tasks)
+            if on_start is not None:
+                on_start(batch, launcher)
+            results = batch.results()
+        if batch.profile is not None:
+            self.profile_path = batch.profile.result()
+        return results
 
 
 def _prepare_profile_dir(directory: Path) -> None:
@@ -94,15 +87,3 @@ def _prepare_profile_dir(directory: Path) -> None:
             f"profile: the profile directory {directory} is not writable; "
             "pass another profile_dir (CLI: --profile-dir)"
         )
-
-
-def _master_log_handler(config: LauncherConfig) -> logging.Handler | None:
-    if not config.master_logs:
-        return None
-    os.makedirs(config.log_dir, exist_ok=True)
-    handler = logging.FileHandler(Path(config.log_dir) / f"master-{os.getpid()}.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("ensemble_mcp.master")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    return handler
