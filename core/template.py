@@ -41,13 +41,18 @@ __all__ = (
 )
 
 _NAME = re.compile(r"[\w-]+")
-# What a shell reads literally: unquoted (shlex.quote's safe set), in '...', and in "...".
+# What a shell reads literally: unquoted (shlex.quote's safe set without '=', which makes a
+# command's first word an assignment), in '...', and in "...".
 _PLAIN = {
-    "": re.compile(r"[\w@%+=:,./-]+", re.ASCII),
+    "": re.compile(r"[\w@%+:,./-]+", re.ASCII),
     "'": re.compile(r"[^']*"),
     '"': re.compile(r'[^"\\$`]*'),
 }
 _MARK = re.compile("\0([0-9]+)\0")
+# Words a shell reads as syntax when they stand first in a command (POSIX, plus bash's own).
+_RESERVED = frozenset(
+    "case coproc do done elif else esac fi for function if in select then time until while".split()
+)
 _QUOTING = {"'": "inside single quotes", '"': "inside double quotes"}
 
 
@@ -84,11 +89,12 @@ def quote_for(quoting: str, text: str) -> str:
 
     ``quoting`` is ``""`` (no quotes), ``"'"`` or ``'"'``. A text with nothing special there
     stays as it is; otherwise the open quote is closed, the text quoted on its own and the
-    quote reopened.
+    quote reopened. Unquoted, a reserved word (``if``) or a text with ``=`` is quoted too: as the
+    first word of a command, the shell would read it as syntax or as a variable assignment.
     """
-    if _PLAIN[quoting].fullmatch(text):
+    if _PLAIN[quoting].fullmatch(text) and not (quoting == "" and text in _RESERVED):
         return text
-    quoted = shlex.quote(text)
+    quoted = "'" + text.replace("'", "'\"'\"'") + "'"  # shlex.quote, but always quoting
     return f"{quoting}{quoted}{quoting}" if quoting else quoted
 
 
