@@ -9,8 +9,9 @@
 
 A spec maps keys to values. The known keys are the Task settings (``nnodes``, ``ppn``,
 ``ngpus_per_process``, ``cpu_affinity``, ``gpu_affinity``, ``env``, ``run_dir``, ``timeout``,
-``shell``, ``max_retries``, ``failure_retries``) plus ``cmd_template`` and ``relation``; every other key is a parameter. A list or a
-generator string (see :mod:`core.generators`) makes a key a sweep dimension; ``env`` never is.
+``shell``, ``max_retries``, ``failure_retries``) plus ``cmd_template`` and ``relation``; every
+other key is a parameter. A list or a generator string (see :mod:`core.generators`) makes a key
+a sweep dimension; ``env`` never is.
 ``one-to-one`` zips the dimensions, using a 1-element list for every task (broadcast);
 ``many-to-many`` takes their product, the last key varying fastest (:mod:`core.relations`).
 ``{key}`` placeholders in ``cmd_template`` follow the template rule of :mod:`core.template`: a
@@ -164,9 +165,7 @@ def _read_source(source: Source) -> Mapping[str, Any]:
         )
     extra = [key for key in top if key != "ensembles"]
     if extra:
-        raise ConfigError(
-            f'unknown top-level key(s) {_keys(extra)}; only "ensembles" is allowed'
-        )
+        raise ConfigError(f'unknown top-level key(s) {_keys(extra)}; only "ensembles" is allowed')
     specs = top["ensembles"]
     if not isinstance(specs, Mapping) or not specs:
         raise ConfigError(
