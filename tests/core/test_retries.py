@@ -1,4 +1,4 @@
-"""Retries with real processes: a worker SIGKILLed under its task, tasks that fail, per-task settings.
+"""Retries with real processes: workers SIGKILLed under their tasks, failing tasks, the settings.
 
 A task's attempts are counted through a file in its own directory, so a test knows which attempt
 it is in without any channel but the file system. The worker running a task is found by the task
@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from core import Launcher, LauncherConfig, Task, TaskStatus
 from core.ensemble import expand_tasks
-from core.errors import WorkerLost
+from core.errors import ConfigError, WorkerLost
 from core.spawn import CHILD_MARKER
-from core.task import TaskOptions
+from core.task import TaskOptions, first_problem
 
 WAIT_S = 60
 
@@ -294,8 +295,12 @@ def test_a_task_without_its_own_setting_takes_the_launchers(tmp_path: Path) -> N
     with Launcher(launcher_config=config) as service:
         own, launchers = service.submit_tasks(
             [
-                Task(task_id="own", executable=fails_twice, args=(f"{tmp_path}/own",),
-                     failure_retries=2),  # fmt: skip
+                Task(
+                    task_id="own",
+                    executable=fails_twice,
+                    args=(f"{tmp_path}/own",),
+                    failure_retries=2,
+                ),
                 Task(task_id="launchers", executable=fails_twice, args=(f"{tmp_path}/launchers",)),
             ]
         ).results(timeout=WAIT_S)
@@ -312,10 +317,6 @@ def test_a_task_without_its_own_setting_takes_the_launchers(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("value", [-1, 1.5, "2", True])
 def test_a_bad_retry_count_is_refused_with_the_same_message_everywhere(value: object) -> None:
-    from core.errors import ConfigError
-    from core.task import first_problem
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError) as task_error:
         Task(task_id="t", executable=["true"], max_retries=value)
     with pytest.raises(ValidationError) as options_error:
