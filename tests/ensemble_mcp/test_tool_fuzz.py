@@ -90,10 +90,13 @@ GOOD = {
 def arguments(draw: st.DrawFn, tool: str) -> dict[str, Any]:
     """Mostly well-typed lists and bare values of the tool's parameters, sometimes anything."""
     args: dict[str, Any] = {}
+    length = draw(st.integers(1, 5))  # most lists share it, so that one-to-one calls run too
     for name in PARAMS[tool]:
         if draw(st.integers(0, 9)) < (9 if name in ("x", "a", "b", "c") else 5):
             good = GOOD[name]
-            args[name] = draw(st.one_of(good, st.lists(good, min_size=1, max_size=5), good, VALUE))
+            size = draw(st.sampled_from([length, length, 1, 0, 6]))
+            listed = st.lists(good, min_size=size, max_size=size)
+            args[name] = draw(st.one_of(good, listed, listed, VALUE))
     if draw(st.booleans()):
         args["relation"] = draw(RELATION)
     if not draw(st.integers(0, 9)):
@@ -133,7 +136,7 @@ def expected_argv(params: dict[str, Any]) -> list[str]:
     return [a, f"--b={b}", f"{c} x"]
 
 
-fuzzed = settings(deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+fuzzed = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
 
 @fuzzed
