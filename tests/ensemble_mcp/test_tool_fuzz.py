@@ -205,3 +205,12 @@ def test_input_caps_state_their_numbers_and_the_parameter(
     assert result.is_error
     assert message in result.content[0].text
     assert NOTHING_RUN in result.content[0].text
+
+
+def test_a_number_that_json_cannot_carry_is_refused_not_echoed_as_null(server: Server) -> None:
+    result = call(server, "labelled", {"x": ["nan", "1e400", 1.5]})
+
+    assert result.is_error
+    text = result.content[0].text
+    assert 'x[0] = "nan" is not a valid number: Input should be a finite number' in text
+    assert 'x[1] = "1e400" is not a valid number' in text
