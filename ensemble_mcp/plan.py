@@ -34,6 +34,7 @@ __all__ = ("InputLimits", "Plan", "plan_ensemble", "show_json")
 
 _MAX_PROBLEMS = 5
 _SCALARS = (int, float, bool, type(None))
+_SMALL_TYPES = ("number", "integer", "boolean")
 
 
 @dataclass(frozen=True)
@@ -156,35 +157,44 @@ def plan_ensemble(
             )
     if problems or not is_relation(relation):
         raise _error(problems)
-    sizes = _sizes(raw, limits.value_chars)
+    sizes = _sizes(spec, raw, limits.value_chars)
     fanout = _fan_out(spec, relation, raw, max_tasks)
     _check_total(sizes, fanout, limits.total_chars)
     values, json_values = _validate(spec, raw)
     return Plan(fanout=fanout, values=values, json_values=json_values)
 
 
-def _sizes(raw: dict[str, list[Any]], cap: int) -> dict[str, int]:
-    """The characters of each list's values together; raises when one value is over ``cap``."""
+def _sizes(spec: EnsembleSpec, raw: dict[str, list[Any]], cap: int) -> dict[str, int]:
+    """The characters of each list's values together; raises when one value is over ``cap``.
+
+    Lists of a number or boolean parameter are skipped: their values are small, or refused by
+    their type.
+    """
     problems: list[str] = []
     sizes: dict[str, int] = {}
-    for name, values in raw.items():
-        size = 0
-        for index, value in enumerate(values):
-            if isinstance(value, str):
-                chars, what = len(value), "characters"
-            elif isinstance(value, _SCALARS):
-                continue
-            else:
-                chars, what = len(_json_text(value)), "characters as JSON"
-            if chars > cap:
-                problems.append(
-                    f"{name}[{index}] has {chars:,} {what}, above the cap of {cap:,} per value"
-                )
-            size += chars
-        sizes[name] = size
+    for p in spec.params:
+        values = raw.get(p.name)
+        if values is None or p.type_label in _SMALL_TYPES:
+            continue
+        lengths = [len(value) if type(value) is str else _size(value) for value in values]
+        sizes[p.name] = sum(lengths)
+        if max(lengths) > cap:
+            for index, chars in enumerate(lengths):
+                if chars > cap:
+                    what = "" if isinstance(values[index], str) else " as JSON"
+                    problems.append(
+                        f"{p.name}[{index}] has {chars:,} characters{what}, above the cap of "
+                        f"{cap:,} per value"
+                    )
     if problems:
         raise _error(problems)
     return sizes
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    return 0 if isinstance(value, _SCALARS) else len(_json_text(value))
 
 
 def _check_total(sizes: dict[str, int], fanout: Fanout, cap: int) -> None:
