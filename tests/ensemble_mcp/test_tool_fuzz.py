@@ -214,3 +214,13 @@ def test_a_number_that_json_cannot_carry_is_refused_not_echoed_as_null(server: S
     text = result.content[0].text
     assert 'x[0] = "nan" is not a valid number: Input should be a finite number' in text
     assert 'x[1] = "1e400" is not a valid number' in text
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.text(max_size=60) | st.from_regex(r"[a-z ./'\"\\{}:-]{0,30}", fullmatch=True))
+def test_any_template_text_registers_or_is_refused_naming_the_tool(template: str) -> None:
+    server = Server("t")
+    try:
+        server.ensemble_tool(template, name="sim", submit_tool=False)
+    except ValueError as exc:
+        assert str(exc).startswith("sim: "), exc
