@@ -185,7 +185,7 @@ def _read_json(path: Path) -> Any:
         result: dict[str, Any] = {}
         for key, value in pairs:
             if key in result:
-                raise ConfigError(f"ensemble file {str(path)!r}: duplicate key {key!r}")
+                raise ConfigError(f"ensemble file {str(path)!r}: duplicate key {cut_repr(key)}")
             result[key] = value
         return result
 
@@ -314,7 +314,7 @@ class _Ensemble:
         if relation not in RELATIONS:
             raise self.error(
                 "relation",
-                f"unknown relation {relation!r}; use {' or '.join(map(repr, RELATIONS))}",
+                f"unknown relation {cut_repr(relation)}; use {' or '.join(map(repr, RELATIONS))}",
             )
         return relation  # type: ignore[no-any-return]
 

@@ -55,7 +55,7 @@ def _whole(minimum: int) -> Callable[[Any], int]:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"must be a whole number >= {minimum}, got {value!r}")
+            raise ValueError(f"must be a whole number >= {minimum}, got {cut_repr(value)}")
         return value
 
     return check
@@ -70,13 +70,15 @@ def _check_timeout(value: Any) -> float | None:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ValueError(f"must be a number of seconds > 0 (or null for none), got {value!r}")
+        raise ValueError(
+            f"must be a number of seconds > 0 (or null for none), got {cut_repr(value)}"
+        )
     return float(value)
 
 
 def _check_shell(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {cut_repr(value)}")
     return value
 
 
@@ -87,7 +89,8 @@ def _check_retries(value: Any) -> int | None:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(
-            f"must be a whole number >= 0 (or null for the launcher's setting), got {value!r}"
+            "must be a whole number >= 0 (or null for the launcher's setting), got "
+            + cut_repr(value)
         )
     return value
 
@@ -159,13 +162,13 @@ def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
             raise ValueError(
-                f"must be a comma-separated string or a list of {kind} ids, got {value!r}"
+                f"must be a comma-separated string or a list of {kind} ids, got {cut_repr(value)}"
             )
         try:
             return [convert(item) for item in items]
         except ValueError:
             raise ValueError(
-                f"{value!r} is not a list of {kind} ids; to give each task its "
+                f"{cut_repr(value)} is not a list of {kind} ids; to give each task its "
                 "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]"
             ) from None
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any, TypeAlias
 
 from pydantic import AfterValidator
 
-from core.spec_values import check_param
+from core.spec_values import check_param, cut_repr
 
 __all__ = (
     "CommandTemplate",
@@ -75,7 +75,9 @@ def render_value(value: Any) -> str:
 
 def _no_nul(text: str) -> str:
     if "\0" in text:
-        raise ValueError(f"{text!r} contains a NUL character, which no command argument can hold")
+        raise ValueError(
+            f"{cut_repr(text)} contains a NUL character, which no command argument can hold"
+        )
     return text
 
 
@@ -120,7 +122,7 @@ class Placeholder:
             return _no_nul(format(value if number else render_value(value), self.spec))
         except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"format {{{self.name}:{self.spec}}} does not apply to {value!r}: {exc}"
+                f"format {{{self.name}:{self.spec}}} does not apply to {cut_repr(value)}: {exc}"
             ) from None
 
 
@@ -225,7 +227,7 @@ class CommandTemplate:
                 pieces.append(Placeholder(piece.name, piece.spec, quoting))
         if quoting:
             where = "after a backslash" if quoting.endswith("\\") else _QUOTING[quoting]
-            raise ValueError(f"unbalanced quoting: {template!r} ends {where}")
+            raise ValueError(f"unbalanced quoting: {cut_repr(template, 200)} ends {where}")
         # Split with each placeholder as a marker shlex keeps as part of its word.
         marked = "".join(p if isinstance(p, str) else f"\0{i}\0" for i, p in enumerate(pieces))
         words = tuple(
