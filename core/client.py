@@ -42,6 +42,7 @@ from core.result import TaskResult, TaskStatus
 from core.runplan import plan_run
 from core.scheduler import NARROW, Need, Scheduler
 from core.spawn import kill_run
+from core.spec_values import contain_run_dir
 from core.table import Final, NewTask
 from core.task import DEFAULT_OPTIONS, Task, TaskOptions
 from core.transport import Poller, private_dir
@@ -355,8 +356,12 @@ class Launcher:
         functions: dict[bytes, bytes] = {}
         refused: dict[int, Outcome] = {}
         config = self.launcher_config
+        run_dirs: dict[str | None, str | None] = {}
         with self._lock:
             for index, task in enumerate(tasks):
+                run_dir = run_dirs.get(task.run_dir, "")
+                if run_dir == "":
+                    run_dir = run_dirs[task.run_dir] = self._task_dir(task.run_dir, task.task_id)
                 need = Need.of(task.nnodes, task.ppn, task.ngpus_per_process, task.cpu_affinity,
                                task.gpu_affinity)  # fmt: skip
                 if task.kind == "python":
@@ -368,24 +373,47 @@ class Launcher:
                     digest, blob = self._function(task.executable)  # type: ignore[arg-type]
                     functions[digest] = blob
                     item = TaskItem(digest, task.args, task.kwargs, None, task.env or None,
-                                    task.run_dir, task.timeout)  # fmt: skip
+                                    run_dir, task.timeout)  # fmt: skip
                 else:
                     item = TaskItem(
-                        None, (), {}, task.argv(), task.env or None, task.run_dir, task.timeout,
+                        None, (), {}, task.argv(), task.env or None, run_dir, task.timeout,
                         task.nnodes, task.ppn, config.task_executor_name == "mpi",
                     )  # fmt: skip
-                new_tasks.append(self._new(tuple(item), need, refused, index))
+                retries = self._retries(task.max_retries, task.failure_retries)
+                new_tasks.append(self._new(tuple(item), need, refused, index, retries))
                 task_ids.append(task.task_id)
             return self._submit(new_tasks, task_ids, functions, refused)
 
+    def _task_dir(self, run_dir: str | None, task: str) -> str | None:
+        """The directory a task runs in: ``run_dir``, kept inside ``run_root`` when one is set."""
+        root = self.launcher_config.run_root
+        if root is None:
+            return run_dir
+        try:
+            return contain_run_dir(run_dir, root)
+        except ValueError as exc:
+            raise ConfigError(f"{task}: {exc}") from None
+
+    def _retries(self, max_retries: int | None, failure_retries: int | None) -> tuple[int, int]:
+        """A task's retry counts: its own, or the launcher's where it has none."""
+        config = self.launcher_config
+        return (
+            config.max_retries if max_retries is None else max_retries,
+            config.failure_retries if failure_retries is None else failure_retries,
+        )
+
     def _new(
-        self, item: tuple[Any, ...], need: Need, refused: dict[int, Outcome], index: int
+        self,
+        item: tuple[Any, ...],
+        need: Need,
+        refused: dict[int, Outcome],
+        index: int,
+        retries: tuple[int, int],
     ) -> NewTask:
         """A task for the table, with ``item`` (a TaskItem's fields) pickled here, once.
 
         A plain tuple is cheaper to pickle and unpickle than the NamedTuple.
         """
-        config = self.launcher_config
         key = next(self._keys)
         try:
             payload = dumps(item)
@@ -393,7 +421,7 @@ class Launcher:
             why = f"the task's arguments could not be sent to a worker: {exc!r}"
             refused[index] = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)
             payload = b""
-        fields = (key, payload, item[0], need, config.max_retries, config.failure_retries)
+        fields = (key, payload, item[0], need, *retries)
         return _new_task(fields)
 
     def map_tasks(
@@ -422,7 +450,9 @@ class Launcher:
                 f"ppn={options.ppn} need a command"
             )
         need = _need(options)
-        env, run_dir, timeout = options.env or None, options.run_dir, options.timeout
+        env, timeout = options.env or None, options.timeout
+        run_dir = self._task_dir(options.run_dir, "the tasks")
+        retries = self._retries(options.max_retries, options.failure_retries)
         refused: dict[int, Outcome] = {}
         with self._lock:
             digest, blob = self._function(fn)
@@ -432,6 +462,7 @@ class Launcher:
                     need,
                     refused,
                     i,
+                    retries,
                 )
                 for i, (args, kwargs) in enumerate(calls)
             ]
@@ -453,7 +484,9 @@ class Launcher:
             task_ids: one id per task (default ``task-<n>``).
         """
         need = _need(options)
-        env, run_dir, timeout = options.env or None, options.run_dir, options.timeout
+        env, timeout = options.env or None, options.timeout
+        run_dir = self._task_dir(options.run_dir, "the tasks")
+        retries = self._retries(options.max_retries, options.failure_retries)
         mpi = self.launcher_config.task_executor_name == "mpi"
         nnodes, ppn = options.nnodes, options.ppn
         refused: dict[int, Outcome] = {}
@@ -464,6 +497,7 @@ class Launcher:
                     need,
                     refused,
                     i,
+                    retries,
                 )
                 for i, argv in enumerate(commands)
             ]

@@ -87,6 +87,9 @@ class LauncherConfig(BaseModel):
     has not registered ``launch_timeout`` seconds after its start failed to start.
     ``profile`` (``basic`` or ``timeline``) writes, for every batch of tasks once it has ended, a
     profile to ``profile_dir`` (see docs/profiles.md; an MCP call is one batch).
+    ``run_root``: when set, every task runs inside this directory: a relative ``run_dir`` is
+    taken under it, a task without one runs in it, and a ``run_dir`` that resolves outside it
+    (symlinks followed) is refused at submission.
     ``gpu_selector`` is the variable through which a task sees its GPUs (``ZE_AFFINITY_MASK``,
     ``CUDA_VISIBLE_DEVICES``, ``ROCR_VISIBLE_DEVICES``, ``HIP_VISIBLE_DEVICES``); by default the
     one that matches the GPUs found on the node, else ``ZE_AFFINITY_MASK``.
@@ -111,6 +114,7 @@ class LauncherConfig(BaseModel):
     log_dir: str = "logs"
     bind_host: str | None = None
     mpiexec: str = "mpiexec"
+    run_root: str | None = Field(default=None, min_length=1)
     max_retries: int = Field(default=1, ge=0)
     failure_retries: int = Field(default=0, ge=0)
     heartbeat_interval: float = Field(default=1.0, gt=0)

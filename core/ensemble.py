@@ -9,8 +9,9 @@
 
 A spec maps keys to values. The known keys are the Task settings (``nnodes``, ``ppn``,
 ``ngpus_per_process``, ``cpu_affinity``, ``gpu_affinity``, ``env``, ``run_dir``, ``timeout``,
-``shell``) plus ``cmd_template`` and ``relation``; every other key is a parameter. A list or a
-generator string (see :mod:`core.generators`) makes a key a sweep dimension; ``env`` never is.
+``shell``, ``max_retries``, ``failure_retries``) plus ``cmd_template`` and ``relation``; every
+other key is a parameter. A list or a generator string (see :mod:`core.generators`) makes a key
+a sweep dimension; ``env`` never is.
 ``one-to-one`` zips the dimensions, using a 1-element list for every task (broadcast);
 ``many-to-many`` takes their product, the last key varying fastest (:mod:`core.relations`).
 ``{key}`` placeholders in ``cmd_template`` follow the template rule of :mod:`core.template`: a
@@ -35,11 +36,21 @@ from pydantic import ValidationError
 from core.errors import ConfigError
 from core.generators import parse_generator
 from core.relations import DEFAULT_RELATION, RELATIONS, Relation, UnequalLengthsError, fan_out
-from core.spec_values import CHECKS, brief, check_param, check_run_dir
+from core.spec_values import (
+    CHECKS,
+    MAX_VALUE_CHARS,
+    brief,
+    check_param,
+    check_run_dir,
+    cut_repr,
+    over_value_cap,
+)
 from core.task import Task, first_problem
 from core.template import CommandTemplate, Piece, Placeholder, TextTemplate, quote_for
 
 __all__ = (
+    "MAX_COMMAND_CHARS",
+    "MAX_FILE_BYTES",
     "MAX_TASKS",
     "RELATIONS",
     "TASKS_GROUP",
@@ -53,7 +64,13 @@ Source: TypeAlias = str | os.PathLike[str] | Mapping[str, Any]
 Compiled: TypeAlias = str | tuple[int, list[str]]
 """A compiled template piece: text, or (dimension index, the text for each of its values)."""
 MAX_TASKS = 1_000_000
-"""Default cap on the tasks one source may expand to (checked before any Task is built)."""
+"""Default cap on the tasks one source may expand to (checked before any Task is built), and so
+on the values of one list (a longer list always gives more tasks)."""
+MAX_FILE_BYTES = 100_000_000
+"""The largest ensemble file read (a million tasks' values fit in a tenth of it)."""
+MAX_COMMAND_CHARS = 1_000_000_000
+"""The cap on the characters of all commands of one ensemble together, checked before they are
+built: a long value used by many tasks cannot exhaust memory."""
 TASKS_GROUP = "tasks"
 """The group name :func:`load_ensembles` gives to a source that is a dict of Task objects."""
 
@@ -73,11 +90,15 @@ _set = object.__setattr__
 _COPYABLE = not Task.__private_attributes__ and Task.model_config.get("extra") != "allow"
 
 
-def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, list[Task]]:
+def load_ensembles(
+    source: Source, *, max_tasks: int = MAX_TASKS, max_value_chars: int = MAX_VALUE_CHARS
+) -> dict[str, list[Task]]:
     """Expand every ensemble of ``source`` into its tasks, keyed by ensemble name in file order.
 
     ``source`` is a JSON file path, a dict ``{"ensembles": {name: spec}}``, or a dict of
     :class:`Task` objects keyed by their ids (returned as is, under :data:`TASKS_GROUP`).
+    ``max_tasks`` caps the tasks of the whole source (and the values of one list);
+    ``max_value_chars``, the characters of one string value and of ``cmd_template``.
 
     Example:
         >>> spec = {"cmd_template": "./exe -a {a}", "a": "linspace(0, 1, 3)"}
@@ -95,7 +116,7 @@ def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, l
     result: dict[str, list[Task]] = {}
     total = 0
     for name, spec in specs.items():
-        ensemble = _Ensemble(name, spec)
+        ensemble = _Ensemble(name, spec, max_tasks, max_value_chars)
         total += ensemble.count
         if total > max_tasks:
             shown = ", ".join(f"{key}: {len(values)}" for key, values in ensemble.dims)
@@ -110,9 +131,11 @@ def load_ensembles(source: Source, *, max_tasks: int = MAX_TASKS) -> dict[str, l
     return result
 
 
-def expand_tasks(source: Source, *, max_tasks: int = MAX_TASKS) -> list[Task]:
+def expand_tasks(
+    source: Source, *, max_tasks: int = MAX_TASKS, max_value_chars: int = MAX_VALUE_CHARS
+) -> list[Task]:
     """All tasks of all ensembles of ``source``, in file order (see :func:`load_ensembles`)."""
-    groups = load_ensembles(source, max_tasks=max_tasks)
+    groups = load_ensembles(source, max_tasks=max_tasks, max_value_chars=max_value_chars)
     return [task for tasks in groups.values() for task in tasks]
 
 
@@ -138,13 +161,11 @@ def _read_source(source: Source) -> Mapping[str, Any]:
         raise ConfigError(
             'ensemble source has no "ensembles" key: expected '
             '{"ensembles": {name: spec}} or a dict of Task objects; '
-            f"got keys {', '.join(map(repr, top))}"
+            f"got keys {_keys(top)}"
         )
     extra = [key for key in top if key != "ensembles"]
     if extra:
-        raise ConfigError(
-            f'unknown top-level key(s) {", ".join(map(repr, extra))}; only "ensembles" is allowed'
-        )
+        raise ConfigError(f'unknown top-level key(s) {_keys(extra)}; only "ensembles" is allowed')
     specs = top["ensembles"]
     if not isinstance(specs, Mapping) or not specs:
         raise ConfigError(
@@ -153,7 +174,7 @@ def _read_source(source: Source) -> Mapping[str, Any]:
     for name in specs:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigError(
-                f"ensemble {name!r}: invalid name; use 1-128 letters, digits, "
+                f"ensemble {cut_repr(name, 200)}: invalid name; use 1-128 letters, digits, "
                 "'_', '.' or '-', starting with a letter, digit or '_'"
             )
     return top
@@ -164,7 +185,7 @@ def _read_json(path: Path) -> Any:
         result: dict[str, Any] = {}
         for key, value in pairs:
             if key in result:
-                raise ConfigError(f"ensemble file {str(path)!r}: duplicate key {key!r}")
+                raise ConfigError(f"ensemble file {str(path)!r}: duplicate key {cut_repr(key)}")
             result[key] = value
         return result
 
@@ -172,7 +193,13 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"ensemble file {str(path)!r}: {name} is not a valid JSON number")
 
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:  # bounded: a device or FIFO may never end
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"ensemble file {str(path)!r} is larger than the cap of {MAX_FILE_BYTES:,} bytes"
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problem = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"cannot read ensemble file {str(path)!r}: {problem}") from None
@@ -183,6 +210,12 @@ def _read_json(path: Path) -> Any:
             f"ensemble file {str(path)!r} is not valid JSON: {exc.msg} "
             f"(line {exc.lineno}, column {exc.colno})"
         ) from None
+
+
+def _keys(keys: Iterable[Any], shown: int = 10) -> str:
+    names = [cut_repr(key, 40) for key in keys]
+    more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _checked_tasks(tasks: Mapping[str, Any]) -> list[Task]:
@@ -201,9 +234,17 @@ def _checked_tasks(tasks: Mapping[str, Any]) -> list[Task]:
 class _Ensemble:
     """One validated spec: fixed values, sweep dimensions and compiled templates."""
 
-    def __init__(self, name: str, spec: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: Any,
+        max_tasks: int = MAX_TASKS,
+        max_value_chars: int = MAX_VALUE_CHARS,
+    ) -> None:
         self.name = name
         self.where = f"ensemble {name!r}"
+        self.max_list = max_tasks
+        self.max_chars = max_value_chars
         if not isinstance(spec, Mapping):
             raise ConfigError(
                 f"{self.where}: the spec must be an object of keys, got {brief(spec)}"
@@ -213,7 +254,7 @@ class _Ensemble:
         self.dims: list[tuple[str, list[Any]]] = []
         for key, raw in spec.items():
             if not isinstance(key, str):
-                raise ConfigError(f"{self.where}: key {key!r} is not a string")
+                raise ConfigError(f"{self.where}: key {cut_repr(key)} is not a string")
             if key not in ("cmd_template", "relation"):
                 self._add(key, raw)
         if "cmd_template" not in spec:
@@ -226,6 +267,7 @@ class _Ensemble:
             raise self.error(
                 "cmd_template", f"must be a non-empty command line string, got {brief(template)}"
             )
+        self._check_size("cmd_template", template)
         command = self._parse("cmd_template", template, CommandTemplate.parse)
         run_dir = self.fixed.get("run_dir")
         directory = self._parse("run_dir", run_dir, TextTemplate.parse) if run_dir else None
@@ -236,6 +278,7 @@ class _Ensemble:
             raise self.error(exc.mismatch, str(exc)) from None
         self.count = self.fanout.total
         self.command = self._compile(command.pieces, quote=True)
+        self._check_total(self.command)
         self.run_dir = self._compile(directory.pieces, quote=False) if directory else None
         self.dir_varies = any(not isinstance(p, str) for p in self.run_dir or ())
         if self.run_dir is not None and not self.dir_varies:
@@ -243,13 +286,35 @@ class _Ensemble:
 
     def error(self, key: str, problem: str) -> ConfigError:
         """A ConfigError naming this ensemble and ``key``."""
-        return ConfigError(f"{self.where}, key {key!r}: {problem}")
+        return ConfigError(f"{self.where}, key {cut_repr(key)}: {problem}")
+
+    def _check_size(self, key: str, value: Any, index: int | None = None) -> None:
+        too_long = over_value_cap(value, self.max_chars)
+        if too_long:
+            at = "the value" if index is None else f"element {index}"
+            raise self.error(key, f"{at} {too_long}")
+
+    def _check_total(self, command: list[Compiled]) -> None:
+        """Refuse commands whose text, over all tasks, would pass MAX_COMMAND_CHARS."""
+        total = 0
+        for piece in command:
+            if isinstance(piece, str):
+                total += len(piece) * self.count
+            else:  # each of the dimension's values is used by count / len(values) tasks
+                texts = piece[1]
+                total += sum(map(len, texts)) * (self.count // len(texts))
+        if total > MAX_COMMAND_CHARS:
+            raise self.error(
+                "cmd_template",
+                f"the {self.count:,} commands would hold {total:,} characters in all, above "
+                f"the cap of {MAX_COMMAND_CHARS:,}; use shorter values or fewer tasks",
+            )
 
     def _relation(self, relation: Any) -> Relation:
         if relation not in RELATIONS:
             raise self.error(
                 "relation",
-                f"unknown relation {relation!r}; use {' or '.join(map(repr, RELATIONS))}",
+                f"unknown relation {cut_repr(relation)}; use {' or '.join(map(repr, RELATIONS))}",
             )
         return relation  # type: ignore[no-any-return]
 
@@ -257,6 +322,7 @@ class _Ensemble:
         if key in _NOT_ALLOWED:
             raise self.error(key, f"not allowed in an ensemble spec: {_NOT_ALLOWED[key]}")
         check: Callable[[Any], Any] = CHECKS.get(key, check_param)
+        self._check_size(key, raw)
         if key == "env":
             self.fixed[key] = self._checked(key, check, raw)
             return
@@ -266,6 +332,12 @@ class _Ensemble:
             return
         if not values:
             raise self.error(key, "the list is empty; give at least one value")
+        if len(values) > self.max_list:
+            raise self.error(
+                key, f"{len(values):,} values, above the cap of {self.max_list:,} per list"
+            )
+        for index, value in enumerate(values):
+            self._check_size(key, value, index)
         if isinstance(raw, str) and check is check_param:  # generated: finite numbers
             self.dims.append((key, values))
             return

@@ -8,16 +8,46 @@ options go through ``TaskOptions``: each rule, and its message, exists once.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ("CHECKS", "brief", "check_param", "check_run_dir")
+__all__ = (
+    "CHECKS",
+    "MAX_VALUE_CHARS",
+    "brief",
+    "check_param",
+    "check_run_dir",
+    "contain_run_dir",
+    "cut_repr",
+    "over_value_cap",
+)
+
+MAX_VALUE_CHARS = 100_000
+"""The default cap on the text of one value: a parameter, an ``env`` value, a template.
+
+No honest value is this long, and a command argument cannot be: Linux refuses one argv or
+environment string over 128 KiB (``MAX_ARG_STRLEN``).
+"""
+
+
+def over_value_cap(value: Any, cap: int = MAX_VALUE_CHARS) -> str | None:
+    """Why the string ``value`` is too long (its size and the cap), or None when it is not."""
+    if isinstance(value, str) and len(value) > cap:
+        return f"has {len(value):,} characters, above the cap of {cap:,} per value"
+    return None
 
 
 def brief(value: Any) -> str:
     """``value``'s type and repr, cut to about 60 characters, for error messages."""
+    return f"{type(value).__name__} {cut_repr(value)}"
+
+
+def cut_repr(value: Any, limit: int = 60) -> str:
+    """``value``'s repr, cut to ``limit`` characters: how messages show a value of any size."""
     text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _whole(minimum: int) -> Callable[[Any], int]:
@@ -25,7 +55,7 @@ def _whole(minimum: int) -> Callable[[Any], int]:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"must be a whole number >= {minimum}, got {value!r}")
+            raise ValueError(f"must be a whole number >= {minimum}, got {cut_repr(value)}")
         return value
 
     return check
@@ -40,13 +70,28 @@ def _check_timeout(value: Any) -> float | None:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ValueError(f"must be a number of seconds > 0 (or null for none), got {value!r}")
+        raise ValueError(
+            f"must be a number of seconds > 0 (or null for none), got {cut_repr(value)}"
+        )
     return float(value)
 
 
 def _check_shell(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {cut_repr(value)}")
+    return value
+
+
+def _check_retries(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            "must be a whole number >= 0 (or null for the launcher's setting), got "
+            + cut_repr(value)
+        )
     return value
 
 
@@ -55,13 +100,36 @@ def check_run_dir(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or "\0" in value:
-        raise ValueError(f"must be a non-empty path without NUL bytes, got {value!r}")
+        raise ValueError(f"must be a non-empty path without NUL bytes, got {cut_repr(value)}")
     if ".." in value.split("/"):
         raise ValueError(
-            f"{value!r} contains '..'; a run_dir may not climb out of its "
+            f"{cut_repr(value)} contains '..'; a run_dir may not climb out of its "
             "parent: give an absolute path instead"
         )
     return value
+
+
+def contain_run_dir(run_dir: str | None, root: str | os.PathLike[str]) -> str:
+    """The absolute, resolved directory a task runs in when every task must stay under ``root``.
+
+    A relative ``run_dir`` is taken under ``root``; None is ``root`` itself. The path is resolved
+    component by component, symlinks included (as far as it exists), and must be ``root`` or
+    lie below it: never a string-prefix test, so ``/runs-evil`` is not inside ``/runs``.
+
+    Raises:
+        ValueError: the resolved path lies outside ``root``; the message shows both.
+    """
+    base = Path(root).resolve()
+    if run_dir is None:
+        return str(base)
+    candidate = (base / run_dir).resolve()
+    if not candidate.is_relative_to(base):
+        shown = run_dir if str(candidate) == run_dir else f"{run_dir} (resolved: {candidate})"
+        raise ValueError(
+            f"run_dir {shown} is outside the run root {base}; give a path inside it "
+            "(a relative run_dir is taken under the root)"
+        )
+    return str(candidate)
 
 
 def _check_env(value: Any) -> dict[str, str]:
@@ -71,10 +139,19 @@ def _check_env(value: Any) -> dict[str, str]:
         )
     for name, text in value.items():
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            raise ValueError(f"variable name {name!r} must be a non-empty string without '='")
+            raise ValueError(
+                f"variable name {cut_repr(name)} must be a non-empty string without '='"
+            )
         if not isinstance(text, str) or "\0" in text:
             hint = f' (write "{text}")' if isinstance(text, (int, float)) else ""
-            raise ValueError(f"value of {name!r} must be a string{hint}, got {text!r}")
+            raise ValueError(
+                f"value of {cut_repr(name)} must be a string{hint}, got {cut_repr(text)}"
+            )
+        too_long = over_value_cap(text)
+        if too_long:
+            raise ValueError(f"value of {cut_repr(name)} {too_long}")
+        if len(name) > MAX_VALUE_CHARS:
+            raise ValueError(f"variable name {cut_repr(name)} {over_value_cap(name)}")
     return dict(value)
 
 
@@ -85,13 +162,13 @@ def _affinity(kind: str, convert: Callable[[str], Any]) -> Callable[[Any], list[
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
             raise ValueError(
-                f"must be a comma-separated string or a list of {kind} ids, got {value!r}"
+                f"must be a comma-separated string or a list of {kind} ids, got {cut_repr(value)}"
             )
         try:
             return [convert(item) for item in items]
         except ValueError:
             raise ValueError(
-                f"{value!r} is not a list of {kind} ids; to give each task its "
+                f"{cut_repr(value)} is not a list of {kind} ids; to give each task its "
                 "own affinity, use a list of lists, e.g. [[0, 1], [2, 3]]"
             ) from None
 
@@ -119,7 +196,7 @@ def check_param(value: Any) -> str | int | float:
     """A parameter value: a string without NUL, a finite number, or a bool; raises ValueError."""
     if isinstance(value, str):
         if "\0" in value:
-            raise ValueError(f"{value!r} contains a NUL byte")
+            raise ValueError(f"{cut_repr(value)} contains a NUL byte")
         return value
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value!r}")
@@ -138,5 +215,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "run_dir": check_run_dir,
     "timeout": _check_timeout,
     "shell": _check_shell,
+    "max_retries": _check_retries,
+    "failure_retries": _check_retries,
 }
 """The check of each Task setting; each returns the value (converted) or raises ValueError."""

@@ -32,6 +32,7 @@ __all__ = (
     "GpuCount",
     "NodeCount",
     "ProcessCount",
+    "Retries",
     "RunDir",
     "Shell",
     "Task",
@@ -63,6 +64,8 @@ GpuAffinity = Annotated[list[str] | None, _rule("gpu_affinity")]
 """GPU ids (a list, or ``"0,1"``), or None."""
 Shell = Annotated[bool, _rule("shell")]
 """Whether a command runs under ``/bin/sh -c``."""
+Retries = Annotated[int | None, _rule("max_retries")]
+"""Re-runs after the first attempt: a whole number >= 0, or None for the launcher's setting."""
 
 
 def first_problem(error: ValidationError) -> tuple[str, str]:
@@ -95,6 +98,8 @@ class TaskOptions(BaseModel):
     timeout: Timeout = None
     cpu_affinity: CpuAffinity = None
     gpu_affinity: GpuAffinity = None
+    max_retries: Retries = None
+    failure_retries: Retries = None
 
     @property
     def nprocs(self) -> int:
@@ -124,6 +129,11 @@ class Task(BaseModel):
     worker process), a command line string (split with ``shlex``, run without a shell unless
     ``shell=True``), or an argv list. A command with ``nnodes * ppn > 1`` runs under ``mpiexec``.
 
+    ``max_retries`` is how many times the task runs again when its worker or node is lost while
+    it runs; ``failure_retries``, how many times it runs again after failing by itself (an
+    exception, a non-zero exit, a timeout). None takes the launcher's setting
+    (``LauncherConfig.max_retries``, default 1, and ``failure_retries``, default 0).
+
     Example:
         >>> Task(task_id="t0", executable=["echo", "hi"]).kind
         'command'
@@ -144,6 +154,8 @@ class Task(BaseModel):
     cpu_affinity: CpuAffinity = None
     gpu_affinity: GpuAffinity = None
     shell: Shell = False
+    max_retries: Retries = None
+    failure_retries: Retries = None
 
     @field_validator("executable")
     @classmethod

@@ -28,7 +28,7 @@ from typing import Annotated, Any, TypeAlias
 
 from pydantic import AfterValidator
 
-from core.spec_values import check_param
+from core.spec_values import check_param, cut_repr
 
 __all__ = (
     "CommandTemplate",
@@ -41,13 +41,18 @@ __all__ = (
 )
 
 _NAME = re.compile(r"[\w-]+")
-# What a shell reads literally: unquoted (shlex.quote's safe set), in '...', and in "...".
+# What a shell reads literally: unquoted (shlex.quote's safe set without '=', which makes a
+# command's first word an assignment), in '...', and in "...".
 _PLAIN = {
-    "": re.compile(r"[\w@%+=:,./-]+", re.ASCII),
+    "": re.compile(r"[\w@%+:,./-]+", re.ASCII),
     "'": re.compile(r"[^']*"),
     '"': re.compile(r'[^"\\$`]*'),
 }
 _MARK = re.compile("\0([0-9]+)\0")
+# Words a shell reads as syntax when they stand first in a command (POSIX, plus bash's own).
+_RESERVED = frozenset(
+    "case coproc do done elif else esac fi for function if in select then time until while".split()
+)
 _QUOTING = {"'": "inside single quotes", '"': "inside double quotes"}
 
 
@@ -70,7 +75,9 @@ def render_value(value: Any) -> str:
 
 def _no_nul(text: str) -> str:
     if "\0" in text:
-        raise ValueError(f"{text!r} contains a NUL character, which no command argument can hold")
+        raise ValueError(
+            f"{cut_repr(text)} contains a NUL character, which no command argument can hold"
+        )
     return text
 
 
@@ -84,11 +91,12 @@ def quote_for(quoting: str, text: str) -> str:
 
     ``quoting`` is ``""`` (no quotes), ``"'"`` or ``'"'``. A text with nothing special there
     stays as it is; otherwise the open quote is closed, the text quoted on its own and the
-    quote reopened.
+    quote reopened. Unquoted, a reserved word (``if``) or a text with ``=`` is quoted too: as the
+    first word of a command, the shell would read it as syntax or as a variable assignment.
     """
-    if _PLAIN[quoting].fullmatch(text):
+    if _PLAIN[quoting].fullmatch(text) and not (quoting == "" and text in _RESERVED):
         return text
-    quoted = shlex.quote(text)
+    quoted = "'" + text.replace("'", "'\"'\"'") + "'"  # shlex.quote, but always quoting
     return f"{quoting}{quoted}{quoting}" if quoting else quoted
 
 
@@ -114,7 +122,7 @@ class Placeholder:
             return _no_nul(format(value if number else render_value(value), self.spec))
         except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"format {{{self.name}:{self.spec}}} does not apply to {value!r}: {exc}"
+                f"format {{{self.name}:{self.spec}}} does not apply to {cut_repr(value)}: {exc}"
             ) from None
 
 
@@ -219,7 +227,7 @@ class CommandTemplate:
                 pieces.append(Placeholder(piece.name, piece.spec, quoting))
         if quoting:
             where = "after a backslash" if quoting.endswith("\\") else _QUOTING[quoting]
-            raise ValueError(f"unbalanced quoting: {template!r} ends {where}")
+            raise ValueError(f"unbalanced quoting: {cut_repr(template, 200)} ends {where}")
         # Split with each placeholder as a marker shlex keeps as part of its word.
         marked = "".join(p if isinstance(p, str) else f"\0{i}\0" for i, p in enumerate(pieces))
         words = tuple(

@@ -4,6 +4,8 @@
 rule of :mod:`core.relations`, or raises ``EnsembleInputError`` (a ``ToolError``) whose text
 names the parameter, the problem and the fix, before anything is launched. The texts were tuned
 for small LLMs: the fix that loses nothing comes first, with the corrected call written out.
+Sizes are bounded before any value is converted: a list by the call's task cap, a value and all
+values together by :class:`InputLimits`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,38 @@ from core.relations import (
     fan_out,
     is_relation,
 )
+from core.spec_values import MAX_VALUE_CHARS, cut_repr
 from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError
 from ensemble_mcp.tools import EnsembleSpec, Param
 
-__all__ = ("Plan", "plan_ensemble", "show_json")
+__all__ = ("InputLimits", "Plan", "plan_ensemble", "show_json")
 
 _MAX_PROBLEMS = 5
+_SCALARS = (int, float, bool, type(None))
+_SMALL_TYPES = ("number", "integer", "boolean")
+_STR = {str}
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds on the arguments of one call, checked before any value is converted.
+
+    ==========================  ===========================================================
+    ``value_chars=100_000``     one list element: a string's characters, another value's JSON
+    ``total_chars=50_000_000``  all tasks' values, each counted once per task that uses it
+    ==========================  ===========================================================
+
+    A list may hold at most as many values as one call may run tasks (``Server(max_tasks=)``).
+    """
+
+    value_chars: int = MAX_VALUE_CHARS
+    total_chars: int = 50_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("value_chars", "total_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"InputLimits.{name} must be a whole number >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +104,13 @@ class Plan:
             )
 
 
-def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks: int) -> Plan:
+def plan_ensemble(
+    spec: EnsembleSpec,
+    arguments: Mapping[str, Any],
+    *,
+    max_tasks: int,
+    limits: InputLimits = InputLimits(),
+) -> Plan:
     """Check one call's arguments and lay out its tasks.
 
     Under ``one-to-one``, a 1-element list or a bare value is used for every task; lists longer
@@ -84,11 +118,14 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks
 
     Raises:
         EnsembleInputError: unknown or missing arguments, a bad relation, empty lists, unequal
-            lengths, more tasks than ``max_tasks``, or elements of the wrong type.
+            lengths, more tasks than ``max_tasks``, a list longer than ``max_tasks``, values
+            over ``limits``, or elements of the wrong type.
     """
     args = dict(arguments)
     problems: list[str] = []
-    relation = args.pop("relation", None) or DEFAULT_RELATION
+    relation = args.pop("relation", None)
+    if relation is None:
+        relation = DEFAULT_RELATION
     if isinstance(relation, list) and len(relation) == 1:
         relation = relation[0]  # the list habit of every other argument
     if not is_relation(relation):
@@ -96,10 +133,11 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks
         problems.append(f"relation must be {allowed}, got {show_json(relation)}")
     unknown = [k for k in args if k not in spec.param_names]
     if unknown:
+        shown = ", ".join(cut_repr(k, 40) for k in unknown[:_MAX_PROBLEMS])
+        more = f" and {len(unknown) - _MAX_PROBLEMS:,} more" if len(unknown) > _MAX_PROBLEMS else ""
         problems.append(
             f"unknown argument{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(k) for k in unknown)}; the arguments are: "
-            f"{_known(spec)}"
+            f"{shown}{more}; the arguments are: {_known(spec)}"
         )
     raw: dict[str, list[Any]] = {}
     for p in spec.params:
@@ -110,21 +148,88 @@ def plan_ensemble(spec: EnsembleSpec, arguments: Mapping[str, Any], *, max_tasks
                     f"missing argument {p.name!r}: a list of {p.type_label} values, one per task"
                 )
             continue
-        raw[p.name] = _as_list(p, value)
-        if not raw[p.name]:
+        raw[p.name] = listed = _as_list(p, value)
+        if not listed:
             problems.append(f"{p.name!r} is an empty list; give at least one value")
+        elif len(listed) > max_tasks:
+            problems.append(
+                f"{p.name!r} has {len(listed):,} values, above the cap of {max_tasks:,} per list "
+                f"(a call runs at most {max_tasks:,} tasks); split it into several calls"
+            )
     if problems or not is_relation(relation):
         raise _error(problems)
+    sizes = _sizes(spec, raw, limits.value_chars)
     fanout = _fan_out(spec, relation, raw, max_tasks)
+    _check_total(sizes, fanout, limits.total_chars)
     values, json_values = _validate(spec, raw)
     return Plan(fanout=fanout, values=values, json_values=json_values)
+
+
+def _sizes(spec: EnsembleSpec, raw: dict[str, list[Any]], cap: int) -> dict[str, int]:
+    """The characters of each list's values together; raises when one value is over ``cap``.
+
+    Lists of a number or boolean parameter are skipped: their values are small, or refused by
+    their type.
+    """
+    problems: list[str] = []
+    sizes: dict[str, int] = {}
+    for p in spec.params:
+        values = raw.get(p.name)
+        if values is None or p.type_label in _SMALL_TYPES:
+            continue
+        if set(map(type, values)) == _STR:  # the common case, at C speed
+            lengths = list(map(len, values))
+        else:
+            lengths = [_size(value) for value in values]
+        sizes[p.name] = sum(lengths)
+        if max(lengths) > cap:
+            for index, chars in enumerate(lengths):
+                if chars > cap:
+                    what = "" if isinstance(values[index], str) else " as JSON"
+                    problems.append(
+                        f"{p.name}[{index}] has {chars:,} characters{what}, above the cap of "
+                        f"{cap:,} per value"
+                    )
+    if problems:
+        raise _error(problems)
+    return sizes
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    return 0 if isinstance(value, _SCALARS) else len(_json_text(value))
+
+
+def _check_total(sizes: dict[str, int], fanout: Fanout, cap: int) -> None:
+    """Refuse a call whose tasks' values add up to more than ``cap`` characters."""
+    # Each value of a list of n values is used by total / n tasks (broadcast or product alike).
+    used = {name: size * (fanout.total // fanout.lengths[name]) for name, size in sizes.items()}
+    total = sum(used.values())
+    if total > cap:
+        largest = max(used, key=used.__getitem__)
+        raise _error(
+            [
+                f"the values of the {fanout.total:,} tasks add up to {total:,} characters "
+                f"({largest}: {used[largest]:,}; a value counts once per task that uses it), "
+                f"above the cap of {cap:,} per call; give long values to fewer tasks, or "
+                "split the call"
+            ]
+        )
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
 
 
 def _as_list(p: Param, value: Any) -> list[Any]:
     if isinstance(value, str) and p.type_label != "string" and value.lstrip().startswith("["):
         try:  # some clients send a list as its JSON text
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     if not isinstance(value, list):
         return [value]
@@ -140,9 +245,7 @@ def _fan_out(
         fanout = fan_out(relation, {n: len(v) for n, v in raw.items()})
     except UnequalLengthsError as exc:
         raise EnsembleInputError(_unequal_message(spec, raw, exc, max_tasks)) from None
-    if fanout.total <= max_tasks:
-        return fanout
-    if relation == "many-to-many":
+    if fanout.total > max_tasks:  # one-to-one cannot pass it: no list is over max_tasks
         formed = " x ".join(f"{n} {k}" for n, k in fanout.lengths.items())
         raise _error(
             [
@@ -151,12 +254,7 @@ def _fan_out(
                 "split it into several calls"
             ]
         )
-    raise _error(
-        [
-            f"this call would run {fanout.total:,} tasks (lists of {fanout.total:,} values), "
-            f"above the cap of {max_tasks:,} tasks per call; split it into several calls"
-        ]
-    )
+    return fanout
 
 
 def _validate(
@@ -225,8 +323,8 @@ def show_json(value: Any, limit: int = 40) -> str:
     """``value`` as JSON (or repr), cut to ``limit`` characters: how texts show a value."""
     try:
         text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except (TypeError, ValueError, RecursionError):
+        text = cut_repr(value, limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

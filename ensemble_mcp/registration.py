@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from core import Batch, Launcher, LauncherBroken
 from core.errors import ConfigError
+from core.spec_values import cut_repr
 from core.task import TaskOptions, first_problem
 from core.template import CommandTemplate
 from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError, ToolCallError
@@ -92,7 +93,7 @@ def _argv(command: CommandTemplate, kwargs: dict[str, Any], echo: dict[str, Any]
     try:
         return command.argv(kwargs)
     except ValueError as exc:
-        shown = ", ".join(f"{k}={v!r}" for k, v in echo.items())
+        shown = ", ".join(f"{k}={cut_repr(v)}" for k, v in echo.items())
         raise EnsembleInputError(
             f"cannot form the command for {shown}: {exc}. {NOTHING_RUN}"
         ) from None

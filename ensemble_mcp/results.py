@@ -86,6 +86,10 @@ def output_schema(spec: EnsembleSpec) -> dict[str, Any]:
             "result": returns,
             "error": {"type": "string", "description": "exception, or exit code and stderr"},
             "duration_s": {"type": "number"},
+            "attempts": {
+                "type": "integer",
+                "description": "times the task was started, when more than once (retried)",
+            },
             "note": {"type": "string", "description": "why a result was cut or left out"},
         },
         "required": ["index", "params", "status"],
@@ -129,6 +133,8 @@ class ResultConverter:
             else:
                 entry["status"] = res.status.value
                 entry["duration_s"] = _round(res.duration_s)
+                if res.attempts > 1:
+                    entry["attempts"] = res.attempts
                 value = values.get(k, _MISSING)
                 if isinstance(value, _Invalid):
                     entry["status"], entry["error"] = "failed", value.message
@@ -320,7 +326,10 @@ def _entry_line(entry: dict[str, Any]) -> str:
         outcome = "pending"
     else:
         outcome = f"{status}: {entry.get('error', '')}".replace("\n", " | ")
-    timing = f" ({entry['duration_s']:.3g} s)" if entry.get("duration_s") is not None else ""
+    timing = f"{entry['duration_s']:.3g} s" if entry.get("duration_s") is not None else ""
+    if entry.get("attempts"):
+        timing += f"{', ' if timing else ''}{entry['attempts']} attempts"
+    timing = f" ({timing})" if timing else ""
     return f"#{entry['index']} {params} -> {outcome}{timing}"
 
 

@@ -31,7 +31,7 @@ from core import Batch, Launcher, LauncherConfig, SystemConfig
 from ensemble_mcp.auth import TOKEN_ENV, BearerAuth, check_token, token_from_env
 from ensemble_mcp.collect import collect
 from ensemble_mcp.jobs import Registry, add_ensemble_tools, submit_output
-from ensemble_mcp.plan import Plan, plan_ensemble
+from ensemble_mcp.plan import InputLimits, Plan, plan_ensemble
 from ensemble_mcp.pool import LauncherPool
 from ensemble_mcp.registration import EnsembleTool, add_tools, build_ensemble_tool
 from ensemble_mcp.results import OutputLimits, render_text, summarize
@@ -57,8 +57,9 @@ class Server(MCPServer[Any]):
         host: the address it binds (loopback by default).
         system_config: the slots of the shared launcher (default: this node).
         launcher_config: how the shared launcher runs (default: ``LauncherConfig.auto()``).
-        max_tasks: the most tasks one call may run.
+        max_tasks: the most tasks one call may run (and values one list may hold).
         output_limits: bounds on what one call returns.
+        input_limits: bounds on the size of one call's values.
         ensemble_ttl_s: how long a finished submitted ensemble stays readable.
         max_ensembles: the most submitted ensembles kept at once.
         auth_token: the bearer token every streamable-HTTP request must carry (default:
@@ -76,6 +77,7 @@ class Server(MCPServer[Any]):
         launcher_config: LauncherConfig | None = None,
         max_tasks: int = 10_000,
         output_limits: OutputLimits | None = None,
+        input_limits: InputLimits | None = None,
         ensemble_ttl_s: float = 3600.0,
         max_ensembles: int = 100,
         auth_token: str | None = None,
@@ -89,6 +91,7 @@ class Server(MCPServer[Any]):
         self.port = port
         self.max_tasks = max_tasks
         self.output_limits = output_limits or OutputLimits()
+        self.input_limits = input_limits or InputLimits()
         self._auth_token = token_from_env() if auth_token is None else check_token(auth_token)
         self._user_lifespan = mcpserver_kwargs.pop("lifespan", None)
         mcpserver_kwargs.setdefault("log_level", "WARNING")
@@ -203,6 +206,10 @@ class Server(MCPServer[Any]):
             nnodes, ppn, ngpus_per_process: resources of each task.
             env: environment variables of each task.
             timeout: seconds after which a task is killed and reported ``timeout``.
+            max_retries: re-runs of a task whose worker or node was lost while it ran
+                (default: the launcher's setting, 1).
+            failure_retries: re-runs of a task that failed by itself: an exception, a
+                non-zero exit, a timeout (default: the launcher's setting, 0).
             system_config, launcher_config: run this tool on its own launcher.
             params: for templates, ``{placeholder: type}`` (default: number or string).
             submit_tool: also add ``<name>_submit`` and the ``ensemble_*`` tools (default True).
@@ -237,6 +244,8 @@ class Server(MCPServer[Any]):
         ngpus_per_process: int = 0,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        max_retries: int | None = None,
+        failure_retries: int | None = None,
         system_config: SystemConfig | None = None,
         launcher_config: LauncherConfig | None = None,
         params: Mapping[str, Any] | None = None,
@@ -248,6 +257,8 @@ class Server(MCPServer[Any]):
             "ngpus_per_process": ngpus_per_process,
             "env": {} if env is None else env,
             "timeout": timeout,
+            "max_retries": max_retries,
+            "failure_retries": failure_retries,
         }
         tool = build_ensemble_tool(
             target,
@@ -287,7 +298,9 @@ class Server(MCPServer[Any]):
     async def _call(
         self, tool: EnsembleTool, arguments: dict[str, Any], ctx: Context[Any, Any]
     ) -> CallToolResult:
-        plan = plan_ensemble(tool.spec, arguments, max_tasks=self.max_tasks)
+        plan = plan_ensemble(
+            tool.spec, arguments, max_tasks=self.max_tasks, limits=self.input_limits
+        )
         started = time.perf_counter()
         batch, echoes = self._launch(tool, plan)
         results = await collect(batch, ctx, plan.total)
@@ -301,7 +314,9 @@ class Server(MCPServer[Any]):
         )
 
     async def _submit(self, tool: EnsembleTool, arguments: dict[str, Any]) -> CallToolResult:
-        plan = plan_ensemble(tool.spec, arguments, max_tasks=self.max_tasks)
+        plan = plan_ensemble(
+            tool.spec, arguments, max_tasks=self.max_tasks, limits=self.input_limits
+        )
         self._registry.room()
         batch, echoes = self._launch(tool, plan)
         ensemble = self._registry.add(tool.spec, plan, echoes, batch, tool.converter)

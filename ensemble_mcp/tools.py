@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from core.relations import DEFAULT_RELATION, RELATIONS
@@ -35,6 +35,8 @@ __all__ = (
 # ---------------------------------------------------------------------------------------------
 # Specs
 
+_FINITE = ConfigDict(allow_inf_nan=False)
+
 
 @dataclass(frozen=True)
 class Param:
@@ -49,8 +51,12 @@ class Param:
 
     @cached_property
     def adapter(self) -> TypeAdapter[list[Any]]:
-        """Validates (and converts) a whole list of elements at once."""
-        return TypeAdapter(list[self.element])  # type: ignore[name-defined]
+        """Validates (and converts) a whole list of elements at once.
+
+        Numbers must be finite: JSON has no NaN or infinity, so ``"nan"`` or ``"1e400"`` sent
+        for a number is a mistake, and its echo in the results could only be ``null``.
+        """
+        return TypeAdapter(list[self.element], config=_FINITE)  # type: ignore[name-defined]
 
     @cached_property
     def items_schema(self) -> dict[str, Any]:

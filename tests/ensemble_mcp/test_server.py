@@ -202,7 +202,7 @@ async def test_bad_arguments_return_an_error_that_shows_the_fix_and_run_nothing(
     unknown = await call(server, mode, "add", {"a": [1], "c": [2]})
     assert "unknown argument 'c'; the arguments are: a (required), b, relation" in text_of(unknown)
     over = await call(server, mode, "add", {"a": list(range(MAX_TASKS + 1))})
-    assert f"cap of {MAX_TASKS} tasks" in text_of(over)
+    assert f"has {MAX_TASKS + 1} values, above the cap of {MAX_TASKS} per list" in text_of(over)
     assert server.num_calls == before
 
 
