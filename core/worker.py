@@ -97,6 +97,37 @@ class _Tail:
         return f"[... {self.dropped} bytes cut ...]\n{body}" if self.dropped else body
 
 
+class _TextTail(io.TextIOBase):
+    """A Python task's stdout: keeps the last ``limit`` characters, counts what it drops."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > 2 * self.limit:  # trim now and then: memory stays bounded
+            self._trim()
+        return len(text)
+
+    def _trim(self) -> None:
+        whole = "".join(self.parts)
+        excess = max(0, len(whole) - self.limit)
+        self.dropped += excess
+        self.parts, self.size = [whole[excess:]], len(whole) - excess
+
+    def text(self) -> str:
+        self._trim()
+        body = self.parts[0] if self.parts else ""
+        return f"[... {self.dropped} chars cut ...]\n{body}" if self.dropped else body
+
+
 class Worker:
     """The run loop of one worker process."""
 
@@ -240,7 +271,7 @@ class Worker:
         if fn is None or isinstance(fn, BaseException):
             why = f"the function could not be loaded in the worker: {fn!r}"
             return Outcome.ended("failed", why, start, _type_name(fn))
-        captured = io.StringIO() if self.settings.return_stdout else None
+        captured = _TextTail(self.settings.tail_bytes) if self.settings.return_stdout else None
         status, value, exception, exc_type = "success", None, None, None
         plain = not captured and not item.env and not item.cwd and job.placement is None
         if item.timeout:
@@ -263,7 +294,7 @@ class Worker:
         finally:
             if item.timeout:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        stdout = captured.getvalue()[-self.settings.tail_bytes :] if captured else None
+        stdout = captured.text() if captured else None
         return Outcome(status, value, stdout, None, None, exception, exc_type, start, time.time())
 
     def _call(self, fn: Callable[..., Any], item: TaskItem) -> Any:

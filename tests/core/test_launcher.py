@@ -312,3 +312,22 @@ def test_why_unplaceable_names_what_was_asked_and_what_the_node_has(launcher: La
     reason = launcher.why_unplaceable(TaskOptions(ppn=launcher.num_slots + 1))
     assert reason is not None and f"ppn={launcher.num_slots + 1}" in reason
     assert str(launcher.num_slots) in reason
+
+
+def chatty(lines: int) -> int:
+    for i in range(lines):
+        print(f"line {i:07d}")
+    return lines
+
+
+def test_a_python_tasks_stdout_keeps_its_tail_and_says_how_much_was_cut() -> None:
+    config = LauncherConfig(nlevels=0, return_stdout=True, tail_bytes=1000)
+    with Launcher(launcher_config=config) as service:
+        (result,) = service.submit_tasks(
+            [Task(task_id="c", executable=chatty, args=(100_000,))]
+        ).results(timeout=60)
+    assert result.result == 100_000
+    assert result.stdout is not None
+    head, _, body = result.stdout.partition("\n")
+    assert head == f"[... {100_000 * 13 - 1000} chars cut ...]"
+    assert len(body) == 1000 and body.endswith("line 0099999\n")

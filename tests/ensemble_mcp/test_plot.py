@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import operator
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,12 +28,13 @@ GREEN, RED = (0x2E, 0x7D, 0x32), (0xC6, 0x28, 0x28)  # success, failed in ensemb
 @pytest.fixture(scope="module")
 def timeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The profile of a 2,000-task run with profile='timeline'."""
-    # Cheap tasks: a stdlib function (workers import nothing of this test), and every hundredth a
-    # command that fails after a moment, long enough to be seen in the picture.
+    # Short tasks of a fixed length (a stdlib function: workers import nothing of this test), so
+    # the bars fill the rows whatever the machine's load, and every hundredth a command that
+    # fails after a moment, long enough to be seen in the picture.
     tasks = {
         f"t{i:04d}": Task(task_id=f"t{i:04d}", executable=["sh", "-c", "sleep 0.01; exit 3"])
         if i % 100 == 99
-        else Task(task_id=f"t{i:04d}", executable=operator.add, args=(i, 1))
+        else Task(task_id=f"t{i:04d}", executable=time.sleep, args=(0.001,))
         for i in range(NUM_TASKS)
     }
     launcher = EnsembleLauncher(
