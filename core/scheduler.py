@@ -27,6 +27,7 @@ Policy:
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,7 @@ class _Reservation:
     key: int
     slots: frozenset[int]
     gpus: dict[int, int]  # node index -> GPU units kept for it
+    by_node: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node index -> its slots
 
 
 @dataclass(slots=True)
@@ -543,13 +545,22 @@ class Scheduler:
                 self.room.append(slot.index)
 
     def _assign_wide(self, out: list[Assignment]) -> None:
+        reserved_key = self.reservation.key if self.reservation is not None else None
+        no_room: set[Need] = set()  # needs that found no room in this pass: same answer again
         for group in list(self.groups):
             queues = self.groups[group]
             blocked = position = 0
             while position < len(queues.wide) and blocked < _WIDE_LOOKAHEAD:
                 key = queues.wide[position]
-                placed = self._place_wide(key, self.needs[key])
+                need = self.needs[key]
+                if need in no_room and key != reserved_key:
+                    blocked += 1
+                    position += 1
+                    continue
+                placed = self._place_wide(key, need)
                 if placed is None:
+                    if key != reserved_key:
+                        no_room.add(need)
                     if self.reservation is None:
                         self._reserve(key, self.needs[key])
                     blocked += 1
@@ -600,6 +611,8 @@ class Scheduler:
         self, node: _Node, need: Need, mine: frozenset[int] | None
     ) -> tuple[list[_Slot], list[int]] | None:
         """The idle slots and free GPU units of ``node`` that ``need`` would take, or None."""
+        if mine is None and len(node.idle) < need.cpus_per_node:
+            return None  # the common "no": checked before anything is built
         slots = self.slots
         spare = len(node.free_gpus)
         reservation = self.reservation
@@ -608,8 +621,9 @@ class Scheduler:
         if need.gpus_per_node > spare:
             return None
         candidates = node.idle
-        if mine is not None:
-            candidates = candidates | {i for i in node.slots if i in mine and slots[i].free}
+        if mine is not None and reservation is not None:
+            kept = reservation.by_node.get(node.index, ())
+            candidates = candidates | {i for i in kept if slots[i].free}
         if need.cpus:
             by_cpu = {slots[i].cpu: i for i in candidates}
             if not all(cpu in by_cpu for cpu in need.cpus):
@@ -640,38 +654,42 @@ class Scheduler:
         return free[: need.gpus_per_node] if len(free) >= need.gpus_per_node else None
 
     def _reserve(self, key: int, need: Need) -> None:
-        """Keep the slots (and GPU units) where ``need`` will fit soonest for ``key``."""
+        """Keep the slots (and GPU units) where ``need`` will fit soonest for ``key``.
+
+        Nodes are ranked by what they lack (GPUs first), then by how many CPUs are idle there
+        now; on the chosen nodes, the slots with the least work left are kept.
+        """
         slots = self.slots
 
         def cost(i: int) -> int:  # how long until the slot is free, roughly
             s = slots[i]
             return (1000 if s.held_by is not None else 0) + len(s.queue)
 
-        ranked = []
-        for node in self.nodes:
-            if not self._holds_share(node, need):
-                continue
-            up = [i for i in node.slots if not slots[i].gone and not slots[i].reserved]
+        ranked = sorted(
+            (max(0, need.gpus_per_node - len(node.free_gpus)), -len(node.idle), node.index)
+            for node in self.nodes
+            if self._holds_share(node, need)
+        )
+        chosen: list[tuple[int, list[int]]] = []
+        for *_, index in ranked:
+            up = [i for i in self.nodes[index].slots if not slots[i].gone and not slots[i].reserved]
             if need.cpus:
                 pick = [i for i in up if slots[i].cpu in need.cpus]
-                if len(pick) < len(need.cpus):
-                    continue
             else:
-                pick = sorted(up, key=cost)[: need.ppn]
-                if len(pick) < need.ppn:
-                    continue
-            gpu_short = max(0, need.gpus_per_node - len(node.free_gpus))
-            ranked.append((gpu_short, sum(map(cost, pick)), node.index, pick))
-        if len(ranked) < need.nnodes:
+                pick = heapq.nsmallest(need.ppn, up, key=cost)
+            if len(pick) >= need.cpus_per_node:
+                chosen.append((index, pick))
+                if len(chosen) == need.nnodes:
+                    break
+        if len(chosen) < need.nnodes:
             return
-        ranked.sort()
-        chosen = ranked[: need.nnodes]
-        picked = frozenset(i for *_, pick in chosen for i in pick)
+        picked = frozenset(i for _, pick in chosen for i in pick)
         for i in picked:
             slots[i].reserved = True
             self._refresh(slots[i])
-        gpus = {index: need.gpus_per_node for _, _, index, _ in chosen if need.gpus_per_node}
-        self.reservation = _Reservation(key, picked, gpus)
+        gpus = {index: need.gpus_per_node for index, _ in chosen if need.gpus_per_node}
+        by_node = {index: tuple(pick) for index, pick in chosen}
+        self.reservation = _Reservation(key, picked, gpus, by_node)
 
     def _drop_reservation(self) -> None:
         reservation, self.reservation = self.reservation, None
