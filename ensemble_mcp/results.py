@@ -90,6 +90,14 @@ def output_schema(spec: EnsembleSpec) -> dict[str, Any]:
                 "type": "integer",
                 "description": "times the task was started, when more than once (retried)",
             },
+            "node": {"type": "string", "description": "the node the task ran on"},
+            "cpus": {"type": "array", "items": {"type": "integer"}, "description": "its CPUs"},
+            "gpus": {"type": "array", "items": {"type": "string"}, "description": "its GPUs"},
+            "hosts": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "every node of a task that ran on several",
+            },
             "note": {"type": "string", "description": "why a result was cut or left out"},
         },
         "required": ["index", "params", "status"],
@@ -135,6 +143,12 @@ class ResultConverter:
                 entry["duration_s"] = _round(res.duration_s)
                 if res.attempts > 1:
                     entry["attempts"] = res.attempts
+                if res.node:
+                    entry["node"], entry["cpus"] = res.node, res.cpus
+                if res.gpus:
+                    entry["gpus"] = res.gpus
+                if len(res.hosts) > 1:
+                    entry["hosts"] = res.hosts
                 value = values.get(k, _MISSING)
                 if isinstance(value, _Invalid):
                     entry["status"], entry["error"] = "failed", value.message
