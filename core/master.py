@@ -245,6 +245,7 @@ class Master:
             if self.up and log.isEnabledFor(logging.INFO):
                 per_node = "; ".join(
                     f"{node}: {c['running']} running, {c['done']} done, {c['failed']} failed"
+                    + (" (lost)" if c["lost"] else "")
                     for node, c in self.table.status().items()
                 )
                 log.info("status: %d pending; %s", self.table.scheduler.num_pending, per_node)

@@ -334,13 +334,24 @@ class TaskTable:
         return self.scheduler.num_up
 
     def status(self) -> dict[str, dict[str, int]]:
-        """Per node: tasks running (or queued on its slots), done and failed so far."""
+        """Per node: tasks running (or queued on its slots), done and failed so far.
+
+        ``lost`` is 1 once every slot of the node is gone.
+        """
         running: dict[str, int] = dict.fromkeys(self.counts, 0)
+        alive: dict[str, int] = dict.fromkeys(self.counts, 0)
         nodes = self.scheduler.nodes
+        for node in nodes:
+            alive[node.name] = node.num_alive
         for slot in self.scheduler.slots:
             running[nodes[slot.node].name] += len(slot.queue)
         return {
-            name: {"running": running[name], "done": c.done, "failed": c.failed}
+            name: {
+                "running": running[name],
+                "done": c.done,
+                "failed": c.failed,
+                "lost": int(alive[name] == 0),
+            }
             for name, c in self.counts.items()
         }
 

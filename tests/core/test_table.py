@@ -164,5 +164,7 @@ def test_status_counts_per_node() -> None:
     placed = sent(t.dispatch())
     key_h1 = next(k for k, (child, _, _) in placed.items() if child == b"a")
     t.done([failed(key_h1)])
-    assert t.status() == {"h1": {"running": 0, "done": 0, "failed": 1},
-                          "h2": {"running": 1, "done": 0, "failed": 0}}  # fmt: skip
+    assert t.status() == {"h1": {"running": 0, "done": 0, "failed": 1, "lost": 0},
+                          "h2": {"running": 1, "done": 0, "failed": 0, "lost": 0}}  # fmt: skip
+    t.child_lost(b"b", "lost", NOW)
+    assert t.status()["h2"]["lost"] == 1
