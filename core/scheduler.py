@@ -255,6 +255,8 @@ class Scheduler:
         if gone and not slot.gone:
             slot.gone = True
             self.nodes[slot.node].num_alive -= 1
+            if slot.reserved:  # a reservation must not wait for a slot that will not come back
+                self._drop_reservation()
         if not slot.up:
             return []
         slot.up = False
@@ -268,6 +270,12 @@ class Scheduler:
             self._drop_reservation()
         self._refresh(slot)
         return keys
+
+    def holder(self, index: int) -> int | None:
+        """The wide task a helper slot is held for, when its leader is another slot."""
+        key = self.slots[index].held_by
+        hold = self.holds.get(key) if key is not None else None
+        return key if hold is not None and hold.slots[0] != index else None
 
     def slot_up(self, index: int) -> None:
         """A slot is back (a replacement worker registered)."""
@@ -472,6 +480,8 @@ class Scheduler:
                 # one group at a time takes as many as it can in a row, round-robin by batch
                 take = len(narrow) if len(groups) == 1 else 1
                 for _ in range(take):
+                    if not narrow:  # a group of wide tasks only (or emptied): nothing to take
+                        break
                     slot = self._next_slot(cap)
                     if slot is None:
                         if not narrow and not queues.wide:
@@ -672,7 +682,7 @@ class Scheduler:
         )
         chosen: list[tuple[int, list[int]]] = []
         for *_, index in ranked:
-            up = [i for i in self.nodes[index].slots if not slots[i].gone and not slots[i].reserved]
+            up = [i for i in self.nodes[index].slots if slots[i].up and not slots[i].reserved]
             if need.cpus:
                 pick = [i for i in up if slots[i].cpu in need.cpus]
             else:

@@ -196,3 +196,30 @@ def test_affinity_lists_that_cannot_be_shared_evenly_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         Need.of(**fields)
+
+
+def test_a_batch_of_blocked_wide_tasks_beside_others_does_not_break_placement() -> None:
+    scheduler = make(cpus=4, gpus=("0",))
+    for key in range(3):
+        scheduler.submit(key, Need(gpus_per_proc=1), group=1)  # one fits, two wait
+    scheduler.submit(10, Need(gpus_per_proc=1), group=2)
+    scheduler.submit(20, group=3)
+    placed = scheduler.assign()
+    assert sorted(a.key for a in placed) == [0, 20]
+    assert scheduler.assign() == []
+
+
+def test_a_reservation_is_dropped_when_one_of_its_slots_is_gone_for_good() -> None:
+    scheduler = make(cpus=4, prefetch=0)
+    scheduler.mean_duration_s = 1.0
+    for key in range(4):
+        scheduler.submit(key)
+    first = scheduler.assign()
+    scheduler.submit(9, Need(ppn=4), group=2)
+    assert scheduler.assign() == []
+    assert scheduler.reservation is not None
+    reserved = next(iter(scheduler.reservation.slots))
+    scheduler.slot_down(reserved)  # its worker died: being replaced
+    scheduler.slot_down(reserved, gone=True)  # ... and it never comes back
+    assert scheduler.reservation is None
+    assert [a for a in first if a.slot == reserved]
