@@ -161,6 +161,8 @@ class Child:
     """Workers of this slot in a row that died before they registered."""
     quick: int = 0
     """Workers of this slot in a row that died soon after they started."""
+    killed: bool = False
+    """Killed on purpose (a hard cancel): its death says nothing about the slot."""
     running: tuple[int, int] | None = None
     """For a dead worker: ``(key, attempt)`` it was running, from its record."""
 
@@ -221,7 +223,10 @@ class Children:
         restarts = 0 if child.registered else child.restarts + 1
         if restarts > _MAX_EARLY_DEATHS:
             return False
-        quick = child.quick + 1 if now - child.started < _QUICK_DEATH_S else 0
+        if child.killed:
+            quick = 0
+        else:
+            quick = child.quick + 1 if now - child.started < _QUICK_DEATH_S else 0
         delay = 0.0 if quick <= 1 else min(_MAX_BACKOFF_S, 0.25 * 2 ** (quick - 2))
         self._restarts.append((now + delay, child.slot, restarts, quick))
         return True
@@ -356,6 +361,7 @@ class Children:
 
     def kill(self, child: Child) -> None:
         """SIGKILL a child's process session now (its exit is reported as usual)."""
+        child.killed = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.process.popen.pid, signal.SIGKILL)
 

@@ -66,6 +66,7 @@ class _ClientLink:
         self.start_error: str | None = None
         self.nslots = 0
         self.inventory: Scheduler | None = None
+        self.broken_reason: str | None = None
 
     def push(self, command: Command) -> None:
         self.commands.append(command)
@@ -104,9 +105,25 @@ class _ClientLink:
         self.nslots, self.start_error, self.inventory = nslots, error, inventory
         self.started_event.set()
 
+    def broken(self, why: str) -> None:
+        self.broken_reason = why
+        if not self.started_event.is_set():
+            self.started(0, why)
+
+    def fail_rest(self, why: str, status: str) -> None:
+        """End every task the master never took (submitted as it stopped or failed)."""
+        self.commands.clear()
+        exc_type = "core.errors.LauncherBroken" if status == "failed" else None
+        outcome = Outcome.ended(status, why, time.time(), exc_type)
+        self.deliver([_final_of(key, outcome) for key in list(self.owners)])
+
     def close(self) -> None:
         os.close(self.read_fd)
         os.close(self.write_fd)
+
+
+def _final_of(key: int, outcome: Outcome) -> Final:
+    return Final(key, 0, outcome, outcome.status)
 
 
 def _result(batch: Batch, index: int, final: Final) -> TaskResult:
@@ -115,7 +132,7 @@ def _result(batch: Batch, index: int, final: Final) -> TaskResult:
     if isinstance(outcome, bytes):
         try:  # the Outcome's fields as a plain tuple (Outcome.pack), read in place
             outcome = pickle.loads(outcome)  # noqa: S301 - from our authenticated workers
-        except Exception as exc:  # noqa: BLE001 - one bad result fails one task
+        except BaseException as exc:  # noqa: BLE001 - one bad result (even SystemExit) fails one task
             why = f"the task's result could not be unpickled here: {exc!r}"
             outcome = Outcome.ended("failed", why, time.time(), type(exc).__qualname__)
     status, value, stdout, stderr, returncode, exception, exc_type, start, end = outcome
@@ -170,6 +187,7 @@ class Launcher:
         self._broken: str | None = None
         self._sent_functions: set[bytes] = set()
         self._profiler: ThreadPoolExecutor | None = None
+        self._profiler_lock = threading.Lock()
         self._log_handler: logging.Handler | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -239,11 +257,13 @@ class Launcher:
         try:
             master.run()
         except BaseException as exc:  # the manager thread must never die silently
-            self._broken = f"the launcher's manager thread failed: {exc!r}"
-            link.started(0, self._broken)
-            for action in master.table.fail_all(self._broken, time.time()):
-                link.deliver(action.finals)  # type: ignore[union-attr]
-            raise
+            self._broken = link.broken_reason or f"the launcher's manager failed: {exc!r}"
+            link.broken(self._broken)
+            log.exception("the launcher %s is broken; its tasks failed", self._run_id)
+        finally:  # whatever the master never took ends too
+            crashed = link.broken_reason is not None
+            why = link.broken_reason or "the launcher was shut down"
+            link.fail_rest(why, "failed" if crashed else "cancelled")
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop every process of this launcher; unfinished tasks end ``cancelled``."""
@@ -286,8 +306,9 @@ class Launcher:
     def _write_profile(self, batch: Batch) -> None:
         """Hand a finished batch's profile to the writer thread (not the master's)."""
         config = self.launcher_config
-        if self._profiler is None:
-            self._profiler = ThreadPoolExecutor(1, thread_name_prefix="ensemble-mcp-profile")
+        with self._profiler_lock:  # the client and the manager thread may both get here
+            if self._profiler is None:
+                self._profiler = ThreadPoolExecutor(1, thread_name_prefix="ensemble-mcp-profile")
         batch.profile = self._profiler.submit(
             write_profile, batch.results(), config.profile, config.profile_dir,  # type: ignore[arg-type]
             slots=self.slots, num_slots=self.num_slots, run_id=self._run_id,
@@ -321,6 +342,8 @@ class Launcher:
         refused: dict[int, Outcome],
     ) -> Batch:
         """Hand tasks to the master as one group; ``refused`` (by index) end at once."""
+        if self._link is not None and self._link.broken_reason is not None:
+            self._broken = self._link.broken_reason
         if self._broken is not None or self._link is None:
             raise LauncherBroken(self._broken or "the launcher is not started; call start()")
         keys = [task.key for task in tasks]

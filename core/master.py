@@ -70,6 +70,9 @@ class ClientLink(Protocol):
     def started(self, nslots: int, error: str | None, inventory: Scheduler | None = None) -> None:
         """The tree is up (or could not start: ``error``); ``inventory``: its nodes and slots."""
 
+    def broken(self, why: str) -> None:
+        """The master failed: refuse new work at once."""
+
 
 @dataclass(frozen=True, slots=True)
 class TopPlan:
@@ -124,6 +127,11 @@ class Master:
                 self._tick(now)
                 if self.up and not self.stopping:
                     self._perform(self.table.dispatch())
+        except BaseException as exc:  # a launcher bug: every task must still end, failed
+            why = f"the launcher's manager failed: {exc!r}"
+            self.link.broken(why)  # the client takes no more work from now on
+            self._perform(self.table.fail_all(why, time.time()))
+            raise
         finally:
             self._perform(self.table.shutdown(time.time()))
             self.children.shutdown()
@@ -162,7 +170,7 @@ class Master:
             assert sender is not None
             children.heard_from(sender)
             if isinstance(message, Results):
-                self._perform(table.done(message.done))
+                self._perform(table.done(message.done, now))
             elif isinstance(message, Register):
                 self._registered(sender, message)
             elif isinstance(message, SlotsDown):

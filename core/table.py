@@ -101,6 +101,7 @@ class _Task:
     lost_runs: int = 0
     failed_runs: int = 0
     history: list[str] | None = None  # what happened to earlier attempts
+    helper_lost: str | None = None  # a node of this multi-node task was lost: why
     cancelling: bool = False
 
 
@@ -170,10 +171,14 @@ class TaskTable:
         """
         finals: list[Final] = []
         requeue: list[int] = []
+        stops: list[Action] = []
         for name in names:
             index = self.slot_index.get(name)
             if index is None:
                 continue
+            holder = self.scheduler.holder(index) if gone or node_lost else None
+            if holder is not None and self.tasks[holder].helper_lost is None:
+                stops.append(self._stop_for_lost_helper(holder, reason))
             for position, key in enumerate(self.scheduler.slot_down(index, gone or node_lost)):
                 task = self.tasks[key]
                 if task.cancelling:
@@ -203,7 +208,15 @@ class TaskTable:
             self.scheduler.cancel_pending({key})
             task = self.tasks[key]
             finals.append(self._final(key, task, _ended("failed", why, now, UNPLACEABLE)))
-        return [Deliver(finals)] if finals else []
+        return ([Deliver(finals)] if finals else []) + stops
+
+    def _stop_for_lost_helper(self, key: int, reason: str) -> Action:
+        """A multi-node task lost one of its nodes: stop it on its leader; it ends as lost."""
+        task = self.tasks[key]
+        task.helper_lost = reason
+        assert task.slot is not None
+        ref = self.slot_refs[task.slot]
+        return CancelOn(ref.route, ref.name, (key,), False)
 
     def child_lost(self, child: bytes, reason: str, now: float) -> list[Action]:
         """A direct child (a sub-master) is gone with every slot behind it."""
@@ -256,8 +269,8 @@ class TaskTable:
                 entries.append(entry)
         return [Send(child, entries) for child, entries in sends.items()]
 
-    def done(self, items: Iterable[Done]) -> list[Action]:
-        """Attempts ended."""
+    def done(self, items: Iterable[Done], now: float = 0.0) -> list[Action]:
+        """Attempts ended (``now``: the time, for what the table itself decides)."""
         finals: list[Final] = []
         requeue: list[int] = []
         scheduler, tasks, refs = self.scheduler, self.tasks, self.slot_refs
@@ -270,6 +283,9 @@ class TaskTable:
         scheduler.finished_many([(i.key, t.slot, i.duration_s) for i, t in current])  # type: ignore[misc]
         for item, task in current:
             status = item.status
+            if task.helper_lost is not None:  # stopped because a node of it was lost
+                finals.extend(self._lost_run(item.key, task, task.helper_lost, requeue, now))
+                continue
             if status == "success" and task.placement is None and task.history is None:
                 del tasks[item.key]  # the common case, as _final does it
                 ref = refs[task.slot]  # type: ignore[index]
@@ -292,6 +308,20 @@ class TaskTable:
         if requeue:
             scheduler.requeue(requeue, {k: self.tasks[k].new.need for k in requeue})
         return [Deliver(finals)] if finals else []
+
+    def _lost_run(
+        self, key: int, task: _Task, reason: str, requeue: list[int], now: float
+    ) -> list[Final]:
+        """A run of ``task`` was lost with its node: queue it again, or fail it (NodeLost)."""
+        task.slot, task.helper_lost = None, None
+        if task.lost_runs < task.new.max_retries:
+            task.lost_runs += 1
+            _note(task, f"attempt {task.lost_runs + task.failed_runs} was lost: {reason}")
+            requeue.append(key)
+            return []
+        runs = task.lost_runs + task.failed_runs + 1
+        why = reason if runs == 1 else f"{reason}; it was lost on all {runs} attempts"
+        return [self._final(key, task, _ended("failed", why, now, NODE_LOST))]
 
     def cancel(self, keys: Iterable[int], now: float) -> list[Action]:
         """Cancel tasks: queued ones end at once, running ones are told to stop."""

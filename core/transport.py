@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -185,7 +186,8 @@ def _allow_only(ctx: zmq.Context[zmq.Socket[bytes]], client_public: bytes) -> No
     )
     auth = zmq.auth.thread.ThreadAuthenticator(ctx)
     auth.start()
-    auth.configure_curve(domain="*", location=str(keydir))
+    auth.configure_curve(domain="*", location=str(keydir))  # reads the key now
+    shutil.rmtree(keydir, ignore_errors=True)
     _authenticators[id(ctx)] = auth
 
 

@@ -54,6 +54,7 @@ _KILL_GRACE_S = 2.0
 _READ_CHUNK = 1 << 16
 
 _current_command: list[int] = []
+_IDLE = (-1, 0)
 
 
 def _on_term(signum: int, frame: object) -> None:
@@ -149,6 +150,8 @@ class Worker:
         self.counts = {"success": 0, "failed": 0, "timeout": 0, "cancelled": 0}
         self.next_report = time.monotonic() + self.settings.report_interval_s
         self.record = RunningRecord(options.record) if options.record else None
+        self.current = _IDLE
+        self.fn_mean: dict[bytes, float] = {}  # mean run time of each function, seconds
         self.mpi_launcher: Any = None  # core.mpi.MpiLauncher, detected on the first MPI task
 
     def serve(self) -> None:
@@ -165,11 +168,19 @@ class Worker:
                 continue
             if self.queue and not self.stopping:
                 job = self.queue.popleft()
+                if self.out and not self._known_tiny(job):
+                    self.flush()  # held results must not wait for a task that may run long
+                self.current = (job.key, job.attempt)
                 if self.record is not None:
-                    self.record.note(job.key, job.attempt)
+                    self.record.note(*self.current)
                 outcome = self.run(job)
+                self.current = _IDLE
                 if self.record is not None:
-                    self.record.note(-1, 0)
+                    self.record.note(*_IDLE)
+                if job.item.fn is not None:
+                    duration = outcome.end_time - outcome.start_time
+                    mean = self.fn_mean.get(job.item.fn, duration)
+                    self.fn_mean[job.item.fn] = mean + 0.2 * (duration - mean)
                 self.emit(job, outcome)
         self.flush()
         self.channel.close()
@@ -194,6 +205,11 @@ class Worker:
         elif isinstance(message, Shutdown):
             self.stopping = True
 
+    def _known_tiny(self, job: _Job) -> bool:
+        """Whether ``job`` is a call of a function whose runs have been tiny so far."""
+        fn = job.item.fn
+        return fn is not None and self.fn_mean.get(fn, 1.0) < _HOLD_IF_SHORTER_S
+
     def _accept(self, entry: Entry) -> None:
         if self.record is not None:  # unpickling runs user code too: it may kill us
             self.record.note(entry.key, entry.attempt)
@@ -205,8 +221,8 @@ class Worker:
             self.emit(job, Outcome.ended("failed", why, time.time(), _type_name(exc)))
             return
         finally:
-            if self.record is not None:
-                self.record.note(-1, 0)
+            if self.record is not None:  # back to the task running now (a Submit may arrive
+                self.record.note(*self.current)  # while a command runs), or idle
         self.queue.append(_Job(entry.key, entry.attempt, item, entry.placement))
 
     def emit(self, job: _Job, outcome: Outcome) -> None:
@@ -288,6 +304,7 @@ class Worker:
                     value = self._call(fn, item)
         except _Timeout:
             status, exception = "timeout", f"timed out after {item.timeout} s"
+            self._reset_loop()  # an async task cut by the alarm must not run on in later calls
         except BaseException as exc:  # noqa: BLE001 - a task's failure is data
             status, exc_type = "failed", _type_name(exc)
             exception = self._describe(job, exc)
@@ -302,6 +319,20 @@ class Worker:
         if isinstance(value, types.CoroutineType):
             value = self._event_loop().run_until_complete(value)
         return value
+
+    def _reset_loop(self) -> None:
+        """Cancel whatever the event loop still holds and close it (a new one comes if needed)."""
+        loop, self.loop = self.loop, None
+        if loop is None:
+            return
+        import asyncio
+
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:  # let them unwind their finally blocks, boundedly
+            loop.run_until_complete(asyncio.wait(pending, timeout=_KILL_GRACE_S))
+        loop.close()
 
     def _event_loop(self) -> Any:
         if self.loop is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from core import ConfigError, Launcher, Task, TaskStatus
+from core.spawn import processes_of_run
 from tests.conftest import pids_with_env, wait_until_gone
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -184,3 +185,25 @@ def test_workers_that_keep_dying_are_replaced_after_a_growing_pause_not_in_a_spi
     assert done.returncode == 0, done.stderr[-2000:]
     replacements = done.stderr.count("starting a replacement")
     assert 4 <= replacements <= 16, done.stderr[-2000:]  # two slots; pauses 0, .25, .5, 1 s
+
+
+def test_a_crash_of_the_manager_fails_every_task_and_refuses_new_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.errors import LauncherBroken
+    from core.table import TaskTable
+
+    with Launcher() as launcher:
+        assert list(launcher.map(identity, [1, 2])) == [1, 2]
+
+        def broken_dispatch(self: TaskTable) -> list:
+            raise RuntimeError("a bug in placement")
+
+        monkeypatch.setattr(TaskTable, "dispatch", broken_dispatch)
+        results = launcher.map_tasks(identity, [((i,), {}) for i in range(5)]).results(timeout=30)
+        assert {r.status for r in results} == {TaskStatus.FAILED}
+        assert {r.exception_type for r in results} == {"core.errors.LauncherBroken"}
+        assert all("a bug in placement" in (r.exception or "") for r in results)
+        with pytest.raises(LauncherBroken, match="a bug in placement"):
+            launcher.map_tasks(identity, [((1,), {})])
+    assert processes_of_run(launcher.run_id) == []

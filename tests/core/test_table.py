@@ -168,3 +168,22 @@ def test_status_counts_per_node() -> None:
                           "h2": {"running": 1, "done": 0, "failed": 0, "lost": 0}}  # fmt: skip
     t.child_lost(b"b", "lost", NOW)
     assert t.status()["h2"]["lost"] == 1
+
+
+def test_losing_the_other_node_of_a_two_node_task_stops_it_and_runs_it_again() -> None:
+    t = table({b"a": ["h1"], b"b": ["h2"], b"c": ["h3"]}, cpus=1)
+    t.submit([NewTask(1, b"p", need=Need(nnodes=2))], 1, NOW)
+    ((child, slot, attempt),) = sent(t.dispatch()).values()
+    placement = t.tasks[1].placement
+    assert placement is not None
+    helper = placement.parts[1].node
+    lost = {b"a": "h1", b"b": "h2", b"c": "h3"}
+    helper_child = next(c for c, n in lost.items() if n == helper)
+    actions = t.child_lost(helper_child, f"the sub-master on {helper} was lost", NOW)
+    assert CancelOn(child, slot, (1,), False) in actions  # stopped on its leader
+    cancelled = Done(1, attempt, "cancelled", 1.0, pickle.dumps(Outcome("cancelled")))
+    assert finals(t.done([cancelled], NOW)) == {}  # not delivered: it runs again
+    ((_, _, again),) = sent(t.dispatch()).values()
+    final = finals(t.done([ok(1, again)]))[1]
+    assert final.status == "success" and final.attempts == 2
+    assert final.history == (f"attempt 1 was lost: the sub-master on {helper} was lost",)
