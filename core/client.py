@@ -582,7 +582,7 @@ def _master_log_handler(config: LauncherConfig, run_id: str) -> logging.Handler 
 
 
 def _need(options: TaskOptions) -> Need:
-    if options == DEFAULT_OPTIONS:
+    if options is DEFAULT_OPTIONS:  # identity: a pydantic == compares every field
         return NARROW
     return Need.of(options.nnodes, options.ppn, options.ngpus_per_process, options.cpu_affinity,
                    options.gpu_affinity)  # fmt: skip
