@@ -270,7 +270,9 @@ def add_ensemble_tools(
             "counts": counts,
             "tasks": entries,
         }
-        summary = summarize(ensemble.spec, ensemble.plan, entries, clock() - ensemble.started, note)
+        summary = summarize(
+            ensemble.spec.name, ensemble.plan, entries, clock() - ensemble.started, note
+        )
         summary["counts"] = counts
         text = render_text(summary, entries, max_lines=ensemble.converter.limits.text_lines)
         if stop < total:

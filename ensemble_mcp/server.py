@@ -306,7 +306,7 @@ class Server(MCPServer[Any]):
         results = await collect(batch, ctx, plan.total)
         wall = time.perf_counter() - started
         entries, note = tool.converter.entries(0, echoes, results)
-        summary = summarize(tool.spec, plan, entries, wall, note)
+        summary = summarize(tool.spec.name, plan, entries, wall, note)
         text = render_text(summary, entries, max_lines=self.output_limits.text_lines)
         return CallToolResult(
             content=[TextContent(type="text", text=text)],
