@@ -7,6 +7,7 @@ implementation it checks could share its bugs too.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 
@@ -14,6 +15,9 @@ import pytest
 
 # Test servers must not inherit a user's exported token (their clients send none).
 os.environ.pop("ENSEMBLE_MCP_TOKEN", None)
+# Nor write journals in the user's state directory (~/.local/state/ensemble-mcp); servers
+# started by tests, subprocesses included, journal under this run's own directory.
+os.environ["ENSEMBLE_MCP_STATE_DIR"] = tempfile.mkdtemp(prefix="ensemble-mcp-state-")
 
 
 def pids_with_env(mark: str) -> list[int]:
