@@ -112,7 +112,9 @@ async def _refused(url: str, mode: str, repeat: int) -> list[float]:
     return times
 
 
-async def _submitted(url: str, mode: str, size: int, repeat: int) -> tuple[list[float], list[float]]:
+async def _submitted(
+    url: str, mode: str, size: int, repeat: int
+) -> tuple[list[float], list[float]]:
     """``noop_submit`` of ``size`` tasks: time to the id, and to every result read back."""
     submits, totals = [], []
     async with Client(url, mode=mode) as client:

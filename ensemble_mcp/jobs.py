@@ -56,7 +56,7 @@ from ensemble_mcp.tools import EnsembleSpec
 
 MAX_PAGE = 1000
 LOST_NOTE = (
-    "lost: the server stopped before this task ended, so its result was never recorded; "
+    "the server stopped before this task ended, so its result was never recorded; "
     "run it again if you need it"
 )
 log = logging.getLogger(__name__)

@@ -79,7 +79,8 @@ def default_state_dir(server_name: str, environ: Mapping[str, str] = os.environ)
     """
     root = environ.get(STATE_DIR_ENV)
     if not root:
-        xdg = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        home = environ.get("HOME") or str(Path.home())
+        xdg = environ.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
         root = str(Path(xdg) / "ensemble-mcp")
     name = re.sub(r"[^A-Za-z0-9._-]", "_", server_name).strip(".") or "_"
     return Path(root).expanduser() / name
@@ -346,6 +347,13 @@ def _connect(path: Path) -> sqlite3.Connection:
         except BaseException:
             db.close()
             raise
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise ConfigError(f"the journal {path} cannot be used: {exc}") from None
+        raise ConfigError(
+            f"the journal {path} is open in another program ({exc}); close that and start "
+            "the server again"
+        ) from None
     except sqlite3.DatabaseError as exc:
         raise ConfigError(
             f"the journal {path} cannot be used: {exc}; move it away (the server then starts "
