@@ -13,10 +13,12 @@ hold (``ppn`` larger than the node) is refused in under 2 s. The script serves i
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -199,8 +201,10 @@ def main() -> int:
             f"{len(text.split(chr(10) * 2)[0])} of them fan-out guidance"
         )
     port = free_port()
+    state = tempfile.TemporaryDirectory(prefix="bench-mcp-state-")  # its journal of ensembles
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)]
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
+        env={**os.environ, "ENSEMBLE_MCP_STATE_DIR": state.name},
     )
     try:
         wait_until_serving(process, "127.0.0.1", port)
@@ -208,6 +212,7 @@ def main() -> int:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+        state.cleanup()
     return 0
 
 

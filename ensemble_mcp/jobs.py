@@ -288,7 +288,7 @@ class Registry:
 
         Tasks without an entry are ``pending``, or ``lost`` when a server stop cut them.
         """
-        journal = self._open_journal()
+        journal = self._open_journal(writing=False)
         stored = journal.entries(snapshot.ensemble_id, offset, stop)
         missing = [i for i in range(offset, stop) if i not in stored]
         echoes: dict[int, dict[str, Any]] = {}
@@ -319,14 +319,15 @@ class Registry:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _open_journal(self) -> Journal:
+    def _open_journal(self, *, writing: bool = True) -> Journal:
         journal = self._journal
         if journal is None:
             raise ToolCallError(
                 "the server's journal of ensembles is closed (the server is starting or "
                 "stopping); call again shortly"
             )
-        self._check_broken()
+        if writing:
+            self._check_broken()
         return journal
 
     def _check_broken(self) -> None:
@@ -334,9 +335,9 @@ class Registry:
             raise ToolCallError(self._broken)
 
     def _stored(self, ensemble_id: str) -> StoredEnsemble:
-        journal = self._open_journal()
+        journal = self._open_journal(writing=False)
         stored = journal.get(ensemble_id)
-        if stored is not None and self._expired(stored.finished):
+        if stored is not None and self._expired(stored.finished) and self._broken is None:
             journal.delete([ensemble_id])
             stored = None
         if stored is None:

@@ -258,6 +258,33 @@ def test_pages_read_during_writes_hold_whole_entries_only(
     assert seen_done == sorted(seen_done)
 
 
+def test_a_journal_that_cannot_be_written_says_so_and_keeps_finished_ones_readable(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    registry = registry_at(tmp_path / "s", [time.time()])
+    try:
+        finished = submit(registry, launcher, [1, 2], [0])
+        wait_finished(registry, finished)
+        assert registry._journal is not None
+        db = registry._journal._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count={pages + 2}")  # a full disk, for SQLite
+        full = submit(registry, launcher, list(range(400)), [0], NAP_COMMAND)
+        deadline = time.monotonic() + 20
+        while registry._broken is None:
+            assert time.monotonic() < deadline, "the journal never filled up"
+            time.sleep(0.01)
+        why = r"could not record results in its journal \(.*\): database or disk is full"
+        with pytest.raises(ToolError, match=why):
+            registry.snapshot(full)
+        with pytest.raises(ToolError, match=why):
+            registry.room()
+        assert registry.snapshot(finished).counts["success"] == 2
+        assert len(registry.page(registry.snapshot(finished), 0, 2)[0]) == 2
+    finally:
+        registry.stop()
+
+
 # -- a stop, in-process --------------------------------------------------------------------------
 
 
