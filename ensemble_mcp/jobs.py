@@ -256,7 +256,7 @@ class Registry:
             batch.cancel()
             raise
         assert recorder is not None
-        recorder.watch(running)
+        recorder.watch(running)  # on the recorder's thread: the id goes back at once
         return ensemble_id
 
     # -- read ---------------------------------------------------------------------------------
@@ -379,13 +379,18 @@ class _Recorder:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._queue: deque[tuple[_Running, int, Future[TaskResult]]] = deque()
+        self._new: deque[_Running] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ensemble-mcp-journal", daemon=True)
         self._thread.start()
 
     def watch(self, running: _Running) -> None:
-        """Journal each task of ``running`` when it ends."""
+        """Journal each task of ``running`` when it ends (hooked on the recorder's thread)."""
+        self._new.append(running)
+        self._wake.set()
+
+    def _hook(self, running: _Running) -> None:
         for index, future in enumerate(running.batch.futures):
             future.add_done_callback(partial(self._ended, running, index))
 
@@ -406,6 +411,8 @@ class _Recorder:
         while True:
             self._wake.wait()
             self._wake.clear()
+            while self._new:
+                self._hook(self._new.popleft())
             items: list[tuple[_Running, int, Future[TaskResult]]] = []
             while self._queue:
                 items.append(self._queue.popleft())
