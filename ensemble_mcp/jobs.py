@@ -55,6 +55,8 @@ from ensemble_mcp.results import (
 from ensemble_mcp.tools import EnsembleSpec
 
 MAX_PAGE = 1000
+_COALESCE_S = 0.01
+"""How long the journal's thread lets ended tasks gather before it writes them."""
 LOST_NOTE = (
     "the server stopped before this task ended, so its result was never recorded; "
     "run it again if you need it"
@@ -410,6 +412,8 @@ class _Recorder:
     def _run(self) -> None:
         while True:
             self._wake.wait()
+            if not self._stopping:
+                time.sleep(_COALESCE_S)  # let more end, and the submit that woke us answer
             self._wake.clear()
             while self._new:
                 self._hook(self._new.popleft())
