@@ -571,7 +571,7 @@ STATUS_HELP = (
 RESULTS_HELP = (
     "Results of an ensemble started by a *_submit tool, in task order, one page at a "
     "time (limit at most 1000); call again with next_offset until it is null. "
-    "Tasks not ended yet show status pending."
+    "Tasks not ended yet show status pending; tasks a server restart cut show lost."
 )
 CANCEL_HELP = (
     "Cancel an ensemble started by a *_submit tool: tasks not ended stop and end "
