@@ -39,6 +39,7 @@ belongs to. What is counted (the printed lines):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -129,6 +130,7 @@ class Soak:
     duplicated: int = 0
     wrong: int = 0
     workers_killed: int = 0
+    kills_missed: int = 0
     unread: dict[int, list[Ensemble]] = field(default_factory=dict)
 
     def failed(self, session_opened: float, what: str, exc: BaseException) -> None:
@@ -337,7 +339,11 @@ class ServerProcess:
                  "--state-dir", self.state_dir],
                 env=self.env, stdout=log, stderr=log,
             )  # fmt: skip
-        wait_until_serving(self.process, "127.0.0.1", self.port, timeout_s=120)
+        try:
+            wait_until_serving(self.process, "127.0.0.1", self.port, timeout_s=120)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}; its log ends with:\n{tail}") from None
         self.run_ids |= {run for run, _ in self.workers()}
 
     def workers(self) -> list[tuple[str, int]]:
@@ -406,21 +412,29 @@ def _children(pid: int) -> list[int]:
 
 
 async def kill_workers(soak: Soak, server: ServerProcess, every_s: float) -> None:
-    """SIGKILL one worker of the running server every ``every_s`` seconds."""
+    """SIGKILL one worker of the running server every ``every_s`` seconds.
+
+    Cancels replace workers too (a running Python task is cancelled by killing its worker), so
+    at a given moment every worker may be starting: then try again for up to 10 s. Not while
+    the server restarts: a worker lost while the launcher starts stops the server's start.
+    """
     rng = random.Random(7)
     while time.monotonic() + every_s < soak.deadline:
         await anyio.sleep(every_s)
-        if server.process is None or server.process.poll() is not None:
-            continue
-        workers = server.workers()
-        if workers:
-            run, pid = rng.choice(workers)
-            server.run_ids.add(run)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                soak.workers_killed += 1
-            except ProcessLookupError:
-                pass
+        for _ in range(50):
+            restarting = soak.killed_at is not None and soak.ready_at is None
+            running = server.process is not None and server.process.poll() is None
+            workers = server.workers() if running and not restarting else []
+            if workers:
+                run, pid = rng.choice(workers)
+                server.run_ids.add(run)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    soak.workers_killed += 1
+                    break
+            await anyio.sleep(0.2)
+        else:
+            soak.kills_missed += 1
 
 
 async def restart_server(
@@ -517,9 +531,13 @@ def report(
     calls = sum(soak.calls.values())
     kinds = ", ".join(f"{name} {n:,}" for name, n in soak.calls.most_common())
     received = sum(soak.statuses.values())
+    restart = (soak.ready_at or 0) - (soak.killed_at or 0)
+    missed = (
+        f" ({soak.kills_missed} times no worker was found in 10 s)" if soak.kills_missed else ""
+    )
     print(
         f"soak: {wall / 60:.1f} min, {args.clients} clients, {soak.workers_killed} workers "
-        f"SIGKILLed, server SIGKILLed and restarted once"
+        f"SIGKILLed{missed}, server SIGKILLed and restarted once (up again in {restart:.1f} s)"
     )
     print(f"calls           {calls:,} ({kinds})")
     print(f"  cut by restart  {soak.cut:,} (calls on a session opened before the restart)")
