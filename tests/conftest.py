@@ -6,7 +6,9 @@ implementation it checks could share its bugs too.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -17,7 +19,8 @@ import pytest
 os.environ.pop("ENSEMBLE_MCP_TOKEN", None)
 # Nor write journals in the user's state directory (~/.local/state/ensemble-mcp); servers
 # started by tests, subprocesses included, journal under this run's own directory.
-os.environ["ENSEMBLE_MCP_STATE_DIR"] = tempfile.mkdtemp(prefix="ensemble-mcp-state-")
+os.environ["ENSEMBLE_MCP_STATE_DIR"] = _STATE_ROOT = tempfile.mkdtemp(prefix="ensemble-mcp-state-")
+atexit.register(shutil.rmtree, _STATE_ROOT, ignore_errors=True)
 
 
 def pids_with_env(mark: str) -> list[int]:
