@@ -4,7 +4,8 @@
 
 Prints (issue #3 bars): a no-op function over 1,000-element lists (all 1,000 results back;
 bar <= 0.5 s), a 1-element call (bar <= 20 ms), and 20 concurrent clients each making a 100-task
-call (all 2,000 results correct, none mixed up). Issue #9 bar: a call whose tasks no node can
+call (all 2,000 results correct, none mixed up), and a 1,000-task ``noop_submit`` (time to the id,
+and to every result polled and paged back). Issue #9 bar: a call whose tasks no node can
 hold (``ppn`` larger than the node) is refused in under 2 s. The script serves itself with
 ``--serve PORT``.
 """
@@ -12,10 +13,12 @@ hold (``ppn`` larger than the node) is refused in under 2 s. The script serves i
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,6 +114,38 @@ async def _refused(url: str, mode: str, repeat: int) -> list[float]:
     return times
 
 
+async def _submitted(
+    url: str, mode: str, size: int, repeat: int
+) -> tuple[list[float], list[float]]:
+    """``noop_submit`` of ``size`` tasks: time to the id, and to every result read back."""
+    submits, totals = [], []
+    async with Client(url, mode=mode) as client:
+        for k in range(repeat + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            started = await client.call_tool("noop_submit", {"x": list(range(size))})
+            submitted = time.perf_counter() - start
+            ensemble_id = started.structured_content["ensemble_id"]
+            while True:
+                status = await client.call_tool("ensemble_status", {"ensemble_id": ensemble_id})
+                if status.structured_content["finished"]:
+                    break
+                await anyio.sleep(0.005)
+            values: list[float] = []
+            offset: int | None = 0
+            while offset is not None:
+                page = await client.call_tool(
+                    "ensemble_results",
+                    {"ensemble_id": ensemble_id, "offset": offset, "limit": 1000},
+                )
+                values += [t["result"] for t in page.structured_content["tasks"]]
+                offset = page.structured_content["next_offset"]
+            assert values == [float(i) for i in range(size)], "bad results"
+            if k:
+                submits.append(submitted)
+                totals.append(time.perf_counter() - start)
+    return submits, totals
+
+
 async def _concurrent(url: str, clients: int, size: int) -> tuple[float, int, int]:
     wrong = 0
     got = 0
@@ -138,6 +173,9 @@ async def _bench(url: str, repeat: int) -> None:
         print(f"[{mode:6}] 1-task call     : {_stats(small)}   bar <= 20 ms")
         floor = await _floor(url, mode, repeat * 5)
         print(f"[{mode:6}] plain SDK tool  : {_stats(floor)}   (reference: no ensemble)")
+        submit, total = await _submitted(url, mode, 1000, repeat)
+        print(f"[{mode:6}] 1,000-task submit: {_stats(submit)}   (the call returning the id)")
+        print(f"[{mode:6}]   ... all read  : {_stats(total)}   (submit, poll, page back)")
         refused = await _refused(url, mode, repeat)
         print(f"[{mode:6}] ppn > node      : {_stats(refused)}   bar < 2 s (refused)")
     wall, got, wrong = await _concurrent(url, 20, 100)
@@ -163,8 +201,10 @@ def main() -> int:
             f"{len(text.split(chr(10) * 2)[0])} of them fan-out guidance"
         )
     port = free_port()
+    state = tempfile.TemporaryDirectory(prefix="bench-mcp-state-")  # its journal of ensembles
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)]
+        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
+        env={**os.environ, "ENSEMBLE_MCP_STATE_DIR": state.name},
     )
     try:
         wait_until_serving(process, "127.0.0.1", port)
@@ -172,6 +212,7 @@ def main() -> int:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+        state.cleanup()
     return 0
 
 

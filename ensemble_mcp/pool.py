@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from core import Launcher, LauncherConfig, SystemConfig
 from ensemble_mcp.errors import ToolCallError
@@ -15,10 +16,23 @@ class LauncherPool:
 
     Users (sessions, ``Server.start``) are counted: the first starts every launcher known so
     far, the last stops them all, and every task with them.
+
+    Args:
+        system_config: the default launcher's slots.
+        launcher_config: the default launcher's configuration.
+        on_start: called when the first user comes, before any launcher starts (if it raises,
+            nothing starts).
+        on_stop: called when the last user goes, before the launchers stop (and when they
+            fail to start).
     """
 
     def __init__(
-        self, system_config: SystemConfig | None, launcher_config: LauncherConfig | None
+        self,
+        system_config: SystemConfig | None,
+        launcher_config: LauncherConfig | None,
+        *,
+        on_start: Callable[[], None] = lambda: None,
+        on_stop: Callable[[], None] = lambda: None,
     ) -> None:
         self._configs: dict[str, tuple[SystemConfig | None, LauncherConfig | None]] = {
             "": (system_config, launcher_config)
@@ -26,6 +40,13 @@ class LauncherPool:
         self._launchers: dict[str, Launcher] = {}
         self._refs = 0
         self._lock = threading.Lock()
+        self._on_start = on_start
+        self._on_stop = on_stop
+
+    @property
+    def active(self) -> bool:
+        """Whether some user holds the launchers (the server runs)."""
+        return self._refs > 0
 
     def key(
         self, system_config: SystemConfig | None, launcher_config: LauncherConfig | None
@@ -41,17 +62,21 @@ class LauncherPool:
     def acquire(self) -> None:
         """Count one more user; the first starts a launcher per configuration."""
         with self._lock:
-            self._refs += 1
-            if self._refs == 1:
-                try:
-                    for key in self._configs:
-                        self._start(key)
-                except BaseException:
-                    self._refs -= 1
-                    launchers, self._launchers = list(self._launchers.values()), {}
-                    for launcher in launchers:
-                        launcher.shutdown()
-                    raise
+            if self._refs > 0:
+                self._refs += 1
+                return
+            self._on_start()
+            self._refs = 1
+            try:
+                for key in self._configs:
+                    self._start(key)
+            except BaseException:
+                self._refs = 0
+                self._on_stop()
+                launchers, self._launchers = list(self._launchers.values()), {}
+                for launcher in launchers:
+                    launcher.shutdown()
+                raise
 
     def release(self) -> bool:
         """Count one user less; the last stops every launcher (and every task) and gets True."""
@@ -60,6 +85,7 @@ class LauncherPool:
             if self._refs > 0:
                 return False
             launchers, self._launchers = list(self._launchers.values()), {}
+            self._on_stop()
         for launcher in launchers:
             launcher.shutdown()
         return True

@@ -125,17 +125,22 @@ class ResultConverter:
         first_index: int,
         echoes: Sequence[dict[str, Any]],
         results: Sequence[TaskResult | None],
+        *,
+        bound_total: bool = True,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Entries for consecutive tasks from ``first_index``; ``None`` results are pending.
+
+        Each entry is bounded on its own (``text_chars``, ``result_bytes``); with
+        ``bound_total`` the entries together are bounded by ``total_bytes`` too.
 
         Returns the entries and a note when some results were left out for the total bound.
         """
         values = self._check_returns(results)
         out: list[dict[str, Any]] = []
-        budget = self.limits.total_bytes
-        omitted = 0
+        sizes: list[int] = []
         for k, (echo, res) in enumerate(zip(echoes, results, strict=True)):
             entry: dict[str, Any] = {"index": first_index + k, "params": echo}
+            size = 0
             if res is None:
                 entry["status"] = "pending"
             else:
@@ -153,18 +158,14 @@ class ResultConverter:
                 if isinstance(value, _Invalid):
                     entry["status"], entry["error"] = "failed", value.message
                 elif value is not _MISSING:
-                    budget = self._put_result(entry, value, budget)
-                    omitted += entry.get("note") == _OMITTED_NOTE
+                    size = self._put_result(entry, value)
                 else:
                     entry["error"] = self._error(res)
             out.append(entry)
-        note = None
-        if omitted:
-            note = (
-                f"{omitted} results left out: the output passed {self.limits.total_bytes:,} "
-                "bytes; page them with ensemble_results"
-            )
-        return out, note
+            sizes.append(size)
+        if not bound_total:
+            return out, None
+        return out, _bound(out, sizes, self.limits.total_bytes)
 
     def _check_returns(self, results: Sequence[TaskResult | None]) -> dict[int, Any]:
         """Validate successful return values against the return annotation, all at once."""
@@ -195,7 +196,8 @@ class ResultConverter:
         # A model class sent by value comes back as a copy of the class: compare by fields.
         return res.result.model_dump() if isinstance(res.result, BaseModel) else res.result
 
-    def _put_result(self, entry: dict[str, Any], value: Any, budget: int) -> int:
+    def _put_result(self, entry: dict[str, Any], value: Any) -> int:
+        """Put ``value`` in ``entry`` within the per-result bounds; returns its size."""
         if isinstance(value, str):
             value, cut = _tail(value, self.limits.text_chars)
             if cut:
@@ -210,12 +212,9 @@ class ResultConverter:
                     f"result of {size:,} bytes (JSON) left out: above the "
                     f"{self.limits.result_bytes:,}-byte bound"
                 )
-                return budget
-        if size > budget:
-            entry["note"] = _OMITTED_NOTE
-            return budget
+                return 0
         entry["result"] = value
-        return budget - size
+        return size
 
     def _error(self, res: TaskResult) -> str:
         if res.status is TaskStatus.CANCELLED:
@@ -240,6 +239,46 @@ class _Invalid:
 
 _MISSING = object()
 _OMITTED_NOTE = "left out: the call's output bound was reached; page with ensemble_results"
+
+
+def bound_total(entries: list[dict[str, Any]], total_bytes: int) -> str | None:
+    """Leave results out of ``entries`` (in place) past ``total_bytes`` in all.
+
+    The entries were each bounded already (``ResultConverter.entries``); this is the bound on
+    what one answer holds. Returns the note that says how many were left out, if any.
+    """
+    return _bound(
+        entries, [_size(e["result"]) if "result" in e else 0 for e in entries], total_bytes
+    )
+
+
+def _bound(entries: list[dict[str, Any]], sizes: list[int], total_bytes: int) -> str | None:
+    budget = total_bytes
+    omitted = 0
+    for entry, size in zip(entries, sizes, strict=True):
+        if "result" not in entry:
+            continue
+        if size > budget:
+            del entry["result"]
+            entry["note"] = _OMITTED_NOTE
+            omitted += 1
+        else:
+            budget -= size
+    if not omitted:
+        return None
+    return (
+        f"{omitted} results left out: the output passed {total_bytes:,} "
+        "bytes; page them with ensemble_results"
+    )
+
+
+def _size(value: Any) -> int:
+    """The size a result counts for against the total bound."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return 8
+    return len(json.dumps(value))
 
 
 def _exception_head(text: str) -> str:
@@ -270,7 +309,7 @@ def _type_name(tp: Any) -> str:
 
 
 def summarize(
-    spec: EnsembleSpec,
+    tool: str,
     plan: Plan,
     entries: Iterable[dict[str, Any]],
     wall_time_s: float,
@@ -281,7 +320,7 @@ def summarize(
     for entry in entries:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     summary: dict[str, Any] = {
-        "tool": spec.name,
+        "tool": tool,
         "total": plan.total,
         "relation": plan.relation,
         "lengths": dict(plan.lengths),
@@ -339,7 +378,8 @@ def _entry_line(entry: dict[str, Any]) -> str:
     elif status == "pending":
         outcome = "pending"
     else:
-        outcome = f"{status}: {entry.get('error', '')}".replace("\n", " | ")
+        why = entry.get("error") or entry.get("note", "")
+        outcome = f"{status}: {why}".replace("\n", " | ")
     timing = f"{entry['duration_s']:.3g} s" if entry.get("duration_s") is not None else ""
     if entry.get("attempts"):
         timing += f"{', ' if timing else ''}{entry['attempts']} attempts"

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from core.errors import ConfigError
+from ensemble_mcp.auth import check_exposure, token_from_env
 from ensemble_mcp.errors import ServeTargetError
 
 TRANSPORTS = ("streamable-http", "stdio")
@@ -26,7 +28,9 @@ def add_serve_command(subparsers: Any) -> None:
         description="Run the Server object TARGET names: 'pkg.module:server' or "
         "'path/to/file.py:server' (attribute defaults to 'server'). On a shared "
         "machine set ENSEMBLE_MCP_TOKEN: HTTP requests then need "
-        "'Authorization: Bearer <token>'.",
+        "'Authorization: Bearer <token>'. A --host other than loopback needs it. "
+        "Submitted ensembles are journaled in $ENSEMBLE_MCP_STATE_DIR/<server name> "
+        "(default ~/.local/state/ensemble-mcp/<server name>).",
     )
     parser.add_argument("target", help="module:attribute or file.py:attribute")
     parser.add_argument("--transport", choices=TRANSPORTS, default="streamable-http")
@@ -36,27 +40,81 @@ def add_serve_command(subparsers: Any) -> None:
     parser.add_argument(
         "--port", type=int, default=None, help="port to listen on (default: the server's, 9276)"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME[:PORT]",
+        help="a Host header to accept (repeat; replaces the default: loopback names, the "
+        "bound address and this machine's name; without a port: any port)",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="URL",
+        help="an Origin header to accept, e.g. https://app.example.org (repeat; default: "
+        "http(s):// with each allowed host)",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without a token: only behind something that "
+        "authenticates every request (a site proxy)",
+    )
     parser.set_defaults(handler=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Load the target server and run it until interrupted; returns the exit code."""
+    """Load the target server and run it until interrupted; returns the exit code.
+
+    The token is taken out of the environment before the target is imported, so that nothing
+    the target starts inherits it (``token_from_env``; the server still finds it).
+    """
+    from ensemble_mcp.server import Server
+
     try:
+        token_from_env()
         server = load_server(args.target)
-    except ServeTargetError as exc:
+        kwargs: dict[str, Any] = {}
+        if args.transport != "stdio":
+            if args.host is not None:
+                kwargs["host"] = args.host
+            if args.port is not None:
+                kwargs["port"] = args.port
+            kwargs.update(_security_options(args, server, Server))
+        server.run(args.transport, **kwargs)
+    except (ServeTargetError, ConfigError, ValueError) as exc:
         sys.stderr.write(f"ensemble-mcp serve: {exc}\n")
         return 2
-    kwargs: dict[str, Any] = {}
-    if args.transport != "stdio":
-        if args.host is not None:
-            kwargs["host"] = args.host
-        if args.port is not None:
-            kwargs["port"] = args.port
-    try:
-        server.run(args.transport, **kwargs)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _security_options(args: argparse.Namespace, server: Any, server_class: type) -> dict[str, Any]:
+    """The serve flags that only an ensemble_mcp Server understands, for its ``run``.
+
+    Raises:
+        ConfigError: a flag given for another kind of MCP server, or such a server asked to
+            serve a non-loopback address without ``--allow-unauthenticated``.
+    """
+    given = {
+        "allowed_hosts": args.allowed_host,
+        "allowed_origins": args.allowed_origin,
+        "allow_unauthenticated": args.allow_unauthenticated or None,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    if isinstance(server, server_class):
+        return options
+    if options.keys() - {"allow_unauthenticated"}:
+        raise ConfigError(
+            f"{args.target} is a plain MCP server: --allowed-host and --allowed-origin "
+            "apply to ensemble_mcp.Server only"
+        )
+    # A plain MCPServer has no token of its own: the same rule, with no token.
+    check_exposure(
+        args.host or "127.0.0.1", has_token=False, allowed="allow_unauthenticated" in options
+    )
+    return {}
 
 
 def load_server(target: str) -> Any:

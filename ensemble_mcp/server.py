@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import itertools
-import logging
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
@@ -28,16 +28,23 @@ from mcp.types import CallToolResult, TextContent
 from starlette.applications import Starlette
 
 from core import Batch, Launcher, LauncherConfig, SystemConfig
-from ensemble_mcp.auth import TOKEN_ENV, BearerAuth, check_token, token_from_env
+from ensemble_mcp.auth import (
+    BearerAuth,
+    check_exposure,
+    check_token,
+    token_from_env,
+    transport_security,
+)
 from ensemble_mcp.collect import collect
 from ensemble_mcp.jobs import Registry, add_ensemble_tools, submit_output
+from ensemble_mcp.journal import default_state_dir
 from ensemble_mcp.plan import InputLimits, Plan, plan_ensemble
 from ensemble_mcp.pool import LauncherPool
 from ensemble_mcp.registration import EnsembleTool, add_tools, build_ensemble_tool
 from ensemble_mcp.results import OutputLimits, render_text, summarize
 
 F = TypeVar("F", bound=Callable[..., Any])
-logger = logging.getLogger(__name__)
+_OWN_RUN_OPTIONS = ("allowed_hosts", "allowed_origins", "allow_unauthenticated")
 
 
 class Server(MCPServer[Any]):
@@ -60,11 +67,29 @@ class Server(MCPServer[Any]):
         max_tasks: the most tasks one call may run (and values one list may hold).
         output_limits: bounds on what one call returns.
         input_limits: bounds on the size of one call's values.
-        ensemble_ttl_s: how long a finished submitted ensemble stays readable.
+        ensemble_ttl_s: how long a finished submitted ensemble stays readable (across
+            restarts too).
         max_ensembles: the most submitted ensembles kept at once.
+        state_dir: where submitted ensembles are journaled (default:
+            ``$ENSEMBLE_MCP_STATE_DIR/<name>``, else ``$XDG_STATE_HOME/ensemble-mcp/<name>``);
+            one server per directory.
+        journal_max_bytes: the JSON text the journal keeps before it drops the oldest
+            finished ensembles.
         auth_token: the bearer token every streamable-HTTP request must carry (default:
-            ``$ENSEMBLE_MCP_TOKEN``; neither set = no authentication). stdio needs none.
+            ``$ENSEMBLE_MCP_TOKEN``, which is then removed from this process's environment so
+            that no worker or task inherits it). stdio needs none.
+        allowed_hosts: the ``Host`` headers HTTP requests may carry (default: loopback names,
+            the bound address and this machine's name, any port; ``name:*`` for any port).
+        allowed_origins: the ``Origin`` headers browsers may send (default: ``http://`` and
+            ``https://`` with each default host, any port).
+        allow_unauthenticated: serve a non-loopback address without a token (only behind
+            something that authenticates, e.g. a site proxy); refused otherwise.
         **mcpserver_kwargs: passed to ``MCPServer`` (``log_level`` defaults to WARNING).
+
+    Raises:
+        ConfigError: ``host`` is not loopback and there is no token (nor
+            ``allow_unauthenticated``).
+        ValueError: a bad option; the message names it.
     """
 
     def __init__(
@@ -80,26 +105,46 @@ class Server(MCPServer[Any]):
         input_limits: InputLimits | None = None,
         ensemble_ttl_s: float = 3600.0,
         max_ensembles: int = 100,
+        state_dir: str | os.PathLike[str] | None = None,
+        journal_max_bytes: int = 256 * 2**20,
         auth_token: str | None = None,
+        allowed_hosts: Sequence[str] | None = None,
+        allowed_origins: Sequence[str] | None = None,
+        allow_unauthenticated: bool = False,
         **mcpserver_kwargs: Any,
     ) -> None:
         if max_tasks < 1:
             raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
+        from_env = token_from_env()  # taken out of the environment whatever else is given
+        self._auth_token = from_env if auth_token is None else check_token(auth_token)
+        self.allowed_hosts = None if allowed_hosts is None else list(allowed_hosts)
+        self.allowed_origins = None if allowed_origins is None else list(allowed_origins)
+        self.allow_unauthenticated = allow_unauthenticated
+        check_exposure(host, has_token=self.requires_token, allowed=allow_unauthenticated)
+        transport_security(host, self.allowed_hosts, self.allowed_origins)  # refuse bad entries now
         self.host = host
         self.port = port
         self.max_tasks = max_tasks
         self.output_limits = output_limits or OutputLimits()
         self.input_limits = input_limits or InputLimits()
-        self._auth_token = token_from_env() if auth_token is None else check_token(auth_token)
         self._user_lifespan = mcpserver_kwargs.pop("lifespan", None)
         mcpserver_kwargs.setdefault("log_level", "WARNING")
         super().__init__(name, lifespan=self._lifespan, **mcpserver_kwargs)
-        self._launchers = LauncherPool(system_config, launcher_config)
+        self._launchers = LauncherPool(
+            system_config, launcher_config, on_start=self._started, on_stop=self._stopping
+        )
         self._calls = itertools.count()
         self._num_calls = 0
-        self._registry = Registry(ttl_s=ensemble_ttl_s, max_ensembles=max_ensembles)
+        directory = default_state_dir(name) if state_dir is None else Path(state_dir)
+        self._registry = Registry(
+            directory.expanduser().absolute(),
+            limits=self.output_limits,
+            ttl_s=ensemble_ttl_s,
+            max_ensembles=max_ensembles,
+            max_bytes=journal_max_bytes,
+        )
         self._job_tools = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -118,8 +163,14 @@ class Server(MCPServer[Any]):
                 await anyio.to_thread.run_sync(self._release)
 
     def _release(self) -> None:
-        if self._launchers.release():
-            self._registry.clear()
+        self._launchers.release()
+
+    def _started(self) -> None:
+        if self._job_tools:
+            self._registry.start()
+
+    def _stopping(self) -> None:
+        self._registry.stop()
 
     def start(self) -> None:
         """Start the launcher now and keep it warm across sessions until ``shutdown``."""
@@ -138,6 +189,11 @@ class Server(MCPServer[Any]):
         return self._launchers.running()
 
     @property
+    def state_dir(self) -> Path:
+        """The directory of the journal of submitted ensembles."""
+        return self._registry.directory
+
+    @property
     def requires_token(self) -> bool:
         """Whether HTTP requests must carry ``Authorization: Bearer <token>``."""
         return self._auth_token is not None
@@ -152,26 +208,45 @@ class Server(MCPServer[Any]):
     ) -> None:
         """Serve over ``stdio`` or ``streamable-http`` until interrupted.
 
-        HTTP binds the constructor's host and port; Ctrl-C stops the server cleanly.
+        HTTP binds the constructor's host and port (``host=`` and ``port=`` override them, as do
+        ``allowed_hosts=``, ``allowed_origins=`` and ``allow_unauthenticated=``); Ctrl-C stops
+        the server cleanly. The SDK's ``sse`` transport is refused: it would bypass the token.
+
+        Raises:
+            ConfigError: a non-loopback ``host`` without a token (nor ``allow_unauthenticated``).
+            ValueError: the ``sse`` transport.
         """
+        if transport == "sse":
+            raise ValueError(
+                "transport must be 'stdio' or 'streamable-http': this server does not serve "
+                "the deprecated 'sse' transport (its endpoints would not check the token)"
+            )
         if transport != "stdio":
+            for option in _OWN_RUN_OPTIONS:
+                if option in kwargs:
+                    setattr(self, option, kwargs.pop(option))
             kwargs.setdefault("host", self.host)
             kwargs.setdefault("port", self.port)
-            if self._auth_token is None and not _is_loopback(kwargs["host"]):
-                logger.warning(
-                    "serving on %s without a token: anyone who reaches this address "
-                    "can run tools; set %s",
-                    kwargs["host"],
-                    TOKEN_ENV,
-                )
         with contextlib.suppress(KeyboardInterrupt):
             super().run(transport, **kwargs)
 
     def streamable_http_app(self, **kwargs: Any) -> Starlette:
-        """The SDK's streamable-HTTP app (Host/Origin checks included).
+        """The SDK's streamable-HTTP app, with Host/Origin checks for every bind address.
 
-        When the server has a token, the app sits behind ``BearerAuth``.
+        ``host`` (default: the constructor's) is the address it will be served on: a
+        non-loopback one needs a token (or ``allow_unauthenticated``); the allowed ``Host`` and
+        ``Origin`` headers default to names of that address. When the server has a token, the
+        app sits behind ``BearerAuth``.
+
+        Raises:
+            ConfigError: a non-loopback ``host`` without a token (nor ``allow_unauthenticated``).
         """
+        host = kwargs.setdefault("host", self.host)
+        check_exposure(host, has_token=self.requires_token, allowed=self.allow_unauthenticated)
+        if kwargs.get("transport_security") is None:
+            kwargs["transport_security"] = transport_security(
+                host, self.allowed_hosts, self.allowed_origins
+            )
         app = super().streamable_http_app(**kwargs)
         if self._auth_token is not None:
             app.add_middleware(BearerAuth, token=self._auth_token)
@@ -286,6 +361,8 @@ class Server(MCPServer[Any]):
         if submit_tool and not self._job_tools:
             add_ensemble_tools(self, self._registry)
             self._job_tools = True
+            if self._launchers.active:  # added while serving: the journal opens now
+                self._registry.start()
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -306,7 +383,7 @@ class Server(MCPServer[Any]):
         results = await collect(batch, ctx, plan.total)
         wall = time.perf_counter() - started
         entries, note = tool.converter.entries(0, echoes, results)
-        summary = summarize(tool.spec, plan, entries, wall, note)
+        summary = summarize(tool.spec.name, plan, entries, wall, note)
         text = render_text(summary, entries, max_lines=self.output_limits.text_lines)
         return CallToolResult(
             content=[TextContent(type="text", text=text)],
@@ -319,12 +396,5 @@ class Server(MCPServer[Any]):
         )
         self._registry.room()
         batch, echoes = self._launch(tool, plan)
-        ensemble = self._registry.add(tool.spec, plan, echoes, batch, tool.converter)
-        return submit_output(ensemble)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        ensemble_id = self._registry.add(tool.spec, plan, echoes, batch, tool.converter)
+        return submit_output(ensemble_id, tool.spec.name, plan)

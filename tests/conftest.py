@@ -6,7 +6,10 @@ implementation it checks could share its bugs too.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 import uuid
 
@@ -14,6 +17,10 @@ import pytest
 
 # Test servers must not inherit a user's exported token (their clients send none).
 os.environ.pop("ENSEMBLE_MCP_TOKEN", None)
+# Nor write journals in the user's state directory (~/.local/state/ensemble-mcp); servers
+# started by tests, subprocesses included, journal under this run's own directory.
+os.environ["ENSEMBLE_MCP_STATE_DIR"] = _STATE_ROOT = tempfile.mkdtemp(prefix="ensemble-mcp-state-")
+atexit.register(shutil.rmtree, _STATE_ROOT, ignore_errors=True)
 
 
 def pids_with_env(mark: str) -> list[int]:

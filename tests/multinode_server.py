@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import sys
 
 from ensemble_mcp import Server
+from ensemble_mcp.auth import token_from_env
 
 server = Server("multinode")
 
@@ -33,7 +33,9 @@ async def _call(port: int, count: int) -> list[str]:
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    token = os.environ["ENSEMBLE_MCP_TOKEN"]
+    # The Server above took the token out of this process's environment; it is remembered.
+    token = token_from_env()
+    assert token is not None, "set ENSEMBLE_MCP_TOKEN"
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         url = f"http://127.0.0.1:{port}/mcp"
         for _ in range(300):  # the server binds once its launcher is up

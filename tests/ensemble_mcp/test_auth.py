@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import socket
 import threading
@@ -19,6 +18,8 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from core import SystemConfig
+from core.errors import ConfigError
+from ensemble_mcp import auth
 from ensemble_mcp.auth import TOKEN_ENV, BearerAuth, token_from_env
 from ensemble_mcp.server import Server
 from tests.ensemble_mcp.conftest_mcp import add
@@ -175,6 +176,7 @@ async def test_without_a_token_the_server_answers_requests_without_a_header(
 def test_the_token_is_read_from_the_environment_when_the_server_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(auth, "_taken", None)
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     from_env = Server("env")
     monkeypatch.setenv(TOKEN_ENV, "")
@@ -186,6 +188,7 @@ def test_the_token_is_read_from_the_environment_when_the_server_is_built(
 def test_a_token_that_cannot_be_a_bearer_token_is_refused_naming_where_it_came_from(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(auth, "_taken", None)
     with pytest.raises(ValueError, match=r"^auth_token is empty; make one with: python -c"):
         Server("x", auth_token="")
     with pytest.raises(ValueError, match=r"^auth_token may hold only letters, digits"):
@@ -197,18 +200,26 @@ def test_a_token_that_cannot_be_a_bearer_token_is_refused_naming_where_it_came_f
         Server("x")
 
 
-def test_running_on_a_non_loopback_address_without_a_token_warns(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_non_loopback_address_without_a_token_is_refused_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
-    # 192.0.2.1 (TEST-NET-1) is on no interface: binding fails, so nothing is ever exposed.
-    with caplog.at_level(logging.WARNING, "ensemble_mcp.server"), pytest.raises(SystemExit):
+    fix = (
+        rf"export {TOKEN_ENV}=.*Server\(auth_token=\.\.\.\).*"
+        r"Server\(allow_unauthenticated=True\) or 'ensemble-mcp serve --allow-unauthenticated'"
+    )
+    with pytest.raises(
+        ConfigError, match=rf"^refusing to serve on 0\.0\.0\.0 without a token.*{fix}"
+    ):
+        Server("open", host="0.0.0.0")
+    with pytest.raises(ConfigError, match=rf"^refusing to serve on 192\.0\.2\.1 without.*{fix}"):
         small_server().run("streamable-http", host="192.0.2.1", port=9)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "ensemble_mcp.server"]
-    assert warnings == [
-        f"serving on 192.0.2.1 without a token: anyone who reaches this "
-        f"address can run tools; set {TOKEN_ENV}"
-    ]
+    # Opting out is explicit; then it binds (192.0.2.1, TEST-NET-1, is on no interface: the
+    # bind fails, so nothing is ever exposed).
+    with pytest.raises(SystemExit):
+        small_server().run("streamable-http", host="192.0.2.1", port=9, allow_unauthenticated=True)
+    assert Server("ok", host="0.0.0.0", allow_unauthenticated=True).allow_unauthenticated
+    assert Server("ok", host="0.0.0.0", auth_token=TOKEN).requires_token
 
 
 # -- the middleware on its own (ASGI scopes no HTTP client here can send) ----------------------

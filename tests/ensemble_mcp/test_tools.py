@@ -13,7 +13,6 @@ from pydantic import Field
 from core.template import CommandTemplate
 from ensemble_mcp.docstrings import parse_docstring
 from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError
-from ensemble_mcp.jobs import Registry
 from ensemble_mcp.plan import plan_ensemble
 from ensemble_mcp.tools import (
     EnsembleSpec,
@@ -364,30 +363,3 @@ def test_malformed_templates_and_nul_values_are_rejected() -> None:
         spec_from_template("echo {x}", name=None)
     text = error_text({"x": ["ok", "bad\x00"]}, spec_from_template("echo {x}", name="e"))
     assert "x[1]" in text and "NUL" in text
-
-
-# -- the ensemble registry ---------------------------------------------------------------------
-
-
-class _DoneBatch:
-    def done(self) -> bool:
-        return True
-
-
-def test_registry_drops_finished_ensembles_after_their_ttl_and_beyond_its_size() -> None:
-    now = [0.0]
-    registry = Registry(ttl_s=10, max_ensembles=2, clock=lambda: now[0])
-    p = plan({"pressure": [1], "temperature": [1]})
-    first = registry.add(SPEC, p, [], _DoneBatch(), None)  # type: ignore[arg-type]
-    assert registry.get(first.ensemble_id) is first
-    now[0] = 9.0
-    assert registry.get(first.ensemble_id) is first
-    now[0] = 11.0
-    with pytest.raises(ToolError, match="no ensemble has id"):
-        registry.get(first.ensemble_id)
-    a = registry.add(SPEC, p, [], _DoneBatch(), None)  # type: ignore[arg-type]
-    b = registry.add(SPEC, p, [], _DoneBatch(), None)  # type: ignore[arg-type]
-    registry.room()
-    assert len(registry) == 1 and registry.get(b.ensemble_id) is b
-    with pytest.raises(ToolError):
-        registry.get(a.ensemble_id)
