@@ -285,6 +285,10 @@ class Registry:
             ensemble_id, stored.tool, _plan_of(stored.plan), stored.created, stored.finished, counts
         )
 
+    def busy_seconds(self, ensemble_id: str) -> float:
+        """The run times of the ensemble's ended (journaled) tasks, added up."""
+        return self._open_journal(writing=False).busy_seconds(ensemble_id)
+
     def page(self, snapshot: Snapshot, offset: int, stop: int) -> tuple[list[dict[str, Any]], str]:
         """Entries of tasks ``offset <= index < stop`` (bounded in total), and a note or ``""``.
 
@@ -487,6 +491,11 @@ class StatusOutput(BaseModel):
         description="tasks per status; pending: not ended yet; lost: cut by a server restart"
     )
     elapsed_s: float
+    utilisation: float | None = Field(
+        default=None,
+        description="busy share of the launcher's CPU slots since the ensemble started (the run "
+        "times of its ended tasks over slots x elapsed time)",
+    )
     note: str | None = None
 
 
@@ -499,6 +508,11 @@ class ResultEntry(BaseModel):
     result: Annotated[Any, WithJsonSchema(ANY_JSON)] = None
     error: str | None = None
     duration_s: float | None = None
+    attempts: int | None = None
+    node: str | None = None
+    cpus: list[int] | None = None
+    gpus: list[str] | None = None
+    hosts: list[str] | None = None
     note: str | None = None
 
 
@@ -550,8 +564,12 @@ def _lost_note(snapshot: Snapshot) -> str | None:
     )
 
 
-def status_output(snapshot: Snapshot, now: float) -> StatusOutput:
-    """The status of an ensemble."""
+def status_output(
+    snapshot: Snapshot, now: float, busy_s: float = 0.0, slots: int = 0
+) -> StatusOutput:
+    """The status of an ensemble (``busy_s`` of its tasks' run times on ``slots`` CPU slots)."""
+    elapsed = _elapsed(snapshot, now)
+    utilisation = round(min(1.0, busy_s / (slots * elapsed)), 4) if slots and elapsed else None
     return StatusOutput(
         ensemble_id=snapshot.ensemble_id,
         tool=snapshot.tool,
@@ -559,7 +577,8 @@ def status_output(snapshot: Snapshot, now: float) -> StatusOutput:
         done=snapshot.done,
         finished=snapshot.counts["pending"] == 0,
         counts=snapshot.counts,
-        elapsed_s=_elapsed(snapshot, now),
+        elapsed_s=elapsed,
+        utilisation=utilisation,
         note=_lost_note(snapshot),
     )
 
@@ -579,13 +598,19 @@ CANCEL_HELP = (
 )
 
 
-def add_ensemble_tools(server: MCPServer[Any], registry: Registry) -> None:
-    """Register ``ensemble_status``, ``ensemble_results`` and ``ensemble_cancel`` on ``server``."""
+def add_ensemble_tools(
+    server: MCPServer[Any], registry: Registry, slots: Callable[[], int] = lambda: 0
+) -> None:
+    """Register ``ensemble_status``, ``ensemble_results`` and ``ensemble_cancel`` on ``server``.
+
+    ``slots`` tells the CPU slots of the server's launcher (for the utilisation in a status).
+    """
     clock = registry._clock
 
     @server.tool(name="ensemble_status", description=STATUS_HELP)
     async def ensemble_status(ensemble_id: str) -> StatusOutput:
-        return status_output(registry.snapshot(ensemble_id), clock())
+        snapshot = registry.snapshot(ensemble_id)
+        return status_output(snapshot, clock(), registry.busy_seconds(ensemble_id), slots())
 
     @server.tool(name="ensemble_results", description=RESULTS_HELP)
     async def ensemble_results(

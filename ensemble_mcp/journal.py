@@ -265,6 +265,15 @@ class Journal:
             ).fetchall()
         return {idx: json.loads(text) for idx, text in rows}
 
+    def busy_seconds(self, ensemble_id: str) -> float:
+        """The run times of the ensemble's journaled entries, added up."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT SUM(json_extract(entry, '$.duration_s')) FROM tasks WHERE ensemble = ?",
+                (ensemble_id,),
+            ).fetchone()
+        return float(row[0] or 0.0)
+
     def finished(self) -> list[tuple[str, float, int]]:
         """``(id, finished, bytes)`` of every finished ensemble, the oldest first."""
         with self._lock:

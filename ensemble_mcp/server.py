@@ -188,6 +188,10 @@ class Server(MCPServer[Any]):
         """
         return self._launchers.running()
 
+    def _num_slots(self) -> int:
+        launcher = self.launcher
+        return launcher.num_slots if launcher is not None else 0
+
     @property
     def state_dir(self) -> Path:
         """The directory of the journal of submitted ensembles."""
@@ -359,7 +363,7 @@ class Server(MCPServer[Any]):
             submit=submit if submit_tool else None,
         )
         if submit_tool and not self._job_tools:
-            add_ensemble_tools(self, self._registry)
+            add_ensemble_tools(self, self._registry, self._num_slots)
             self._job_tools = True
             if self._launchers.active:  # added while serving: the journal opens now
                 self._registry.start()

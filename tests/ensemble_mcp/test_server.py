@@ -410,3 +410,23 @@ async def test_launcher_starts_with_the_first_session_and_stops_with_the_last() 
         assert [t["result"] for t in own.structured_content["tasks"]] == [2.0, 3.0]
     assert srv.launcher is None
     assert processes_of_run(launcher.run_id) == []
+
+
+async def test_ensemble_status_reports_the_utilisation_of_the_slots_so_far(
+    server: Server, mode: str
+) -> None:
+    name = f"busy_{uuid.uuid4().hex[:8]}"
+    server.ensemble_tool("sleep {s}", name=name)
+    async with Client(server, mode=mode) as client:
+        started = await client.call_tool(f"{name}_submit", {"s": [0.3] * 4})
+        ensemble_id = started.structured_content["ensemble_id"]
+        status: dict[str, Any] = {}
+        with anyio.fail_after(20):
+            while not status.get("finished"):
+                status = (
+                    await client.call_tool("ensemble_status", {"ensemble_id": ensemble_id})
+                ).structured_content
+    slots = server.launcher.num_slots if server.launcher else 0
+    assert slots >= 1
+    busy = 4 * 0.3  # at least: each task slept 0.3 s
+    assert busy / (slots * status["elapsed_s"]) * 0.9 <= status["utilisation"] <= 1.0
