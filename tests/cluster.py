@@ -59,6 +59,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,22 @@ def unavailable_reason(euid: int | None = None) -> str | None:
 
 def _netns_inode(name: str) -> int:
     return os.stat(NETNS_DIR / name).st_ino
+
+
+def _kept_under_tmp() -> list[str]:
+    """This checkout and the Python environment, when they live under /tmp.
+
+    Each host has a /tmp of its own, so these are bound back into it at the same paths.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    candidates = sorted({root, os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)})
+    kept: list[str] = []
+    for path in candidates:
+        if (path == "/tmp" or path.startswith("/tmp/")) and not any(
+            path.startswith(k + "/") for k in kept
+        ):
+            kept.append(path)
+    return kept
 
 
 def _processes_in(inodes: set[int]) -> dict[int, int]:
@@ -591,10 +608,17 @@ class Cluster:
         )
         (home / ".ssh").mkdir(mode=0o700, exist_ok=True)  # a mount point; stays empty here
         shadows += f"mount --bind {d / 'dot_ssh'} {shlex.quote(str(home / '.ssh'))}\n"
+        keep, restore = "", ""  # the checkout and the venv, when they live under /tmp (a CI clone)
+        for i, path in enumerate(_kept_under_tmp()):
+            spot, where = shlex.quote(str(d / f"keep{i}")), shlex.quote(path)
+            keep += f"mkdir -p {spot}\nmount --bind {where} {spot}\n"
+            restore += f"mkdir -p {where}\nmount --bind {spot} {where}\n"
         script = (
             "set -e\n"
             f"hostname {host.name}\n"
+            f"{keep}"
             f"mount -t tmpfs -o mode=1777 {host.netns}-tmp /tmp\n"
+            f"{restore}"
             f"mount -t tmpfs -o mode=1777 {host.netns}-shm /dev/shm\n"
             f"{shadows}"
             "ip -batch - <<EOF\n"
@@ -695,8 +719,8 @@ class Cluster:
 
     @staticmethod
     def _workdir(cwd: str | os.PathLike[str] | None) -> str:
-        if cwd is not None:
-            return os.path.abspath(cwd)
+        if cwd is not None or any(os.getcwd().startswith(p) for p in _kept_under_tmp()):
+            return os.path.abspath(cwd or os.getcwd())
         here = os.getcwd()
         return "/" if here == "/tmp" or here.startswith("/tmp/") else here
 
