@@ -31,17 +31,7 @@ def add_run_command(commands: Any) -> None:
     )
     run.add_argument("ensemble_file", help='JSON file with {"ensembles": {name: spec}}')
     run.add_argument("-o", "--output", default="results.json", help="results JSON (%(default)s)")
-    run.add_argument(
-        "--config", default=None, help="JSON file of LauncherConfig fields (see docs/ensembles.md)"
-    )
-    run.add_argument("--nlevels", type=int, default=None, help="sub-master levels (0-3)")
-    run.add_argument("--nchildren", type=int, default=None, help="children per master")
-    run.add_argument(
-        "--child-executor",
-        choices=("multiprocessing", "mpi", "ssh"),
-        default=None,
-        help="how sub-masters start on other nodes",
-    )
+    add_launcher_flags(run)
     run.add_argument("--stdout", action="store_true", help="capture each command's stdout")
     run.add_argument("--logs", action="store_true", help="write logs/master-*.log, worker-*.log")
     run.add_argument(
@@ -102,8 +92,31 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if counts[TaskStatus.SUCCESS] == len(results) else 1
 
 
-def _launcher_config(args: argparse.Namespace) -> LauncherConfig:
-    """The config file's, or the one chosen for the discovered nodes, with the flags applied."""
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that override the launcher's configuration (``run`` and ``serve``)."""
+    parser.add_argument(
+        "--config", default=None, help="JSON file of LauncherConfig fields (see docs/ensembles.md)"
+    )
+    parser.add_argument("--nlevels", type=int, default=None, help="sub-master levels (0-3)")
+    parser.add_argument("--nchildren", type=int, default=None, help="children per master")
+    parser.add_argument(
+        "--child-executor",
+        choices=("multiprocessing", "mpi", "ssh"),
+        default=None,
+        help="how sub-masters start on other nodes",
+    )
+
+
+def launcher_config_from(
+    args: argparse.Namespace, base: LauncherConfig | None, **extra: Any
+) -> LauncherConfig | None:
+    """``base`` (or the ``--config`` file's) with the launcher flags and ``extra`` applied.
+
+    None when nothing was given and ``base`` is None (the launcher then chooses for its nodes).
+
+    Raises:
+        ConfigError: the file cannot be read, or a value is out of range (the flag named).
+    """
     if args.config is not None:
         try:
             fields = json.loads(Path(args.config).read_text(encoding="utf-8"))
@@ -115,25 +128,34 @@ def _launcher_config(args: argparse.Namespace) -> LauncherConfig:
             first = exc.errors(include_url=False)[0]
             where = ".".join(map(str, first["loc"])) or "the file"
             raise ConfigError(f"--config {args.config}: {where}: {first['msg']}") from None
-    else:
-        base = LauncherConfig.auto(len(discover_nodes().nodes))
     flags = {
         "nlevels": args.nlevels,
         "nchildren": args.nchildren,
         "child_executor_name": args.child_executor,
-        "profile": args.profile,
     }
-    update: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    update |= {"report_interval": args.report_interval}
-    if args.stdout:
-        update["return_stdout"] = True
-    if args.logs:
-        update |= {"master_logs": True, "worker_logs": True}
+    update: dict[str, Any] = {k: v for k, v in {**flags, **extra}.items() if v is not None}
+    if base is None and not update:
+        return None
+    if base is None:
+        base = LauncherConfig.auto(len(discover_nodes().nodes))
     try:
         return LauncherConfig.model_validate({**base.model_dump(), **update})
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+
+
+def _launcher_config(args: argparse.Namespace) -> LauncherConfig:
+    """The config file's, or the one chosen for the discovered nodes, with the flags applied."""
+    extra: dict[str, Any] = {"profile": args.profile, "report_interval": args.report_interval}
+    if args.stdout:
+        extra["return_stdout"] = True
+    if args.logs:
+        extra |= {"master_logs": True, "worker_logs": True}
+    base = LauncherConfig.auto(len(discover_nodes().nodes))
+    config = launcher_config_from(args, base, **extra)
+    assert config is not None
+    return config
 
 
 def _progress(batch: Batch, nslots: int) -> None:

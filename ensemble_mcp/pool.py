@@ -44,6 +44,18 @@ class LauncherPool:
         self._on_stop = on_stop
 
     @property
+    def default_config(self) -> LauncherConfig | None:
+        """The default launcher's configuration (None: chosen for its nodes when it starts)."""
+        return self._configs[""][1]
+
+    @default_config.setter
+    def default_config(self, config: LauncherConfig | None) -> None:
+        with self._lock:
+            if "" in self._launchers:
+                raise ValueError("the launcher is running: set its configuration before it starts")
+            self._configs[""] = (self._configs[""][0], config)
+
+    @property
     def active(self) -> bool:
         """Whether some user holds the launchers (the server runs)."""
         return self._refs > 0

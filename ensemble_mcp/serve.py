@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from core.cli import add_launcher_flags, launcher_config_from
 from core.errors import ConfigError
 from ensemble_mcp.auth import check_exposure, token_from_env
 from ensemble_mcp.errors import ServeTargetError
@@ -60,6 +61,7 @@ def add_serve_command(subparsers: Any) -> None:
         help="serve a non-loopback --host without a token: only behind something that "
         "authenticates every request (a site proxy)",
     )
+    add_launcher_flags(parser)  # --config, --nlevels, --nchildren, --child-executor
     parser.set_defaults(handler=run_serve)
 
 
@@ -74,6 +76,12 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         token_from_env()
         server = load_server(args.target)
+        if isinstance(server, Server):
+            config = launcher_config_from(args, server.launcher_config)
+            if config is not None:
+                server.launcher_config = config
+        elif args.config or args.nlevels is not None or args.nchildren or args.child_executor:
+            raise ConfigError(f"{args.target} is a plain MCP server: it has no launcher to shape")
         kwargs: dict[str, Any] = {}
         if args.transport != "stdio":
             if args.host is not None:

@@ -63,7 +63,8 @@ class Server(MCPServer[Any]):
         port: the port ``run(transport="streamable-http")`` listens on.
         host: the address it binds (loopback by default).
         system_config: the slots of the shared launcher (default: this node).
-        launcher_config: how the shared launcher runs (default: ``LauncherConfig.auto()``).
+        launcher_config: how the shared launcher runs (default: chosen for the nodes it finds:
+            a PBS or Slurm job's nodes, or this host; see ``LauncherConfig.auto``).
         max_tasks: the most tasks one call may run (and values one list may hold).
         output_limits: bounds on what one call returns.
         input_limits: bounds on the size of one call's values.
@@ -187,6 +188,15 @@ class Server(MCPServer[Any]):
         The server runs while a session is open or after ``start``.
         """
         return self._launchers.running()
+
+    @property
+    def launcher_config(self) -> LauncherConfig | None:
+        """The shared launcher's configuration (settable until the launcher starts)."""
+        return self._launchers.default_config
+
+    @launcher_config.setter
+    def launcher_config(self, config: LauncherConfig | None) -> None:
+        self._launchers.default_config = config
 
     def _num_slots(self) -> int:
         launcher = self.launcher

@@ -166,3 +166,28 @@ def test_a_task_no_node_can_hold_fails_at_once_and_the_run_says_why(tmp_path: Pa
     assert "asks for ppn=64, but the largest node has" in done.stderr
     (result,) = json.loads((tmp_path / "out.json").read_text())["results"]
     assert (result["status"], result["exception_type"]) == ("failed", "core.errors.Unplaceable")
+
+
+def test_serve_takes_the_launcher_flags_and_refuses_bad_ones_by_name() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble_mcp.cli", "serve", "examples/agents/server.py:server",
+         "--transport", "stdio", "--nlevels", "9"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--nlevels" in done.stderr and "3" in done.stderr
+
+
+def test_a_servers_launcher_config_can_be_set_until_its_launcher_starts() -> None:
+    from ensemble_mcp.server import Server
+
+    server = Server("config-test")
+    server.launcher_config = Config(nlevels=0, return_stdout=True)
+    server.start()
+    try:
+        assert server.launcher is not None
+        assert server.launcher.launcher_config.nlevels == 0
+        with pytest.raises(ValueError, match="set its configuration before it starts"):
+            server.launcher_config = Config(nlevels=1)
+    finally:
+        server.shutdown()
