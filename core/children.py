@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -437,10 +438,8 @@ class RunningRecord:
             self.map = mmap.mmap(fd, 16)
         finally:
             os.close(fd)
-
-    def note(self, key: int, attempt: int) -> None:
-        """The worker starts ``key`` (attempt ``attempt``); ``key=-1``: it is idle."""
-        _RECORD.pack_into(self.map, 0, key, attempt)
+        self.note = partial(_RECORD.pack_into, self.map, 0)
+        """``note(key, attempt)``: the worker starts ``key``; ``note(-1, 0)``: it is idle."""
 
     @staticmethod
     def read(path: Path) -> tuple[int, int] | None:

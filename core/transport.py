@@ -141,8 +141,8 @@ class Channel:
         return self._decode(frames)
 
     def pending(self) -> bool:
-        """Whether a message is waiting."""
-        return bool(self.socket.poll(0))
+        """Whether a message is waiting (asked of the socket itself: no poller is built)."""
+        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     def _decode(self, frames: list[bytes]) -> tuple[bytes | None, Message]:
         if self.socket.type == zmq.ROUTER:

@@ -24,6 +24,7 @@ import traceback
 import types
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, NamedTuple
 
 from core.children import RunningRecord, WorkerOptions
@@ -54,6 +55,8 @@ _KILL_GRACE_S = 2.0
 _READ_CHUNK = 1 << 16
 
 _current_command: list[int] = []
+_outcome = partial(tuple.__new__, Outcome)  # NamedTuples without their Python-level __new__
+_done = partial(tuple.__new__, Done)
 _IDLE = (-1, 0)
 
 
@@ -168,8 +171,9 @@ class Worker:
                 continue
             if self.queue and not self.stopping:
                 job = self.queue.popleft()
-                if self.out and not self._known_tiny(job):
-                    self.flush()  # held results must not wait for a task that may run long
+                if self.out and job.item.fn is not None and not self._known_tiny(job):
+                    self.flush()  # held results must not wait for a call that may run long
+                    # (a command flushes them while it runs: it watches the socket)
                 self.current = (job.key, job.attempt)
                 if self.record is not None:
                     self.record.note(*self.current)
@@ -239,7 +243,7 @@ class Worker:
             )  # fmt: skip
             payload = outcome.pack()
         duration = outcome.end_time - outcome.start_time
-        self.out.append(Done(job.key, job.attempt, outcome.status, duration, payload))
+        self.out.append(_done((job.key, job.attempt, outcome.status, duration, payload)))
         self.counts[outcome.status] += 1
         self.mean_s += 0.2 * (duration - self.mean_s)
         # Hold results back only while tasks are tiny: then the next ones end within moments.
@@ -312,7 +316,8 @@ class Worker:
             if item.timeout:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         stdout = captured.text() if captured else None
-        return Outcome(status, value, stdout, None, None, exception, exc_type, start, time.time())
+        fields = (status, value, stdout, None, None, exception, exc_type, start, time.time())
+        return _outcome(fields)
 
     def _call(self, fn: Callable[..., Any], item: TaskItem) -> Any:
         value = fn(*item.args, **item.kwargs)
