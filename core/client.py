@@ -37,7 +37,7 @@ from core.errors import ConfigError, LauncherBroken, LaunchError
 from core.master import CancelTasks, Command, Master, Stop, SubmitTasks
 from core.nodes import NodeSpec, discover_nodes
 from core.profile import write_profile
-from core.protocol import Outcome, TaskItem, dumps
+from core.protocol import Outcome, dumps, item_fields
 from core.result import TaskResult, TaskStatus
 from core.runplan import plan_run
 from core.scheduler import NARROW, Need, Scheduler
@@ -380,13 +380,18 @@ class Launcher:
         refused: dict[int, Outcome] = {}
         config = self.launcher_config
         run_dirs: dict[str | None, str | None] = {}
+        defaults = self._retries(None, None)
         with self._lock:
             for index, task in enumerate(tasks):
                 run_dir = run_dirs.get(task.run_dir, "")
                 if run_dir == "":
                     run_dir = run_dirs[task.run_dir] = self._task_dir(task.run_dir, task.task_id)
-                need = Need.of(task.nnodes, task.ppn, task.ngpus_per_process, task.cpu_affinity,
-                               task.gpu_affinity)  # fmt: skip
+                if (task.nnodes == task.ppn == 1 and not task.ngpus_per_process
+                        and not task.cpu_affinity and not task.gpu_affinity):  # fmt: skip
+                    need = NARROW  # the common case, without building a Need
+                else:
+                    need = Need.of(task.nnodes, task.ppn, task.ngpus_per_process,
+                                   task.cpu_affinity, task.gpu_affinity)  # fmt: skip
                 if task.kind == "python":
                     if task.nprocs > 1:
                         raise ConfigError(
@@ -395,15 +400,18 @@ class Launcher:
                         )
                     digest, blob = self._function(task.executable)  # type: ignore[arg-type]
                     functions[digest] = blob
-                    item = TaskItem(digest, task.args, task.kwargs, None, task.env or None,
-                                    run_dir, task.timeout)  # fmt: skip
+                    item = item_fields(digest, task.args, task.kwargs, None, task.env or None,
+                                       run_dir, task.timeout)  # fmt: skip
                 else:
-                    item = TaskItem(
+                    item = item_fields(
                         None, (), {}, task.argv(), task.env or None, run_dir, task.timeout,
                         task.nnodes, task.ppn, config.task_executor_name == "mpi",
                     )  # fmt: skip
-                retries = self._retries(task.max_retries, task.failure_retries)
-                new_tasks.append(self._new(tuple(item), need, refused, index, retries))
+                if task.max_retries is None and task.failure_retries is None:
+                    retries = defaults
+                else:
+                    retries = self._retries(task.max_retries, task.failure_retries)
+                new_tasks.append(self._new(item, need, refused, index, retries))
                 task_ids.append(task.task_id)
             return self._submit(new_tasks, task_ids, functions, refused)
 
@@ -479,9 +487,9 @@ class Launcher:
         refused: dict[int, Outcome] = {}
         with self._lock:
             digest, blob = self._function(fn)
-            new_tasks = [  # TaskItem's fields, in order
+            new_tasks = [
                 self._new(
-                    (digest, args, kwargs, None, env, run_dir, timeout, 1, 1, False),
+                    item_fields(digest, args, kwargs, None, env, run_dir, timeout),
                     need,
                     refused,
                     i,
@@ -516,7 +524,7 @@ class Launcher:
         with self._lock:
             new_tasks = [
                 self._new(
-                    (None, (), {}, list(argv), env, run_dir, timeout, nnodes, ppn, mpi),
+                    item_fields(None, (), {}, list(argv), env, run_dir, timeout, nnodes, ppn, mpi),
                     need,
                     refused,
                     i,

@@ -142,7 +142,8 @@ class Channel:
 
     def pending(self) -> bool:
         """Whether a message is waiting (asked of the socket itself: no poller is built)."""
-        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        events = self.socket.getsockopt(zmq.EVENTS)
+        return isinstance(events, int) and bool(events & zmq.POLLIN)
 
     def _decode(self, frames: list[bytes]) -> tuple[bytes | None, Message]:
         if self.socket.type == zmq.ROUTER:

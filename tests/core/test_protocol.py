@@ -29,6 +29,7 @@ from core.protocol import (
     decode,
     dumps,
     encode,
+    item_fields,
 )
 from core.transport import Channel, CurveKeys, new_context, stop_authenticator
 
@@ -110,3 +111,12 @@ def test_a_tcp_router_admits_only_the_childrens_curve_key() -> None:
 def test_control_parts_are_plain_pickle_of_fields() -> None:
     _, control = encode(Cancel(slot="s", keys=(3,)))
     assert pickle.loads(control) == ("s", (3,), False)
+
+
+def test_item_fields_are_a_task_items_fields_in_order() -> None:
+    fields = item_fields(b"d", (1,), {"k": 2}, None, {"A": "1"}, "/w", 3.0, 2, 4, True)
+    assert TaskItem.unpack(dumps(fields)) == TaskItem(
+        fn=b"d", args=(1,), kwargs={"k": 2}, argv=None, env={"A": "1"}, cwd="/w", timeout=3.0,
+        nnodes=2, ppn=4, mpi=True,
+    )  # fmt: skip
+    assert len(item_fields(None, (), {}, ["x"], None, None, None)) == len(TaskItem._fields)
