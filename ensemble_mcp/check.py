@@ -1,13 +1,15 @@
 """Does an MCP server answer? One authenticated ``tools/list``, optionally retried until it does.
 
-The job scripts (``examples/hpc/``) use ``ensemble-mcp check`` as their readiness probe and
-``ensemble-mcp connect`` uses ``check_server`` through its tunnel: a real MCP request with the
-bearer token, so "ready" means the server listens, speaks MCP and accepts the token.
+``ensemble-mcp job`` waits with it before it writes the connection file (``wait_for_server_async``,
+in the event loop that serves), ``ensemble-mcp connect`` checks through its tunnel and
+``ensemble-mcp check`` is the probe on its own: a real MCP request with the bearer token, so
+"ready" means the server listens, speaks MCP and accepts the token.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -18,7 +20,14 @@ import anyio
 
 from ensemble_mcp.auth import TOKEN_ENV, check_token
 
-__all__ = ("ServerCheckError", "check_server", "read_token_file", "wait_for_server")
+__all__ = (
+    "ServerCheckError",
+    "check_server",
+    "check_server_async",
+    "read_token_file",
+    "wait_for_server",
+    "wait_for_server_async",
+)
 
 _RETRY_S = 0.25
 
@@ -37,8 +46,13 @@ def check_server(url: str, token: str | None, *, timeout_s: float = 10.0) -> lis
         ServerCheckError: nothing listens there, the token was refused, or the answer was
             not MCP.
     """
+    return anyio.run(functools.partial(check_server_async, url, token, timeout_s=timeout_s))
+
+
+async def check_server_async(url: str, token: str | None, *, timeout_s: float = 10.0) -> list[str]:
+    """``check_server`` in a running event loop (which may be the one serving ``url``)."""
     try:
-        return anyio.run(_list_tools, url, token, timeout_s)
+        return await _list_tools(url, token, timeout_s)
     except Exception as exc:
         raise _explain(url, exc) from exc
 
@@ -62,10 +76,25 @@ def wait_for_server(
     Raises:
         ServerCheckError: it did not answer in time, the process exited, or the check failed.
     """
+    wait = functools.partial(
+        wait_for_server_async, url, token, wait_s=wait_s, pid=pid, timeout_s=timeout_s
+    )
+    return anyio.run(wait)
+
+
+async def wait_for_server_async(
+    url: str,
+    token: str | None,
+    *,
+    wait_s: float,
+    pid: int | None = None,
+    timeout_s: float = 10.0,
+) -> list[str]:
+    """``wait_for_server`` in a running event loop (which may be the one serving ``url``)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return check_server(url, token, timeout_s=timeout_s)
+            return await check_server_async(url, token, timeout_s=timeout_s)
         except _NotListening as exc:
             if pid is not None and not _alive(pid):
                 raise ServerCheckError(
@@ -75,7 +104,7 @@ def wait_for_server(
                 raise ServerCheckError(
                     f"no MCP server answered at {url} within {wait_s:g} s: {exc}"
                 ) from exc
-        time.sleep(_RETRY_S)  # polling a port that is not open yet: no event exists
+        await anyio.sleep(_RETRY_S)  # polling a port that is not open yet: no event exists
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -76,12 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         token_from_env()
         server = load_server(args.target)
-        if isinstance(server, Server):
-            config = launcher_config_from(args, server.launcher_config)
-            if config is not None:
-                server.launcher_config = config
-        elif args.config or args.nlevels is not None or args.nchildren or args.child_executor:
-            raise ConfigError(f"{args.target} is a plain MCP server: it has no launcher to shape")
+        apply_launcher_flags(args, server)
         kwargs: dict[str, Any] = {}
         if args.transport != "stdio":
             if args.host is not None:
@@ -96,6 +92,22 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def apply_launcher_flags(args: argparse.Namespace, server: Any) -> None:
+    """Give ``server`` the launcher configuration the launcher flags (``--config``...) ask for.
+
+    Raises:
+        ConfigError: the flags are wrong, or given for a plain MCP server (it has no launcher).
+    """
+    from ensemble_mcp.server import Server
+
+    if isinstance(server, Server):
+        config = launcher_config_from(args, server.launcher_config)
+        if config is not None:
+            server.launcher_config = config
+    elif args.config or args.nlevels is not None or args.nchildren or args.child_executor:
+        raise ConfigError(f"{args.target} is a plain MCP server: it has no launcher to shape")
 
 
 def _security_options(args: argparse.Namespace, server: Any, server_class: type) -> dict[str, Any]:
@@ -134,14 +146,9 @@ def load_server(target: str) -> Any:
     """
     from mcp.server.mcpserver import MCPServer
 
-    where, _, attr = target.partition(":")
-    attr = attr or "server"
+    where, attr = _split_target(target)
     try:
-        module = (
-            _load_file(Path(where))
-            if where.endswith(".py") or "/" in where
-            else importlib.import_module(where)
-        )
+        module = _load_file(Path(where)) if _is_file(where) else importlib.import_module(where)
     except ImportError as exc:
         raise ServeTargetError(f"cannot import {where}: {exc}") from exc
     server = getattr(module, attr, None)
@@ -150,6 +157,22 @@ def load_server(target: str) -> Any:
     if not isinstance(server, MCPServer):
         raise ServeTargetError(f"{target} is a {type(server).__name__}, not an MCP server")
     return server
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """``(where, attribute)`` of ``module:attr`` or ``file.py:attr`` (default ``server``)."""
+    where, _, attr = target.partition(":")
+    return where, attr or "server"
+
+
+def absolute_target(target: str) -> str:
+    """``target`` with its file, if it names one, as an absolute path (for another directory)."""
+    where, attr = _split_target(target)
+    return f"{os.path.abspath(where)}:{attr}" if _is_file(where) else f"{where}:{attr}"
+
+
+def _is_file(where: str) -> bool:
+    return where.endswith(".py") or "/" in where
 
 
 def _load_file(path: Path) -> ModuleType:
