@@ -1,4 +1,4 @@
-"""The ``ensemble-mcp`` command: run, serve, tunnel, check, connect, config and plot."""
+"""The ``ensemble-mcp`` command: run, serve, job, tunnel, check, connect, config and plot."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ensemble_mcp.serve import add_serve_command
 
     add_serve_command(commands)
+    from ensemble_mcp.job import add_job_command
+
+    add_job_command(commands)
     from ensemble_mcp.tunnel_cli import add_tunnel_command
 
     add_tunnel_command(commands)
