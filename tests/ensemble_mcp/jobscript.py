@@ -1,7 +1,7 @@
-"""Run a job script of examples/hpc/ under bash, as PBS or Slurm would, and read what it prints.
+"""Start a job script of examples/hpc/ or `ensemble-mcp job` as PBS or Slurm would; read its output.
 
 The scheduler itself cannot exist here: its variables (PBS_NODEFILE, PBS_JOBID / SLURM_JOB_NODELIST,
-SLURM_JOB_ID) are set by hand, which is all the scripts read from it.
+SLURM_JOB_ID) are set by hand, which is all the scripts and ``ensemble-mcp job`` read from it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "examples" / "hpc"
 READY_S = 120.0
+THIS_NODE = socket.gethostname().split(".")[0]
 
 
 @dataclass
@@ -63,6 +64,15 @@ class Job:
 
 def start_job(script: str, home: Path, scheduler_env: dict[str, str], **extra: str) -> Job:
     """Start ``examples/hpc/<script>`` with ``scheduler_env`` set and HOME at ``home``."""
+    return start_command(["bash", str(SCRIPTS / script)], home, scheduler_env, **extra)
+
+
+def start_command(argv: list[str], home: Path, scheduler_env: dict[str, str], **extra: str) -> Job:
+    """Start ``argv`` as a job would: ``scheduler_env`` set, HOME at ``home``, in ``home``.
+
+    The variables of schedulers and of ensemble-mcp in this process's environment are left out;
+    the directory of this Python comes first on PATH (for ``ensemble-mcp``).
+    """
     env = {
         key: value
         for key, value in os.environ.items()
@@ -75,7 +85,7 @@ def start_job(script: str, home: Path, scheduler_env: dict[str, str], **extra: s
         **extra,
     )
     process = subprocess.Popen(
-        ["bash", str(SCRIPTS / script)],
+        argv,
         cwd=home,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -84,7 +94,8 @@ def start_job(script: str, home: Path, scheduler_env: dict[str, str], **extra: s
         text=True,
     )
     job = Job(process)
-    threading.Thread(target=_pump, args=(job,), name=f"{script}-output", daemon=True).start()
+    name = Path(argv[-1]).name if argv[0] == "bash" else argv[0]
+    threading.Thread(target=_pump, args=(job,), name=f"{name}-output", daemon=True).start()
     return job
 
 
@@ -106,3 +117,30 @@ def pbs_env(tmp: Path, job_id: str = "4242.pbs01") -> dict[str, str]:
 def slurm_env(nodelist: str, job_id: str = "777") -> dict[str, str]:
     """Slurm's variables for a job on the compressed host list ``nodelist``."""
     return {"SLURM_JOB_NODELIST": nodelist, "SLURM_JOB_ID": job_id, "SLURM_SUBMIT_DIR": str(ROOT)}
+
+
+def connection_file_of(job: Job) -> Path:
+    """The connection file named in the ``ensemble-mcp connect`` line the job prints."""
+    line = job.read_until("ensemble-mcp connect ")
+    return Path(line.split("ensemble-mcp connect ", 1)[1].strip())
+
+
+def mode(path: Path) -> int:
+    """The permission bits of ``path``."""
+    return path.stat().st_mode & 0o777
+
+
+def processes_holding(secret: str) -> list[int]:
+    """Pids of processes (this one aside) whose command line or environment holds ``secret``."""
+    needle = secret.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                if needle in Path(f"/proc/{entry.name}/{part}").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -24,15 +24,24 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ensemble_mcp.check import ServerCheckError, check_server
-from tests.conftest import wait_until_gone
+from tests.conftest import pids_with_env, wait_until_gone
 
-from .jobscript import ROOT, SCRIPTS, Job, pbs_env, slurm_env, start_job
+from .jobscript import (
+    ROOT,
+    SCRIPTS,
+    THIS_NODE,
+    connection_file_of,
+    mode,
+    pbs_env,
+    processes_holding,
+    slurm_env,
+    start_job,
+)
 from .sshd import Sshd
 
 pytestmark = pytest.mark.slow
 INSPECTOR = ROOT / ".node" / "node_modules" / ".bin" / "mcp-inspector"
 WAIT_S = 60.0
-THIS_NODE = socket.gethostname().split(".")[0]
 
 
 @pytest.fixture
@@ -57,15 +66,6 @@ async def list_and_call(url: str, token: str) -> tuple[list[str], Any]:
     return names, result
 
 
-def connection_file_of(job: Job) -> Path:
-    line = job.read_until("ensemble-mcp connect ")
-    return Path(line.split("ensemble-mcp connect ", 1)[1].strip())
-
-
-def mode(path: Path) -> int:
-    return path.stat().st_mode & 0o777
-
-
 @pytest.mark.parametrize(
     ("script", "scheduler", "job_id"),
     [
@@ -74,12 +74,13 @@ def mode(path: Path) -> int:
     ],
 )
 def test_a_job_script_serves_the_example_to_a_client_holding_the_token_file_and_cleans_up(
-    home: Path, tmp_path: Path, script: str, scheduler: str, job_id: str
+    home: Path, tmp_path: Path, mark: str, script: str, scheduler: str, job_id: str
 ) -> None:
     # A one-node job on this host: the server's launcher reads the same variables, and other
-    # nodes would have to exist.
+    # nodes would have to exist. ``mark`` is inherited by the job and every process it starts.
     env = pbs_env(tmp_path, job_id) if scheduler == "pbs" else slurm_env(THIS_NODE, job_id)
-    job = start_job(script, home, env)
+    name, _, value = mark.partition("=")
+    job = start_job(script, home, env, **{name: value})
     try:
         path = connection_file_of(job)
         assert path == home / ".ensemble-mcp" / "jobs" / job_id / "connection.json"
@@ -93,13 +94,16 @@ def test_a_job_script_serves_the_example_to_a_client_holding_the_token_file_and_
         )
         assert info["url"] == f"http://127.0.0.1:{port}/mcp"
         assert info["target"] == f"{ROOT / 'examples/agents/server.py'}:server"
-        os.kill(info["pid"], 0)  # the server's pid, alive
+        assert info["pid"] == job.process.pid  # the script exec'd the server
+        assert len(pids_with_env(mark)) > 1  # the server and its launcher's workers
         token_file = Path(info["token_file"])
         assert token_file.parent == path.parent
         assert (mode(path), mode(token_file), mode(path.parent)) == (0o600, 0o600, 0o700)
         token = token_file.read_text().strip()
         assert len(token) >= 40
         assert token not in path.read_text()
+        # Not on any command line, nor in any process's environment (the server took it in).
+        assert processes_holding(token) == []
 
         names, result = anyio.run(list_and_call, info["url"], token)
         assert {"flame_speed", "flame_speed_submit", "ensemble_status"} <= set(names)
@@ -113,7 +117,7 @@ def test_a_job_script_serves_the_example_to_a_client_holding_the_token_file_and_
     assert "server stopped, connection files removed" in job.output
     assert token not in job.output
     assert not path.exists() and not token_file.exists() and not path.parent.exists()
-    assert wait_until_gone(f"ENSEMBLE_MCP_TOKEN={token}") == []  # the server and its workers
+    assert wait_until_gone(mark) == []  # the server and its workers
 
 
 def test_a_job_whose_server_cannot_start_says_so_exits_1_and_leaves_no_files(
@@ -132,27 +136,26 @@ def test_a_job_whose_server_cannot_start_says_so_exits_1_and_leaves_no_files(
     assert list((home / ".ensemble-mcp" / "jobs").iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    ("script", "message"),
-    [
-        ("pbs_server.sh", "PBS_JOBID is not set: submit this script with qsub"),
-        ("slurm_server.sh", "SLURM_JOB_ID is not set: submit this script with sbatch"),
-    ],
-)
-def test_a_job_script_run_outside_a_job_says_how_to_submit_it(
-    home: Path, script: str, message: str
-) -> None:
+@pytest.mark.parametrize("script", ["pbs_server.sh", "slurm_server.sh"])
+def test_a_job_script_run_outside_a_job_says_how_to_submit_it(home: Path, script: str) -> None:
     job = start_job(script, home, {})
-    assert job.process.wait(timeout=WAIT_S) != 0
-    job.read_until(message)
+    assert job.process.wait(timeout=WAIT_S) == 2
+    job.read_until(
+        "not inside a batch job: neither PBS_JOBID nor SLURM_JOB_ID is set; submit the job "
+        "script with qsub (PBS) or sbatch (Slurm)"
+    )
+    assert not (home / ".ensemble-mcp").exists()
 
 
 def test_the_pbs_and_slurm_scripts_differ_only_in_how_they_find_the_job() -> None:
     def shared_part(name: str) -> str:
         text = (SCRIPTS / name).read_text()
-        return text[text.index("# 3. This node") :]
+        return text[text.index("# 3. Serve") :]
 
     assert shared_part("pbs_server.sh") == shared_part("slurm_server.sh")
+    assert shared_part("pbs_server.sh").splitlines()[-1] == (
+        'exec ensemble-mcp job "${ENSEMBLE_MCP_TARGET:-examples/agents/server.py:server}"'
+    )
 
 
 # -- ensemble-mcp connect ------------------------------------------------------------------
