@@ -210,12 +210,14 @@ class _Signals:
 
     Before the server runs they interrupt the start (``_Stopped``). While it runs, uvicorn
     handles them (a graceful stop), then hands them back here; one that comes in between tells
-    the server to stop. ``received`` is the first one.
+    the server to stop. Once the clean-up has begun (``interrupts`` False) they are only noted.
+    ``received`` is the first one.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.server: uvicorn.Server | None = None
+        self.interrupts = True
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Signals:
@@ -239,9 +241,10 @@ class _Signals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signum
-        if self.server is None:
+        if self.server is not None:
+            self.server.should_exit = True
+        elif self.interrupts:
             raise _Stopped
-        self.server.should_exit = True
 
 
 def add_job_command(subparsers: Any) -> None:
@@ -302,6 +305,7 @@ def run_job(args: argparse.Namespace) -> int:
         except (ConfigError, ValueError) as exc:  # ServeTargetError is a ConfigError
             failure = str(exc)
         finally:
+            signals.interrupts = False
             if failure is not None:
                 _say(f"the server did not start: {failure}", stream=sys.stderr)
             if files is not None:
