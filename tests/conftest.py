@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -26,13 +27,25 @@ atexit.register(shutil.rmtree, _STATE_ROOT, ignore_errors=True)
 def pids_with_env(mark: str) -> list[int]:
     """Pids of live processes whose environment holds ``mark`` (``NAME=value``)."""
     needle = mark.encode()
+    return _pids_where("environ", lambda data: needle in data.split(b"\0"))
+
+
+def processes_holding(secret: str) -> list[int]:
+    """Pids of live processes whose command line or environment holds ``secret`` anywhere."""
+    needle = secret.encode()
+    found = _pids_where("cmdline", lambda data: needle in data)
+    return found + _pids_where("environ", lambda data: needle in data)
+
+
+def _pids_where(part: str, holds: Callable[[bytes], bool]) -> list[int]:
+    """Pids of live processes (this one aside) whose ``/proc/<pid>/<part>`` ``holds``."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as env:
-                if needle in env.read().split(b"\0"):
+            with open(f"/proc/{entry.name}/{part}", "rb") as file:
+                if holds(file.read()):
                     found.append(int(entry.name))
         except OSError:
             continue

@@ -1,4 +1,4 @@
-"""Fixtures for tests that need a real OpenSSH server and something to forward to."""
+"""Fixtures for tests that need a real OpenSSH server and something to forward to, or a HOME."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 
 from .sshd import Sshd, sshd_missing_reason, start_sshd
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh HOME (where jobs write ~/.ensemble-mcp/jobs), without ssh-agent."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return path
 
 
 @pytest.fixture

@@ -128,19 +128,3 @@ def connection_file_of(job: Job) -> Path:
 def mode(path: Path) -> int:
     """The permission bits of ``path``."""
     return path.stat().st_mode & 0o777
-
-
-def processes_holding(secret: str) -> list[int]:
-    """Pids of processes (this one aside) whose command line or environment holds ``secret``."""
-    needle = secret.encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                if needle in Path(f"/proc/{entry.name}/{part}").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found

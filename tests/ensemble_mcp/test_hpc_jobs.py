@@ -24,7 +24,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from ensemble_mcp.check import ServerCheckError, check_server
-from tests.conftest import pids_with_env, wait_until_gone
+from tests.conftest import pids_with_env, processes_holding, wait_until_gone
 
 from .jobscript import (
     ROOT,
@@ -33,7 +33,6 @@ from .jobscript import (
     connection_file_of,
     mode,
     pbs_env,
-    processes_holding,
     slurm_env,
     start_job,
 )
@@ -42,16 +41,6 @@ from .sshd import Sshd
 pytestmark = pytest.mark.slow
 INSPECTOR = ROOT / ".node" / "node_modules" / ".bin" / "mcp-inspector"
 WAIT_S = 60.0
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh HOME (where the job writes ~/.ensemble-mcp/jobs), without ssh-agent."""
-    path = tmp_path / "home"
-    path.mkdir()
-    monkeypatch.setenv("HOME", str(path))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    return path
 
 
 async def list_and_call(url: str, token: str) -> tuple[list[str], Any]:

@@ -23,7 +23,7 @@ from ensemble_mcp.check import ServerCheckError, check_server, read_token_file
 from ensemble_mcp.cli import main
 from ensemble_mcp.connect import read_connection_file
 from ensemble_mcp.job import BatchJob, JobFiles, find_job, job_directory
-from tests.conftest import pids_with_env, wait_until_gone
+from tests.conftest import pids_with_env, processes_holding, wait_until_gone
 
 from .jobscript import (
     ROOT,
@@ -32,22 +32,12 @@ from .jobscript import (
     connection_file_of,
     mode,
     pbs_env,
-    processes_holding,
     slurm_env,
     start_command,
 )
 
 EXAMPLE = f"{ROOT / 'examples/agents/server.py'}:server"
 WAIT_S = 60.0
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh HOME (where ``ensemble-mcp job`` puts ~/.ensemble-mcp/jobs)."""
-    path = tmp_path / "home"
-    path.mkdir()
-    monkeypatch.setenv("HOME", str(path))
-    return path
 
 
 def start(target: str, home: Path, env: dict[str, str], mark: str, *flags: str) -> Job:
@@ -68,6 +58,13 @@ async def call_through(connection: Path, tool: str, arguments: dict[str, Any]) -
         Client(streamable_http_client(url, http_client=http)) as client,
     ):
         return await client.call_tool(tool, arguments)
+
+
+def assert_ended_clean(job: Job, jobs: Path, mark: str) -> None:
+    """The job said it cleaned up, left nothing in ``jobs``, and no process it started lives."""
+    job.read_until("server stopped, connection files removed")
+    assert list(jobs.iterdir()) == []
+    assert wait_until_gone(mark) == []
 
 
 def write(path: Path, text: str) -> str:
@@ -193,10 +190,8 @@ def test_the_job_serves_a_client_of_its_connection_file_and_stops_on_sigint(
         assert job.process.wait(timeout=WAIT_S) == 128 + signal.SIGINT
     finally:
         job.stop()
-    job.read_until("server stopped, connection files removed")
-    assert list(jobs.iterdir()) == []
+    assert_ended_clean(job, jobs, mark)
     assert token not in job.output
-    assert wait_until_gone(mark) == []
 
 
 @pytest.mark.slow
@@ -215,10 +210,8 @@ def test_a_signal_while_the_target_loads_stops_the_job_and_removes_its_files(
         assert job.process.wait(timeout=WAIT_S) == 128 + signal.SIGTERM
     finally:
         job.stop()
-    job.read_until("server stopped, connection files removed")
+    assert_ended_clean(job, home / ".ensemble-mcp" / "jobs", mark)
     assert "ensemble-mcp connect" not in job.output
-    assert list((home / ".ensemble-mcp" / "jobs").iterdir()) == []
-    assert wait_until_gone(mark) == []
 
 
 @pytest.mark.slow
@@ -235,14 +228,12 @@ def test_a_server_that_refuses_the_job_token_does_not_start_and_leaves_nothing(
     )
     job = start(target, home, pbs_env(tmp_path), mark)
     assert job.process.wait(timeout=WAIT_S) == 1
-    job.read_until("server stopped, connection files removed")
+    assert_ended_clean(job, home / ".ensemble-mcp" / "jobs", mark)  # its launcher had started
     assert (
         "ensemble-mcp job: the server did not start: the server at http://127.0.0.1:" in job.output
     )
     assert "refused the request: Unauthorized: invalid bearer token" in job.output
     assert "ensemble-mcp connect" not in job.output
-    assert list((home / ".ensemble-mcp" / "jobs").iterdir()) == []
-    assert wait_until_gone(mark) == []  # its launcher had started: stopped with it
 
 
 @pytest.mark.slow
@@ -268,5 +259,4 @@ def test_a_plain_mcp_server_is_served_behind_the_job_token(
             check_server(info["url"], None)
     finally:
         assert job.stop() == 128 + signal.SIGTERM
-    assert list((home / ".ensemble-mcp" / "jobs").iterdir()) == []
-    assert wait_until_gone(mark) == []
+    assert_ended_clean(job, home / ".ensemble-mcp" / "jobs", mark)
