@@ -29,7 +29,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,12 +193,16 @@ def connection_record(
         "job_id": job.job_id,
         "host": host,
         "port": port,
-        "url": f"http://{LOOPBACK}:{port}/mcp",
+        "url": _url(port),
         "pid": pid,
         "token_file": str(token_file),
         "target": target,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _url(port: int) -> str:
+    return f"http://{LOOPBACK}:{port}/mcp"
 
 
 class _Stopped(BaseException):
@@ -330,20 +334,24 @@ def _serve(
     target = absolute_target(args.target)
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))  # uvicorn listens on it once the launcher runs
-        port = int(sock.getsockname()[1])
-        record = connection_record(job, hostname(), port, files.token_file, target, os.getpid())
-        return anyio.run(_serve_async, server, sock, files, record, token, args.wait, signals)
+
+        def describe() -> dict[str, Any]:
+            port = int(sock.getsockname()[1])
+            return connection_record(job, hostname(), port, files.token_file, target, os.getpid())
+
+        return anyio.run(_serve_async, server, sock, files, describe, token, args.wait, signals)
 
 
 async def _serve_async(
     server: Any,
     sock: socket.socket,
     files: JobFiles,
-    record: dict[str, Any],
+    describe: Callable[[], dict[str, Any]],
     token: str,
     wait_s: float,
     signals: _Signals,
 ) -> str | None:
+    """Serve on ``sock``; write ``describe()`` as the connection file once the server answers."""
     import anyio
     import uvicorn
 
@@ -360,14 +368,16 @@ async def _serve_async(
         )
     )
     failures: list[str] = []
+    url = _url(sock.getsockname()[1])
 
     async def announce_when_ready() -> None:
         try:
-            await wait_for_server_async(record["url"], token, wait_s=wait_s)
+            await wait_for_server_async(url, token, wait_s=wait_s)
         except ServerCheckError as exc:
             failures.append(str(exc))
             http.should_exit = True
             return
+        record = describe()
         files.write_connection(record)
         _say(
             f"the server answers on {record['host']} port {record['port']} "
@@ -383,7 +393,7 @@ async def _serve_async(
         try:
             await http.serve(sockets=[sock])
         except SystemExit:  # uvicorn's answer to a lifespan (the launcher) that failed to start
-            failures.append("its launcher did not start (see the messages above)")
+            failures.append("its start-up failed (see the messages above)")
         tasks.cancel_scope.cancel()
     return failures[0] if failures else None
 

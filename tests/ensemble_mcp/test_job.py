@@ -237,6 +237,31 @@ def test_a_server_that_refuses_the_job_token_does_not_start_and_leaves_nothing(
 
 
 @pytest.mark.slow
+def test_a_server_whose_start_up_fails_exits_1_and_leaves_nothing(
+    home: Path, tmp_path: Path, mark: str
+) -> None:
+    target = write(
+        tmp_path / "failing.py",
+        "from contextlib import asynccontextmanager\n"
+        "from ensemble_mcp import Server\n"
+        "@asynccontextmanager\n"
+        "async def lifespan(server):\n"
+        "    raise RuntimeError('no database here')\n"
+        "    yield\n"
+        "server = Server('failing', lifespan=lifespan)\n"
+        "@server.ensemble_tool\n"
+        "def double(x: float) -> float:\n"
+        "    return 2 * x\n",
+    )
+    job = start(target, home, slurm_env(THIS_NODE, "13"), mark)
+    assert job.process.wait(timeout=WAIT_S) == 1
+    assert_ended_clean(job, home / ".ensemble-mcp" / "jobs", mark)  # its launcher had started
+    assert "RuntimeError: no database here" in job.output
+    assert "ensemble-mcp job: the server did not start: its start-up failed" in job.output
+    assert "ensemble-mcp connect" not in job.output
+
+
+@pytest.mark.slow
 def test_a_plain_mcp_server_is_served_behind_the_job_token(
     home: Path, tmp_path: Path, mark: str
 ) -> None:
