@@ -289,6 +289,8 @@ def run_job(args: argparse.Namespace) -> int:
     not start, 2 outside a job.
     """
     try:
+        if not args.wait > 0:
+            raise ConfigError(f"--wait must be a positive number of seconds, got {args.wait:g}")
         job = find_job()
         jobs_dir = Path(args.jobs_dir or os.environ.get(JOBS_ENV) or DEFAULT_JOBS_DIR)
         directory = job_directory(jobs_dir.expanduser(), job.job_id)

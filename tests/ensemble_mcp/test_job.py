@@ -167,6 +167,17 @@ def test_the_job_command_outside_a_job_exits_2_and_makes_nothing(
     assert list(home.iterdir()) == []
 
 
+@pytest.mark.parametrize("wait", ["0", "-1", "nan"])
+def test_the_job_command_refuses_a_wait_that_is_not_positive(
+    home: Path, wait: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["job", EXAMPLE, "--wait", wait]) == 2
+    assert f"ensemble-mcp job: --wait must be a positive number of seconds, got {wait}" in (
+        capsys.readouterr().err
+    )
+    assert list(home.iterdir()) == []
+
+
 # -- the command, end to end ----------------------------------------------------------------
 
 
