@@ -23,8 +23,8 @@ from tests.ensemble_mcp.conftest_mcp import warm
 RANKS = (
     "import os; r = os.environ.get('OMPI_COMM_WORLD_RANK') or os.environ.get('PMI_RANK');"
     "c = [l.split()[1] for l in open('/proc/self/status') if l.startswith('Cpus_allowed_list')];"
-    "print(f'{r}:{c[0]}', flush=True)"
-)
+    "os.write(1, f'{r}:{c[0]}\\n'.encode())"
+)  # one write per rank: mpiexec forwards each rank's writes as they come, so two writes interleave
 
 
 def build() -> Server:
