@@ -88,8 +88,16 @@ async def test_call_returns_one_entry_per_task_in_input_order(server: Server, mo
     assert summary["total"] == 3 and summary["relation"] == "one-to-one"
     assert summary["lengths"] == {"a": 3, "b": 3} and summary["broadcast"] == ["b"]
     assert summary["counts"] == {"success": 3, "failed": 0, "timeout": 0, "cancelled": 0}
+    assert summary["distinct_params"] == 3
+    assert summary["stats"]["result"]["max"] == {
+        "value": 13.0,
+        "index": 2,
+        "params": {"a": 3.0, "b": 10.0},
+        "tasks": 1,
+    }
     assert text_of(result).startswith(
-        "add: 3 tasks (relation one-to-one; a 3, b 3; used for every task: b): 3 success;"
+        "add: 3 tasks, 3 success (a 3 values; b=10.0 for every task); min 11.0 at a=1.0, "
+        "max 13.0 at a=3.0, 3 distinct results of 3;"
     )
 
 
