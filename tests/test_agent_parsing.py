@@ -424,8 +424,9 @@ async def test_an_empty_reply_is_asked_once_for_an_answer() -> None:
     model = ScriptedModel([_text(call), _text(""), _text("")])
     record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
     assert model.seen[2][-1] == {"role": "user", "content": agent.ASK_FOR_ANSWER}
-    assert record.answer == ""
     assert len(model.seen) == 3
+    assert record.answer is not None and record.results_appended
+    assert record.answer == "Results returned by the tools:\n6.0"
 
 
 def test_calls_written_one_per_line_in_one_fence_are_several_calls() -> None:
@@ -442,3 +443,78 @@ def test_calls_written_one_per_line_in_one_fence_are_several_calls() -> None:
 
 def test_empty_fence_is_not_a_call() -> None:
     assert agent.parse_text_tool_calls("```json\n\n```", TOOLS) == []
+
+
+# -- the answer check --------------------------------------------------------------------------
+
+
+def test_numbers_in_text_are_found_as_written_but_not_inside_words() -> None:
+    text = "CO2 at 1,000 K, -2.5e-3 and 0.3845 m/s over 300-400 K; see call_0."
+    assert agent.numbers_in(text) == ["1,000", "-2.5e-3", "0.3845", "300", "400"]
+
+
+def test_a_number_states_a_value_rounded_cut_or_in_hundredths_of_its_unit() -> None:
+    for written in ("0.3845", "0.38", "0.385", "0.384", "0.4", "38.45", "384.5"):
+        assert agent.same_number(written, 0.3845), written
+    for written in ("0.39", "0.3", "0", "3845", "0.38451"):
+        assert not agent.same_number(written, 0.3845), written
+    assert agent.same_number("600", 600.0) and agent.same_number("6e2", 600.0)
+
+
+def test_answer_numbers_are_quoted_given_counts_or_unsupported() -> None:
+    check = agent.check_answer(
+        "The 4 tasks at 300 K: 1 atm gives 0.3845 m/s, 10 atm 0.1216, 5 atm 0.1300.",
+        returned=[0.3845, 0.2719, 0.172, 0.1216],
+        given=[1, 2, 5, 10, 300],
+    )
+    assert check.quoted == ["0.3845", "0.1216"]
+    assert check.unsupported == ["0.1300"]
+    assert check.problems(results_expected=True) == "states 0.1300, which no task returned"
+    silent = agent.check_answer("The results are listed above.", [0.3845], [])
+    assert silent.problems(results_expected=True) == (
+        "quotes none of the values the tools returned"
+    )
+
+
+async def test_an_answer_stating_a_value_no_task_returned_is_asked_again_once() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2, 3], "temperature": [100, 100]}}
+    model = ScriptedModel([_text(call), _text("The speeds are 200 and 0.125."), _text("200, 300.")])
+    out = io.StringIO()
+    record = await agent.run_agent("x", _flame_server(), model, out)
+    assert record.answer == "200, 300."
+    assert record.answer_problems == ["states 0.125, which no task returned"]
+    assert not record.results_appended
+    fix = model.seen[2][-1]
+    assert fix["role"] == "user"
+    assert fix["content"].startswith("Your answer states 0.125, which no task returned.")
+    assert "CHECK: Your answer states 0.125" in out.getvalue()
+
+
+async def test_an_answer_still_wrong_after_the_second_ask_gets_the_results_and_a_flag() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2, 3], "temperature": [100, 100]}}
+    model = ScriptedModel([_text(call), _text("About 0.125."), _text("Roughly 0.125 m/s.")])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.results_appended and len(model.seen) == 3
+    assert record.answer is not None
+    assert record.answer.splitlines() == [
+        "Roughly 0.125 m/s.",
+        "",
+        f"[agent.py: 0.125 in this answer {agent.NOT_RETURNED}.]",
+        "Results returned by the tools:",
+        "200.0",
+        "300.0",
+    ]
+
+
+async def test_an_answer_quoting_no_result_is_asked_again_then_given_with_the_results() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [3]}}
+    model = ScriptedModel([_text(call), _text("Done: 1 task."), _text("It ran.")])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.answer_problems == ["quotes none of the values the tools returned"] * 2
+    assert record.answer == "It ran.\n\nResults returned by the tools:\n6.0"
+
+
+async def test_an_answer_without_any_tool_result_is_not_checked() -> None:
+    model = ScriptedModel([_text("300 K is 26.85 degrees Celsius.")])
+    record = await agent.run_agent("300 K in Celsius?", _flame_server(), model, io.StringIO())
+    assert record.answer == "300 K is 26.85 degrees Celsius." and not record.answer_problems

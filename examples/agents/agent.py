@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ from typing import Any, Protocol, TextIO
 
 DEFAULT_MCP_URL = "http://127.0.0.1:9276/mcp"
 MAX_REPLY_TOKENS = 1024  # a tool call or a short answer; stops a looping small model early
+MAX_RECORDED_TASKS = 1000  # tasks per call kept in the record
 OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
@@ -45,6 +47,11 @@ ASK_FOR_ANSWER = "Answer my request now, using the tool results above."
 NUDGE_AFTER_ERROR = (
     "The tool call failed and nothing ran. Call the tool again with arguments corrected as the "
     "error message says."
+)
+FIX_ANSWER = (
+    "Your answer {problems}. Answer again in a few sentences: quote the values the tools "
+    "returned, each with the parameters it belongs to (the first line of a result gives the "
+    "smallest and largest), and state no number that is not in the results."
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +253,129 @@ def render_result(texts: Sequence[str], structured: Any, limit: int) -> str:
     return shorten(body, limit)
 
 
+_NUMBER = re.compile(
+    r"(?<![\w.])(?:(?<=[\s(=:~\[])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
+)
+_NUMBER_ONLY = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
+NOT_RETURNED = "is not a value any task returned"  # the appendix's warning
+SMALL_INTEGER = 20  # counts, list numbering: an answer may say them without a tool
+
+
+def numbers_in(text: str) -> list[str]:
+    """The numbers written in ``text``, as written (``1,000`` and ``-2.5e-3`` included).
+
+    A digit inside a word (``CO2``, ``call_0``) is not a number.
+    """
+    return [m.group(0) for m in _NUMBER.finditer(text)]
+
+
+def _as_float(written: str) -> float:
+    return float(written.replace(",", ""))
+
+
+def same_number(written: str, value: float) -> bool:
+    """Whether the number ``written`` in an answer states ``value``.
+
+    It does when equal, or equal once ``value`` is rounded to the decimals written (or cut to
+    them, when three or more digits are written); also in hundredths or thousandths of the unit
+    (m/s written as cm/s or mm/s).
+    """
+    number = _as_float(written)
+    if "e" in written.lower():
+        return math.isclose(number, value, rel_tol=1e-3)
+    mantissa = written.replace(",", "").lstrip("-")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    may_cut = len(mantissa.replace(".", "").lstrip("0")) >= 3  # 0.384 for 0.3845, not 0.3
+    for scaled in (value, value * 100, value * 1000):
+        if decimals == 0 and scaled != round(scaled):
+            continue
+        if math.isclose(number, round(scaled, decimals), abs_tol=1e-12):
+            return True
+        cut = math.trunc(scaled * 10**decimals) / 10**decimals
+        if may_cut and math.isclose(number, cut, abs_tol=1e-12):
+            return True
+    return False
+
+
+def numbers_of(value: Any) -> list[float]:
+    """Every number inside a JSON value (a string that is one number counts; booleans do not)."""
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)] if math.isfinite(value) else []
+    if isinstance(value, str):
+        return [float(value)] if _NUMBER_ONLY.fullmatch(value) else []
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers_of(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers_of(v)]
+    return []
+
+
+def returned_values(structured: Any) -> list[float]:
+    """The values a tool returned: the results of an ensemble's tasks, else all its numbers."""
+    if isinstance(structured, dict) and isinstance(structured.get("tasks"), list):
+        return [
+            n
+            for task in structured["tasks"]
+            if isinstance(task, dict) and "result" in task
+            for n in numbers_of(task["result"])
+        ]
+    return numbers_of(structured)
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    """How an answer's numbers relate to what the tools returned."""
+
+    quoted: list[str]
+    """Numbers in the answer that are values a tool returned."""
+    unsupported: list[str]
+    """Numbers in the answer that no tool returned and that were not given to the model."""
+
+    def problems(self, results_expected: bool) -> str | None:
+        """What is wrong with the answer, in words for the model; None when nothing is."""
+        found = []
+        if self.unsupported:
+            listed = ", ".join(dict.fromkeys(self.unsupported))
+            found.append(f"states {listed}, which no task returned")
+        if results_expected and not self.quoted:
+            found.append("quotes none of the values the tools returned")
+        return " and ".join(found) or None
+
+
+def check_answer(answer: str, returned: Sequence[float], given: Sequence[float]) -> AnswerCheck:
+    """Sort the numbers written in ``answer``.
+
+    A number is quoted when it states a value the tools ``returned``; it is fine when the model
+    was ``given`` it (the request, the tool arguments and descriptions) or it is a small whole
+    number (a count); any other number is unsupported.
+    """
+    quoted: list[str] = []
+    unsupported: list[str] = []
+    for written in numbers_in(answer):
+        if any(same_number(written, v) for v in returned):
+            quoted.append(written)
+            continue
+        number = _as_float(written)
+        if number == round(number) and abs(number) <= SMALL_INTEGER:
+            continue
+        if not any(math.isclose(number, g, abs_tol=1e-12) for g in given):
+            unsupported.append(written)
+    return AnswerCheck(quoted=quoted, unsupported=unsupported)
+
+
+def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
+    """What the agent adds to an answer that still fails its check: a warning and the results."""
+    lines = ["", ""]
+    if check.unsupported:
+        listed = ", ".join(dict.fromkeys(check.unsupported))
+        lines.append(f"[agent.py: {listed} in this answer {NOT_RETURNED}.]")
+    lines.append("Results returned by the tools:")
+    lines.extend(result_texts)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # I/O: the chat endpoint, the MCP session and the loop.
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +415,29 @@ class Record:
     problems: list[str] = field(default_factory=list)
     retries: int = 0
     answer: str | None = None
+    answer_problems: list[str] = field(default_factory=list)
+    """What the answer check found, each time it found something (see `check_answer`)."""
+    results_appended: bool = False
+    """Whether the results were added to an answer that failed its check twice."""
+
+
+@dataclass
+class Evidence:
+    """What an answer may rest on: the values the tools returned and the numbers the model had."""
+
+    given: list[float]
+    returned: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    """The text of each successful result, for the appendix."""
+
+    def check(self, answer: str) -> tuple[AnswerCheck, str | None]:
+        """Check ``answer``; also say what is wrong with it, if anything.
+
+        Without results (no tool returned a value) there is nothing to check against: an
+        answer that needed no tool may hold numbers of its own.
+        """
+        check = check_answer(answer, self.returned, self.given)
+        return check, check.problems(results_expected=True) if self.returned else None
 
 
 class ChatModel(Protocol):
@@ -296,10 +449,23 @@ class ChatModel(Protocol):
 
 
 class Chat:
-    """A minimal chat-completions client over httpx2 (the HTTP library the MCP SDK ships)."""
+    """A minimal chat-completions client over httpx2 (the HTTP library the MCP SDK ships).
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float) -> None:
+    ``temperature`` 0 is greedy decoding; a ``seed``, when set, is sent with every request (an
+    endpoint that honours it then repeats its samples).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        timeout_s: float,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
         import httpx2
+
+        self.temperature = temperature
+        self.seed = seed
 
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         self._http = httpx2.AsyncClient(
@@ -326,14 +492,16 @@ class Chat:
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Return the assistant message for ``messages`` (greedy decoding)."""
-        payload = {
+        """Return the assistant message for ``messages`` (greedy decoding at temperature 0)."""
+        payload: dict[str, Any] = {
             "model": self._model,
             "messages": messages,
             "tools": tools,
-            "temperature": 0,
+            "temperature": self.temperature,
             "max_tokens": MAX_REPLY_TOKENS,
         }
+        if self.seed is not None:
+            payload["seed"] = self.seed
         response = await self._http.post("/chat/completions", json=payload)
         if response.is_error:
             raise RuntimeError(
@@ -387,8 +555,11 @@ async def _converse(
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": request},
     ]
+    texts = [request, *(t.description or "" for t in tools)]
+    evidence = Evidence(given=[_as_float(n) for text in texts for n in numbers_in(text)])
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
     last_failed = asked_for_answer = False
+    checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
         reply = await chat.complete(messages, schemas)
         entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
@@ -405,11 +576,19 @@ async def _converse(
                 print(f"NUDGE: {ASK_FOR_ANSWER}", file=out)
                 messages.append({"role": "user", "content": ASK_FOR_ANSWER})
                 continue
-            record.answer = answer
-            print(f"ANSWER: {record.answer}", file=out)
-            return record
+            _, problems = evidence.check(answer)
+            if problems and answer and checked is None and turn + 1 < max_rounds:
+                checked = answer
+                record.answer_problems.append(problems)
+                fix = FIX_ANSWER.format(problems=problems)
+                print(f"ANSWER (not given): {answer}\nCHECK: {fix}", file=out)
+                messages.append({"role": "user", "content": fix})
+                continue
+            return _give(answer, evidence, record, out)
         form = "native" if reply.get("tool_calls") else "text"
-        outcomes = [await _run_one(session, item, form, done, record, out) for item in parsed]
+        outcomes = [
+            await _run_one(session, item, form, done, record, evidence, out) for item in parsed
+        ]
         messages.extend(_feedback(parsed, outcomes))
         last_failed = not all(ok for ok, _ in outcomes)
         if last_failed:
@@ -417,7 +596,21 @@ async def _converse(
                 print(f"GAVE UP: still failing after {max_retries} retries", file=out)
                 return record
             record.retries += 1
+    if checked is not None:  # asked to fix its answer, the model never answered again
+        return _give(checked, evidence, record, out)
     print(f"GAVE UP: no answer after {max_rounds} model turns", file=out)
+    return record
+
+
+def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Record:
+    """Give ``answer``; add the results when it still fails its check."""
+    check, problems = evidence.check(answer)
+    if problems:
+        record.answer_problems.append(problems)
+        record.results_appended = True
+        answer = (answer + results_appendix(check, evidence.texts)).strip()
+    record.answer = answer
+    print(f"ANSWER: {record.answer}", file=out)
     return record
 
 
@@ -485,11 +678,18 @@ def history_entry(
 
 
 async def _run_one(
-    session: Any, item: Parsed, form: str, done: set[str], record: Record, out: TextIO
+    session: Any,
+    item: Parsed,
+    form: str,
+    done: set[str],
+    record: Record,
+    evidence: Evidence,
+    out: TextIO,
 ) -> tuple[bool, str]:
     """Run one parsed call; return (succeeded, text for the model)."""
     if isinstance(item, CallProblem):
         record.problems.append(item.message)
+        record.calls.append({"name": None, "status": "not run", "problem": item.message})
         print(f"BAD CALL: {item.message}", file=out)
         return False, f"Your tool call was not run: {item.message}"
     if call_key(item) in done:
@@ -500,12 +700,25 @@ async def _run_one(
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
     text = render_result(texts, result.structured_content, limit=4000)
     status = "error" if result.is_error else "ok"
-    record.calls.append(
-        {"name": item.name, "arguments": item.arguments, "status": status, "form": form}
-    )
+    call: dict[str, Any] = {
+        "name": item.name,
+        "arguments": item.arguments,
+        "status": status,
+        "form": form,
+    }
+    record.calls.append(call)
     print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
+    evidence.given.extend(numbers_of(item.arguments))
     if result.is_error:
         return False, f"Error of {item.name}:\n{text}"
+    structured = result.structured_content
+    if isinstance(structured, dict) and isinstance(structured.get("tasks"), list):
+        call["tasks"] = [
+            {k: t[k] for k in ("params", "status", "result") if k in t}
+            for t in structured["tasks"][:MAX_RECORDED_TASKS]
+        ]
+    evidence.returned.extend(returned_values(structured))
+    evidence.texts.append(shorten(text, 4000))
     done.add(call_key(item))
     return True, f"Result of {item.name}:\n{text}"
 
@@ -532,6 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model reply")
     parser.add_argument("--tools", help="comma-separated tool names to offer (default: all)")
     parser.add_argument("--record", help="write a JSON record of the run to this file")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
+    )
     args = parser.parse_args(argv)
     try:
         endpoint = endpoint_from_env(dict(os.environ))
@@ -542,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = os.environ.get("ENSEMBLE_MCP_TOKEN") or None
 
     async def go() -> Record:
-        async with Chat(endpoint, args.timeout) as chat:
+        async with Chat(endpoint, args.timeout, args.temperature) as chat:
             return await run_agent(
                 args.request,
                 args.url,
