@@ -16,6 +16,8 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from tests.ensemble_mcp.conftest_mcp import build_server
+
 _PATH = Path(__file__).resolve().parents[1] / "examples" / "agents" / "agent.py"
 _SPEC = importlib.util.spec_from_file_location("example_agent", _PATH)
 assert _SPEC is not None and _SPEC.loader is not None
@@ -518,3 +520,45 @@ async def test_an_answer_without_any_tool_result_is_not_checked() -> None:
     model = ScriptedModel([_text("300 K is 26.85 degrees Celsius.")])
     record = await agent.run_agent("300 K in Celsius?", _flame_server(), model, io.StringIO())
     assert record.answer == "300 K is 26.85 degrees Celsius." and not record.answer_problems
+
+
+def test_run_times_and_other_numbers_of_a_result_may_be_repeated() -> None:
+    text = "flame_speed: 1 task; 0.0123 s\n#0 pressure=1.0 -> 0.3845 (8.6e-05 s)"
+    seen = agent.other_numbers(text, [0.3845])
+    assert seen == [1.0, 0.0123, 0.0, 1.0, 8.6e-05]
+    check = agent.check_answer("0.3845 m/s, computed in 8.6e-05 s", [0.3845], seen)
+    assert check.quoted == ["0.3845"] and check.unsupported == []
+
+
+def test_a_given_number_may_be_written_with_the_other_sign() -> None:
+    check = agent.check_answer("exponent = -0.5: 0.3845", [0.3845], given=[0.5])
+    assert check.unsupported == []
+
+
+def test_a_value_put_beside_another_tasks_arguments_is_found() -> None:
+    tasks = [
+        ({"pressure": p, "temperature": t}, v)
+        for (p, t), v in {(1, 300): 0.3845, (1, 400): 0.6398, (5, 300): 0.172}.items()
+    ]
+    answer = "- Pressure 1 atm, Temperature 300 K: 0.172 m/s\n- Pressure 1 atm, 400 K: 0.6398 m/s"
+    assert agent.misplaced(answer, tasks) == [
+        "gives 0.172 for pressure=1, temperature=300, but 0.172 is the result of pressure=5, "
+        "temperature=300"
+    ]
+    listed = "At 1 and 5 atm (300 K) the speeds are 0.3845 and 0.172 m/s."
+    assert agent.misplaced(listed, tasks) == []
+    assert agent.misplaced("The largest is 0.6398 m/s, at 400 K.", tasks) == []
+
+
+async def test_an_answer_that_swaps_results_is_asked_again_naming_the_swap() -> None:
+    server = build_server()  # a real ensemble server: its results echo each task's arguments
+    call = {"name": "add", "arguments": {"a": [1, 2], "b": 10}}
+    swapped = "For a=1 the sum is 12.0; for a=2 it is 11.0."
+    model = ScriptedModel([_text(call), _text(swapped), _text("a=1: 11.0, a=2: 12.0.")])
+    record = await agent.run_agent("add 10 to 1 and 2", server, model, io.StringIO())
+    assert record.answer == "a=1: 11.0, a=2: 12.0."
+    assert record.answer_problems == [
+        "gives 12.0 for a=1, but 12.0 is the result of a=2, b=10; "
+        "gives 11.0 for a=2, but 11.0 is the result of a=1, b=10"
+    ]
+    assert model.seen[2][-1]["content"].startswith("Your answer gives 12.0 for a=1, but")

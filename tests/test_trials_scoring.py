@@ -253,3 +253,13 @@ def test_unknown_answer_check_is_refused() -> None:
     request = {**FASTEST, "answer": {"check": "median"}}
     with pytest.raises(ValueError, match="unknown answer check 'median'"):
         scoring.score(request, record(FASTEST_CALL, answer="0.3845"), SPEC, truth)
+
+
+def test_a_result_put_beside_another_tasks_parameters_is_wrong() -> None:
+    request = BY_ID["ambiguous-1"]  # 1, 2, 5 atm x 300, 400 K
+    grid = call({"pressure": [1, 2, 5], "temperature": [300, 400], "relation": "many-to-many"})
+    right = "At 1 atm and 400 K the speed is 0.6398 m/s.\nAt 2 atm and 400 K it is 0.4524 m/s."
+    swapped = "At 1 atm and 400 K the speed is 0.4524 m/s.\nAt 2 atm and 400 K it is 0.4524 m/s."
+    assert scoring.score(request, record(grid, answer=right), SPEC, truth).answer_right
+    s = scoring.score(request, record(grid, answer=swapped), SPEC, truth)
+    assert not s.answer_right and s.silent_wrong

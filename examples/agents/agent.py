@@ -37,7 +37,9 @@ SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
     "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
     'object {"name": "<tool>", "arguments": {...}}. Once a tool has returned the results the '
-    "user asked for, call no more tools: answer the user briefly with the numbers."
+    "user asked for, call no more tools: answer the user briefly, quoting the numbers of the "
+    "results with the parameters they belong to (a result's first line gives its smallest and "
+    "largest value, and where each occurs)."
 )
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
@@ -257,7 +259,8 @@ _NUMBER = re.compile(
     r"(?<![\w.])(?:(?<=[\s(=:~\[])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
 )
 _NUMBER_ONLY = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
-NOT_RETURNED = "is not a value any task returned"  # the appendix's warning
+FLAG = "[agent.py:"  # starts each warning the agent adds to an answer
+NOT_RETURNED = "is not a value any task returned"
 SMALL_INTEGER = 20  # counts, list numbering: an answer may say them without a tool
 
 
@@ -324,6 +327,72 @@ def returned_values(structured: Any) -> list[float]:
     return numbers_of(structured)
 
 
+def other_numbers(text: str, values: Sequence[float]) -> list[float]:
+    """The numbers of a result's ``text`` that are not its task ``values``.
+
+    Run times, counts, the arguments echoed: numbers the model saw, which an answer may repeat.
+    """
+    return [_as_float(n) for n in numbers_in(text) if not any(same_number(n, v) for v in values)]
+
+
+TaskValue = tuple[dict[str, float], float]
+"""One number a task returned, with the task's number arguments."""
+_LINE = re.compile(r"(?<=[.!?;])\s+|\n+")
+
+
+def significant_digits(written: str) -> int:
+    """How many significant digits a number is written with (``0.0450``: 3)."""
+    mantissa = re.split(r"[eE]", written.replace(",", "").lstrip("-"))[0]
+    return len(mantissa.replace(".", "").lstrip("0"))
+
+
+def task_values(structured: Any) -> list[TaskValue]:
+    """Each number the tasks of an ensemble result returned, with the task's number arguments."""
+    if not isinstance(structured, dict) or not isinstance(structured.get("tasks"), list):
+        return []
+    out: list[TaskValue] = []
+    for task in structured["tasks"]:
+        if not isinstance(task, dict) or "result" not in task:
+            continue
+        params = task.get("params") or {}
+        numeric = {k: float(v) for k, v in params.items() if numbers_of(v) == [float(v)]}
+        out.extend((numeric, n) for n in numbers_of(task["result"]))
+    return out
+
+
+def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
+    """Where ``answer`` puts a returned value beside the arguments of another task, in words.
+
+    Judged per line (or sentence): a value stated there (two or more significant digits) must
+    belong to a task whose arguments agree with every argument value the line names; a line
+    that names no value of an argument is not judged on it, and a line that names several
+    values of one (a list of results) agrees with any of them.
+    """
+    names = {name for params, _ in tasks for name in params}
+    candidates = {n: {params[n] for params, _ in tasks if n in params} for n in names}
+    found: list[str] = []
+    for line in _LINE.split(answer):
+        written = [_as_float(n) for n in numbers_in(line)]
+        named = {n: {w for w in written if w in candidates[n]} for n in names}
+        for text in numbers_in(line):
+            if significant_digits(text) < 2:
+                continue
+            owners = [params for params, value in tasks if same_number(text, value)]
+            if not owners or any(
+                all(not named[n] or params.get(n) in named[n] for n in names) for params in owners
+            ):
+                continue
+            said = ", ".join(f"{n}={_plain(min(named[n]))}" for n in sorted(named) if named[n])
+            belongs = ", ".join(f"{n}={_plain(v)}" for n, v in sorted(owners[0].items()))
+            found.append(f"gives {text} for {said}, but {text} is the result of {belongs}")
+            break
+    return found
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 @dataclass(frozen=True)
 class AnswerCheck:
     """How an answer's numbers relate to what the tools returned."""
@@ -332,6 +401,8 @@ class AnswerCheck:
     """Numbers in the answer that are values a tool returned."""
     unsupported: list[str]
     """Numbers in the answer that no tool returned and that were not given to the model."""
+    misplaced: list[str] = field(default_factory=list)
+    """Returned values the answer puts beside the arguments of another task (see `misplaced`)."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -339,17 +410,25 @@ class AnswerCheck:
         if self.unsupported:
             listed = ", ".join(dict.fromkeys(self.unsupported))
             found.append(f"states {listed}, which no task returned")
+        found.extend(self.misplaced)
         if results_expected and not self.quoted:
             found.append("quotes none of the values the tools returned")
-        return " and ".join(found) or None
+        return "; ".join(found) or None
 
 
-def check_answer(answer: str, returned: Sequence[float], given: Sequence[float]) -> AnswerCheck:
+def check_answer(
+    answer: str,
+    returned: Sequence[float],
+    given: Sequence[float],
+    tasks: Sequence[TaskValue] = (),
+) -> AnswerCheck:
     """Sort the numbers written in ``answer``.
 
     A number is quoted when it states a value the tools ``returned``; it is fine when the model
-    was ``given`` it (the request, the tool arguments and descriptions) or it is a small whole
-    number (a count); any other number is unsupported.
+    was ``given`` it (the request, the tool arguments and descriptions, the other numbers of the
+    results such as run times; its sign aside) or it is a small whole number (a count); any
+    other number is unsupported. With ``tasks``, values put beside another task's arguments are
+    found too.
     """
     quoted: list[str] = []
     unsupported: list[str] = []
@@ -360,9 +439,9 @@ def check_answer(answer: str, returned: Sequence[float], given: Sequence[float])
         number = _as_float(written)
         if number == round(number) and abs(number) <= SMALL_INTEGER:
             continue
-        if not any(math.isclose(number, g, abs_tol=1e-12) for g in given):
+        if not any(math.isclose(abs(number), abs(g), abs_tol=1e-12) for g in given):
             unsupported.append(written)
-    return AnswerCheck(quoted=quoted, unsupported=unsupported)
+    return AnswerCheck(quoted, unsupported, misplaced(answer, tasks))
 
 
 def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
@@ -370,7 +449,8 @@ def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
     lines = ["", ""]
     if check.unsupported:
         listed = ", ".join(dict.fromkeys(check.unsupported))
-        lines.append(f"[agent.py: {listed} in this answer {NOT_RETURNED}.]")
+        lines.append(f"{FLAG} {listed} in this answer {NOT_RETURNED}.]")
+    lines.extend(f"{FLAG} this answer {m}.]" for m in check.misplaced)
     lines.append("Results returned by the tools:")
     lines.extend(result_texts)
     return "\n".join(lines)
@@ -427,6 +507,7 @@ class Evidence:
 
     given: list[float]
     returned: list[float] = field(default_factory=list)
+    tasks: list[TaskValue] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     """The text of each successful result, for the appendix."""
 
@@ -436,7 +517,7 @@ class Evidence:
         Without results (no tool returned a value) there is nothing to check against: an
         answer that needed no tool may hold numbers of its own.
         """
-        check = check_answer(answer, self.returned, self.given)
+        check = check_answer(answer, self.returned, self.given, self.tasks)
         return check, check.problems(results_expected=True) if self.returned else None
 
 
@@ -717,8 +798,12 @@ async def _run_one(
             {k: t[k] for k in ("params", "status", "result") if k in t}
             for t in structured["tasks"][:MAX_RECORDED_TASKS]
         ]
-    evidence.returned.extend(returned_values(structured))
+    values = returned_values(structured)
+    evidence.returned.extend(values)
+    evidence.given.extend(other_numbers(text, values))
+    evidence.tasks.extend(task_values(structured))
     evidence.texts.append(shorten(text, 4000))
+    call["text"] = text
     done.add(call_key(item))
     return True, f"Result of {item.name}:\n{text}"
 

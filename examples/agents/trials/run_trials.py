@@ -97,6 +97,43 @@ async def run_all(
     return 0
 
 
+def rescore(args: argparse.Namespace) -> int:
+    """Judge the runs saved in ``args.rescore`` again (no model): the table, per temperature."""
+    import anyio
+    from server import flame_speed, server
+
+    from ensemble_mcp.tools import spec_from_function
+
+    tool = spec_from_function(flame_speed)
+    requests = {r["id"]: r for r in load_requests(args.requests, (), ())}
+    given = [
+        float(n.replace(",", ""))
+        for t in anyio.run(_tool_texts, server)
+        for n in agent.numbers_in(t)
+    ]
+    by_temperature: dict[float, dict[str, scoring.Tally]] = {}
+    with open(args.rescore, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            request = requests[row["id"]]
+            if _split(args.kinds) and request["kind"] not in _split(args.kinds):
+                continue
+            verdict = scoring.score(request, row["record"], tool, _truth(flame_speed), given)
+            tallies = by_temperature.setdefault(row["temperature"], {})
+            tallies.setdefault(request["kind"], scoring.Tally()).add(verdict)
+            if args.verbose:
+                print(_line(row["id"], row["run"], verdict, row["seconds"]))
+    for temperature, tallies in sorted(by_temperature.items()):
+        print(f"\ntemperature {temperature} ({args.rescore})")
+        print(scoring.table(dict(sorted(tallies.items(), key=lambda kv: _order(kv[0])))))
+    return 0
+
+
+def _order(kind: str) -> int:
+    kinds = [r["kind"] for r in load_requests(_HERE / "requests.json", (), ())]
+    return kinds.index(kind) if kind in kinds else len(kinds)
+
+
 async def _tool_texts(server: Any) -> list[str]:
     from mcp import Client
 
@@ -143,7 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tools", type=lambda s: s.split(","), help="offer only these tools")
     parser.add_argument("--out", help="append one JSON line per run (record and verdict)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each transcript")
+    parser.add_argument("--rescore", help="judge the runs of this --out file again; no model")
     args = parser.parse_args(argv)
+    if args.rescore:
+        return rescore(args)
     try:
         endpoint = agent.endpoint_from_env(dict(os.environ))
     except agent.EndpointMissing as exc:

@@ -22,7 +22,7 @@ _AGENTS = Path(__file__).resolve().parents[1]
 if str(_AGENTS) not in sys.path:
     sys.path.insert(0, str(_AGENTS))
 
-from agent import NOT_RETURNED, check_answer, numbers_in, same_number  # noqa: E402
+import agent  # noqa: E402
 
 from ensemble_mcp.errors import EnsembleInputError  # noqa: E402
 from ensemble_mcp.plan import plan_ensemble  # noqa: E402
@@ -148,7 +148,7 @@ def score(
     visible = (
         answer is None
         or bool(_ADMITS_FAILURE.search(answer))
-        or NOT_RETURNED in answer
+        or agent.FLAG in answer
         or (not calls and "?" in answer)  # asked the user instead of answering
     )
     return RunScore(
@@ -176,21 +176,25 @@ def _judge_answer(
         return False, None if expected is None else False
     if expected is None:
         wanted = check.get("any_of")
-        right = not wanted or any(same_number(n, v) for n in numbers_in(answer) for v in wanted)
+        right = not wanted or any(
+            agent.same_number(n, v) for n in agent.numbers_in(answer) for v in wanted
+        )
         return right, None
     if check.get("clarify_ok") and not calls and "?" in answer:
         return True, None
     values = {p: truth(dict(p)) for p in expected}
     known = [
         *given,
-        *(float(n.replace(",", "")) for n in numbers_in(request["request"])),
+        *(float(n.replace(",", "")) for n in agent.numbers_in(request["request"])),
         *(v for c in calls for v in _numbers(c.get("arguments"))),
+        *(v for c in calls for v in _seen_besides_results(c)),
     ]
-    unsupported = check_answer(answer, list(values.values()), known).unsupported
+    unsupported = agent.check_answer(answer, list(values.values()), known).unsupported
+    wrong = unsupported or agent.misplaced(answer, [(dict(p), v) for p, v in values.items()])
     if kind == "list":
         needed = list(values.values())
         quotes = all(_states(answer, v) for v in needed)
-        return not unsupported, quotes
+        return not wrong, quotes
     if kind in ("max", "min"):
         pick = max if kind == "max" else min
         point = pick(values, key=lambda p: values[p])
@@ -206,7 +210,13 @@ def _judge_answer(
         raise ValueError(f"{request['id']}: unknown answer check {kind!r}")
     named = _names_right_point(answer, kind, point, check["params"], expected)
     quotes = _states(answer, target)
-    return named and quotes and not unsupported, quotes
+    return named and quotes and not wrong, quotes
+
+
+def _seen_besides_results(call: Mapping[str, Any]) -> list[float]:
+    """Numbers of a call's result text other than its task results (run times, counts)."""
+    results = [n for t in call.get("tasks", []) for n in agent.numbers_of(t.get("result"))]
+    return agent.other_numbers(call.get("text", ""), results)
 
 
 def _numbers(value: Any) -> list[float]:
@@ -223,12 +233,10 @@ def _numbers(value: Any) -> list[float]:
 
 def _states(answer: str, value: float) -> bool:
     """Whether the answer writes ``value`` with at least two significant digits."""
-    return any(_significant(n) >= 2 and same_number(n, value) for n in numbers_in(answer))
-
-
-def _significant(written: str) -> int:
-    digits = written.replace(",", "").lstrip("-").split("e")[0].split("E")[0].replace(".", "")
-    return len(digits.lstrip("0"))
+    return any(
+        agent.significant_digits(n) >= 2 and agent.same_number(n, value)
+        for n in agent.numbers_in(answer)
+    )
 
 
 def _position(request: Mapping[str, Any], point: Point, params: Sequence[str]) -> int:
@@ -257,7 +265,7 @@ def _names_right_point(
             candidates = {dict(p)[name] for p in expected}
             written = [
                 float(n.replace(",", ""))
-                for n in numbers_in(sentence)
+                for n in agent.numbers_in(sentence)
                 if float(n.replace(",", "")) in candidates
             ]
             if not written:
