@@ -204,7 +204,8 @@ async def test_bad_arguments_return_an_error_that_shows_the_fix_and_run_nothing(
     assert result.is_error
     assert text_of(result).startswith('Error executing tool add: Under relation "one-to-one"')
     assert "a has 3 values and b has 2 values. Nothing was run." in text_of(result)
-    assert 'add(a=[1, 2, 3], b=[1, 2], relation="many-to-many")' in text_of(result)
+    fix = '{"name": "add", "arguments": {"a": [1, 2, 3], "b": [1, 2], "relation": "many-to-many"}}'
+    assert f"\n  {fix}\n" in text_of(result)
     bad_type = await call(server, mode, "add", {"a": [1, "x"]})
     assert 'a[1] = "x" is not a valid number' in text_of(bad_type)
     unknown = await call(server, mode, "add", {"a": [1], "c": [2]})
