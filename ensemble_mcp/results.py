@@ -483,7 +483,8 @@ def render_text(
 ) -> str:
     """The compact text content: the summary, then one line per task.
 
-    Tasks past ``max_lines`` are only counted.
+    Tasks past ``max_lines`` are only counted. Task lines carry no run time (it is in the
+    structured output): small models copied run times into answers as results.
     """
     first = entries[0]["params"] if entries else None
     lines = [summary_line(summary, first)]
@@ -605,11 +606,8 @@ def _entry_line(entry: dict[str, Any]) -> str:
     else:
         why = entry.get("error") or entry.get("note", "")
         outcome = f"{status}: {why}".replace("\n", " | ")
-    timing = f"{entry['duration_s']:.3g} s" if entry.get("duration_s") is not None else ""
-    if entry.get("attempts"):
-        timing += f"{', ' if timing else ''}{entry['attempts']} attempts"
-    timing = f" ({timing})" if timing else ""
-    return f"#{entry['index']} {params} -> {outcome}{timing}"
+    attempts = f" ({entry['attempts']} attempts)" if entry.get("attempts") else ""
+    return f"#{entry['index']} {params} -> {outcome}{attempts}"
 
 
 def _clip(line: str, limit: int) -> str:

@@ -37,9 +37,9 @@ SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
     "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
     'object {"name": "<tool>", "arguments": {...}}. Once a tool has returned the results the '
-    "user asked for, call no more tools: answer the user briefly, quoting the numbers of the "
-    "results with the parameters they belong to (a result's first line gives its smallest and "
-    "largest value, and where each occurs)."
+    "user asked for, call no more tools: answer the user, giving each result they asked for "
+    "with the parameters it belongs to (a result's first line gives its smallest and largest "
+    "value, and where each occurs)."
 )
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
@@ -51,9 +51,8 @@ NUDGE_AFTER_ERROR = (
     "error message says."
 )
 FIX_ANSWER = (
-    "Your answer {problems}. Answer again in a few sentences: quote the values the tools "
-    "returned, each with the parameters it belongs to (the first line of a result gives the "
-    "smallest and largest), and state no number that is not in the results."
+    "Your answer {problems}. Write the answer again: give each result value exactly as the "
+    "tool returned it, with the parameters it belongs to, and no other numbers."
 )
 
 # ---------------------------------------------------------------------------------------------
