@@ -562,3 +562,60 @@ async def test_an_answer_that_swaps_results_is_asked_again_naming_the_swap() -> 
         "gives 11.0 for a=2, but 11.0 is the result of a=1, b=10"
     ]
     assert model.seen[2][-1]["content"].startswith("Your answer gives 12.0 for a=1, but")
+
+
+SWEEP = [
+    ({"pressure": p, "temperature": 300.0}, v) for p, v in [(1, 0.3845), (2, 0.2719), (10, 0.1216)]
+]
+GRID = [
+    ({"pressure": p, "temperature": t}, v)
+    for (p, t), v in {
+        (1, 300): 0.3845,
+        (1, 400): 0.6398,
+        (2, 300): 0.2719,
+        (2, 400): 0.4524,
+    }.items()
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "found"),
+    [
+        (
+            "The fastest flame at 300 K is at 10 atm, with a speed of 0.1216 m/s.",
+            "calls 0.1216 the fastest, but the largest result is 0.3845 at pressure=1",
+        ),
+        (
+            "The slowest flame is at 2 atm with a speed of 0.2719 m/s.",
+            "calls 0.2719 the slowest, but the smallest result is 0.1216 at pressure=10",
+        ),
+        (
+            "The fastest flame at 300 K is at 10 atm.",
+            "says the fastest is at pressure=10, but the largest result is 0.3845 at pressure=1",
+        ),
+        ("1 atm gives the fastest flame, 0.3845 m/s; 10 atm the slowest, 0.1216 m/s.", None),
+        ("The fastest is 0.3845 m/s at 1 atm, then 0.2719 at 2 atm.", None),
+        ("Fastest and slowest: 0.1216 and 0.3845.", None),  # both sides: not judged
+    ],
+)
+def test_a_result_called_the_largest_or_smallest_wrongly_is_found(
+    answer: str, found: str | None
+) -> None:
+    assert agent.wrong_extremes(answer, [SWEEP]) == ([found] if found else [])
+
+
+def test_in_a_grid_only_the_opposite_extreme_is_called_wrong() -> None:
+    at_two = "At 2 atm the fastest flame is 0.4524 m/s, at 400 K."  # the fastest of that row
+    assert agent.wrong_extremes(at_two, [GRID]) == []
+    swapped = "The highest flame speed is 0.2719 m/s."
+    assert agent.wrong_extremes(swapped, [GRID]) == [
+        "calls 0.2719 the highest, but the largest result is 0.6398 at pressure=1, temperature=400"
+    ]
+
+
+def test_an_input_value_in_the_answer_is_not_a_quoted_result() -> None:
+    check = agent.check_answer("Pressures 0.25 and 0.5 atm.", [0.2479, 0.5438], given=[0.25, 0.5])
+    assert check.quoted == [] and check.unsupported == []
+    assert check.problems(results_expected=True) == "quotes none of the values the tools returned"
+    loose = agent.check_answer("About 0.4 m/s.", [0.3845], given=[])
+    assert loose.quoted == [] and loose.unsupported == []  # rounded to one digit: not flagged

@@ -388,6 +388,72 @@ def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
     return found
 
 
+_MOST = re.compile(
+    r"\b(largest|highest|greatest|biggest|maximum|fastest|quickest|hottest|longest|peak)\b", re.I
+)
+_LEAST = re.compile(r"\b(smallest|lowest|minimum|slowest|coldest|shortest)\b", re.I)
+
+
+def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> list[str]:
+    """Where ``answer`` calls a result the largest (or smallest) and it is not, in words.
+
+    Judged per line (or sentence) that has words of one side only (largest, highest, fastest,
+    ...; or smallest, lowest, slowest, ...), against each ensemble of two or more different
+    results: the first result stated there must not be the other extreme. When the ensemble
+    varies one argument only, "the largest" has one meaning, so the first result stated must be
+    the largest itself, and the first value of that argument named (if no result is stated)
+    must be where the largest occurs.
+    """
+    found: list[str] = []
+    for line in _LINE.split(answer):
+        most, least = _MOST.search(line), _LEAST.search(line)
+        side = most or least
+        if side is None or (most and least):
+            continue
+        word = side.group(0)
+        for tasks in ensembles:
+            problem = _extreme_problem(line, word, bool(most), tasks)
+            if problem:
+                found.append(problem)
+                break
+    return found
+
+
+def _extreme_problem(line: str, word: str, most: bool, tasks: Sequence[TaskValue]) -> str | None:
+    values = [v for _, v in tasks]
+    if len(set(values)) < 2:
+        return None
+    pick = max if most else min
+    want, other = pick(values), (min if most else max)(values)
+    where = tasks[values.index(want)][0]
+    names = sorted({n for params, _ in tasks for n in params})
+    varying = [n for n in names if len({params.get(n) for params, _ in tasks}) > 1]
+    stated = [
+        t
+        for t in numbers_in(line)
+        if significant_digits(t) >= 2 and any(same_number(t, v) for v in values)
+    ]
+    kind = "largest" if most else "smallest"
+    right = f"the {kind} result is {_plain(want)} at " + ", ".join(
+        f"{n}={_plain(where[n])}" for n in varying
+    )
+    if stated:
+        first = stated[0]
+        if same_number(first, want):
+            return None
+        if same_number(first, other) or len(varying) == 1:
+            return f"calls {first} the {word}, but {right}"
+        return None
+    if len(varying) != 1:
+        return None
+    name = varying[0]
+    options = {params[name] for params, _ in tasks if name in params}
+    named = [w for w in (_as_float(n) for n in numbers_in(line)) if w in options]
+    if named and named[0] != where[name]:
+        return f"says the {word} is at {name}={_plain(named[0])}, but {right}"
+    return None
+
+
 def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -402,6 +468,8 @@ class AnswerCheck:
     """Numbers in the answer that no tool returned and that were not given to the model."""
     misplaced: list[str] = field(default_factory=list)
     """Returned values the answer puts beside the arguments of another task (see `misplaced`)."""
+    extremes: list[str] = field(default_factory=list)
+    """Results the answer calls the largest or smallest wrongly (see `wrong_extremes`)."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -410,6 +478,7 @@ class AnswerCheck:
             listed = ", ".join(dict.fromkeys(self.unsupported))
             found.append(f"states {listed}, which no task returned")
         found.extend(self.misplaced)
+        found.extend(self.extremes)
         if results_expected and not self.quoted:
             found.append("quotes none of the values the tools returned")
         return "; ".join(found) or None
@@ -419,28 +488,35 @@ def check_answer(
     answer: str,
     returned: Sequence[float],
     given: Sequence[float],
-    tasks: Sequence[TaskValue] = (),
+    ensembles: Sequence[Sequence[TaskValue]] = (),
 ) -> AnswerCheck:
-    """Sort the numbers written in ``answer``.
+    """Sort the numbers written in ``answer``, and check what it says about them.
 
-    A number is quoted when it states a value the tools ``returned``; it is fine when the model
-    was ``given`` it (the request, the tool arguments and descriptions, the other numbers of the
-    results such as run times; its sign aside) or it is a small whole number (a count); any
-    other number is unsupported. With ``tasks``, values put beside another task's arguments are
+    A number is quoted when it states a value the tools ``returned`` (exactly, or rounded with
+    two or more significant digits); it is fine when the model was ``given`` it (the request,
+    the tool arguments and descriptions, the other numbers of the results such as run times;
+    its sign aside), when it is a small whole number (a count) or a value rounded to one digit;
+    any other number is unsupported. With the tasks of each ensemble, values put beside another
+    task's arguments (`misplaced`) and wrong largest or smallest results (`wrong_extremes`) are
     found too.
     """
     quoted: list[str] = []
     unsupported: list[str] = []
     for written in numbers_in(answer):
-        if any(same_number(written, v) for v in returned):
-            quoted.append(written)
-            continue
         number = _as_float(written)
-        if number == round(number) and abs(number) <= SMALL_INTEGER:
+        if any(math.isclose(number, v, abs_tol=1e-12) for v in returned):
+            quoted.append(written)
+        elif any(math.isclose(abs(number), abs(g), abs_tol=1e-12) for g in given):
             continue
-        if not any(math.isclose(abs(number), abs(g), abs_tol=1e-12) for g in given):
+        elif any(same_number(written, v) for v in returned):
+            if significant_digits(written) >= 2:
+                quoted.append(written)
+        elif not (number == round(number) and abs(number) <= SMALL_INTEGER):
             unsupported.append(written)
-    return AnswerCheck(quoted, unsupported, misplaced(answer, tasks))
+    tasks = [t for ensemble in ensembles for t in ensemble]
+    return AnswerCheck(
+        quoted, unsupported, misplaced(answer, tasks), wrong_extremes(answer, ensembles)
+    )
 
 
 def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
@@ -449,7 +525,7 @@ def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
     if check.unsupported:
         listed = ", ".join(dict.fromkeys(check.unsupported))
         lines.append(f"{FLAG} {listed} in this answer {NOT_RETURNED}.]")
-    lines.extend(f"{FLAG} this answer {m}.]" for m in check.misplaced)
+    lines.extend(f"{FLAG} this answer {m}.]" for m in [*check.misplaced, *check.extremes])
     lines.append("Results returned by the tools:")
     lines.extend(result_texts)
     return "\n".join(lines)
@@ -506,7 +582,8 @@ class Evidence:
 
     given: list[float]
     returned: list[float] = field(default_factory=list)
-    tasks: list[TaskValue] = field(default_factory=list)
+    ensembles: list[list[TaskValue]] = field(default_factory=list)
+    """The task values of each ensemble result."""
     texts: list[str] = field(default_factory=list)
     """The text of each successful result, for the appendix."""
 
@@ -516,7 +593,7 @@ class Evidence:
         Without results (no tool returned a value) there is nothing to check against: an
         answer that needed no tool may hold numbers of its own.
         """
-        check = check_answer(answer, self.returned, self.given, self.tasks)
+        check = check_answer(answer, self.returned, self.given, self.ensembles)
         return check, check.problems(results_expected=True) if self.returned else None
 
 
@@ -800,7 +877,8 @@ async def _run_one(
     values = returned_values(structured)
     evidence.returned.extend(values)
     evidence.given.extend(other_numbers(text, values))
-    evidence.tasks.extend(task_values(structured))
+    if per_task := task_values(structured):
+        evidence.ensembles.append(per_task)
     evidence.texts.append(shorten(text, 4000))
     call["text"] = text
     done.add(call_key(item))
