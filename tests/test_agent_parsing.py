@@ -596,6 +596,7 @@ GRID = [
         ("1 atm gives the fastest flame, 0.3845 m/s; 10 atm the slowest, 0.1216 m/s.", None),
         ("The fastest is 0.3845 m/s at 1 atm, then 0.2719 at 2 atm.", None),
         ("Fastest and slowest: 0.1216 and 0.3845.", None),  # both sides: not judged
+        ("The lowest pressure where it is under 0.3 m/s is 2 atm (0.2719 m/s).", None),
     ],
 )
 def test_a_result_called_the_largest_or_smallest_wrongly_is_found(

@@ -398,7 +398,8 @@ def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> lis
     """Where ``answer`` calls a result the largest (or smallest) and it is not, in words.
 
     Judged per line (or sentence) that has words of one side only (largest, highest, fastest,
-    ...; or smallest, lowest, slowest, ...), against each ensemble of two or more different
+    ...; or smallest, lowest, slowest, ...) not followed by an argument's name ("the lowest
+    temperature at which" is about an argument), against each ensemble of two or more different
     results: the first result stated there must not be the other extreme. When the ensemble
     varies one argument only, "the largest" has one meaning, so the first result stated must be
     the largest itself, and the first value of that argument named (if no result is stated)
@@ -411,6 +412,10 @@ def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> lis
         if side is None or (most and least):
             continue
         word = side.group(0)
+        after = re.findall(r"[A-Za-z_]+", line[side.end() :])[:2]
+        names = {n.lower() for tasks in ensembles for params, _ in tasks for n in params}
+        if any(w.lower().rstrip("s") in names or w.lower() in names for w in after):
+            continue  # "the lowest temperature at which ...": about an argument, not a result
         for tasks in ensembles:
             problem = _extreme_problem(line, word, bool(most), tasks)
             if problem:
