@@ -307,21 +307,21 @@ def _error(problems: list[str]) -> EnsembleInputError:
 def _unequal_message(
     spec: EnsembleSpec, raw: dict[str, list[Any]], exc: UnequalLengthsError, max_tasks: int
 ) -> str:
-    """The fixes of ``exc``, the one that loses nothing (many-to-many) first, as full calls."""
+    """The fixes of ``exc`` that lose none of the values given, the calls written in full.
+
+    The fix "one value for every task" is not offered: it drops values the user gave, and small
+    models took it whenever it was shown.
+    """
     parts = [f"{n} has {k} values" for n, k in exc.lengths.items() if k > 1]
     lead = ", ".join(parts[:-1]) + f" and {parts[-1]}"
     every = {**raw, "relation": "many-to-many"}
     over = f", above the cap of {max_tasks:,}" if exc.every_combination > max_tasks else ""
-    one = {n: (v[:1] if n in exc.shorter else v) for n, v in raw.items()}
     return (
         f'Under relation "one-to-one" the lists must have equal lengths (a 1-element list is '
         f"used for every task), but {lead}. {NOTHING_RUN}\n"
         f"If every combination is meant ({exc.every_combination:,} tasks{over}), send:\n"
         f"  {call_text(spec.name, every)}\n"
-        f"If each task has its own values, give every list {exc.longest} values.\n"
-        f"If one {' and one '.join(exc.shorter)} is meant for every task, send (this leaves out "
-        f"the other values you gave):\n"
-        f"  {call_text(spec.name, one)}"
+        f"If each task has its own values, give every list {exc.longest} values."
     )
 
 
