@@ -620,3 +620,19 @@ def test_an_input_value_in_the_answer_is_not_a_quoted_result() -> None:
     assert check.problems(results_expected=True) == "quotes none of the values the tools returned"
     loose = agent.check_answer("About 0.4 m/s.", [0.3845], given=[])
     assert loose.quoted == [] and loose.unsupported == []  # rounded to one digit: not flagged
+
+
+async def test_an_answer_about_a_value_a_retry_dropped_is_asked_again() -> None:
+    server = build_server()
+    unequal = {"name": "add", "arguments": {"a": [1, 2, 3], "b": [10, 20]}}
+    dropped = {"name": "add", "arguments": {"a": [1, 2, 3], "b": [10]}}
+    claim = "With b = 10 and 20 the sums are 11.0, 12.0 and 13.0."
+    model = ScriptedModel([_text(unequal), _text(dropped), _text(claim), _text(claim)])
+    record = await agent.run_agent("add 10 and 20 to 1, 2, 3", server, model, io.StringIO())
+    assert [c["status"] for c in record.calls] == ["error", "ok"]
+    assert record.answer_problems[0] == (
+        "mentions 20, but no task ran with 20 (call the tool for it, or say that it was not "
+        "computed)"
+    )
+    assert record.answer is not None and record.results_appended
+    assert f"{agent.FLAG} no task ran with 20.]" in record.answer

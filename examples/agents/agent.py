@@ -25,7 +25,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -475,6 +475,8 @@ class AnswerCheck:
     """Returned values the answer puts beside the arguments of another task (see `misplaced`)."""
     extremes: list[str] = field(default_factory=list)
     """Results the answer calls the largest or smallest wrongly (see `wrong_extremes`)."""
+    not_run: list[str] = field(default_factory=list)
+    """Numbers in the answer that a call had as an argument but no task that ran had."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -482,6 +484,11 @@ class AnswerCheck:
         if self.unsupported:
             listed = ", ".join(dict.fromkeys(self.unsupported))
             found.append(f"states {listed}, which no task returned")
+        found.extend(
+            f"mentions {n}, but no task ran with {n} (call the tool for it, or say that it was "
+            "not computed)"
+            for n in dict.fromkeys(self.not_run)
+        )
         found.extend(self.misplaced)
         found.extend(self.extremes)
         if results_expected and not self.quoted:
@@ -494,6 +501,7 @@ def check_answer(
     returned: Sequence[float],
     given: Sequence[float],
     ensembles: Sequence[Sequence[TaskValue]] = (),
+    not_run: Collection[float] = (),
 ) -> AnswerCheck:
     """Sort the numbers written in ``answer``, and check what it says about them.
 
@@ -503,14 +511,18 @@ def check_answer(
     its sign aside), when it is a small whole number (a count) or a value rounded to one digit;
     any other number is unsupported. With the tasks of each ensemble, values put beside another
     task's arguments (`misplaced`) and wrong largest or smallest results (`wrong_extremes`) are
-    found too.
+    found too; and numbers of ``not_run`` (argument values no task that ran had: values a call
+    dropped) that the answer mentions.
     """
     quoted: list[str] = []
     unsupported: list[str] = []
+    dropped: list[str] = []
     for written in numbers_in(answer):
         number = _as_float(written)
         if any(math.isclose(number, v, abs_tol=1e-12) for v in returned):
             quoted.append(written)
+        elif number in not_run:
+            dropped.append(written)
         elif any(math.isclose(abs(number), abs(g), abs_tol=1e-12) for g in given):
             continue
         elif any(same_number(written, v) for v in returned):
@@ -520,7 +532,7 @@ def check_answer(
             unsupported.append(written)
     tasks = [t for ensemble in ensembles for t in ensemble]
     return AnswerCheck(
-        quoted, unsupported, misplaced(answer, tasks), wrong_extremes(answer, ensembles)
+        quoted, unsupported, misplaced(answer, tasks), wrong_extremes(answer, ensembles), dropped
     )
 
 
@@ -531,6 +543,7 @@ def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
         listed = ", ".join(dict.fromkeys(check.unsupported))
         lines.append(f"{FLAG} {listed} in this answer {NOT_RETURNED}.]")
     lines.extend(f"{FLAG} this answer {m}.]" for m in [*check.misplaced, *check.extremes])
+    lines.extend(f"{FLAG} no task ran with {n}.]" for n in dict.fromkeys(check.not_run))
     lines.append("Results returned by the tools:")
     lines.extend(result_texts)
     return "\n".join(lines)
@@ -591,6 +604,18 @@ class Evidence:
     """The task values of each ensemble result."""
     texts: list[str] = field(default_factory=list)
     """The text of each successful result, for the appendix."""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Every call run (name, arguments), refused or not."""
+    ensemble_tools: set[str] = field(default_factory=set)
+    """The tools that returned an ensemble's tasks."""
+
+    def not_run(self) -> set[float]:
+        """Argument values of calls to ensemble tools that no task that ran had (dropped)."""
+        asked = {
+            n for name, args in self.calls if name in self.ensemble_tools for n in numbers_of(args)
+        }
+        ran = {v for tasks in self.ensembles for params, _ in tasks for v in params.values()}
+        return asked - ran
 
     def check(self, answer: str) -> tuple[AnswerCheck, str | None]:
         """Check ``answer``; also say what is wrong with it, if anything.
@@ -598,7 +623,7 @@ class Evidence:
         Without results (no tool returned a value) there is nothing to check against: an
         answer that needed no tool may hold numbers of its own.
         """
-        check = check_answer(answer, self.returned, self.given, self.ensembles)
+        check = check_answer(answer, self.returned, self.given, self.ensembles, self.not_run())
         return check, check.problems(results_expected=True) if self.returned else None
 
 
@@ -871,6 +896,7 @@ async def _run_one(
     record.calls.append(call)
     print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
     evidence.given.extend(numbers_of(item.arguments))
+    evidence.calls.append((item.name, item.arguments))
     if result.is_error:
         return False, f"Error of {item.name}:\n{text}"
     structured = result.structured_content
@@ -884,6 +910,7 @@ async def _run_one(
     evidence.given.extend(other_numbers(text, values))
     if per_task := task_values(structured):
         evidence.ensembles.append(per_task)
+        evidence.ensemble_tools.add(item.name)
     evidence.texts.append(shorten(text, 4000))
     call["text"] = text
     done.add(call_key(item))
