@@ -636,3 +636,12 @@ async def test_an_answer_about_a_value_a_retry_dropped_is_asked_again() -> None:
     )
     assert record.answer is not None and record.results_appended
     assert f"{agent.FLAG} no task ran with 20.]" in record.answer
+
+
+async def test_an_answer_after_only_failed_calls_says_that_no_number_comes_from_a_tool() -> None:
+    bad = _text({"name": "flame_speed", "arguments": {"pressure": [1, 2], "temperature": [300]}})
+    explain = _text("Use equal lengths, about 0.38 m/s.")
+    model = ScriptedModel([bad, explain, explain, explain])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert model.seen[2][-1] == {"role": "user", "content": agent.NUDGE_AFTER_ERROR}
+    assert record.answer == f"Use equal lengths, about 0.38 m/s.\n\n{agent.NO_RESULT}"

@@ -46,10 +46,12 @@ REPEATED_CALL = (
     "user with those results."
 )
 ASK_FOR_ANSWER = "Answer my request now, using the tool results above."
+FLAG = "[agent.py:"  # starts each warning the agent adds to an answer
 NUDGE_AFTER_ERROR = (
-    "The tool call failed and nothing ran. Call the tool again with arguments corrected as the "
-    "error message says."
+    "The tool call failed and nothing ran, so there are no results yet. Reply with only the "
+    "corrected tool call, as JSON, the way the error message shows it; no other text."
 )
+NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
 FIX_ANSWER = (
     "Your answer {problems}. Write the answer again: give each result value exactly as the "
     "tool returned it, with the parameters it belongs to, and no other numbers."
@@ -258,7 +260,6 @@ _NUMBER = re.compile(
     r"(?<![\w.])(?:(?<=[\s(=:~\[])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
 )
 _NUMBER_ONLY = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
-FLAG = "[agent.py:"  # starts each warning the agent adds to an answer
 NOT_RETURNED = "is not a value any task returned"
 SMALL_INTEGER = 20  # counts, list numbering: an answer may say them without a tool
 
@@ -796,6 +797,8 @@ def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Recor
         record.answer_problems.append(problems)
         record.results_appended = True
         answer = (answer + results_appendix(check, evidence.texts)).strip()
+    elif evidence.calls and not evidence.texts:  # calls were made, none succeeded
+        answer = f"{answer}\n\n{NO_RESULT}".strip()
     record.answer = answer
     print(f"ANSWER: {record.answer}", file=out)
     return record
