@@ -124,15 +124,17 @@ def plan_ensemble(
             over ``limits``, or elements of the wrong type.
     """
     try:
-        return _plan(spec, arguments, max_tasks)
+        return _plan(spec, arguments, max_tasks, limits)
     except EnsembleInputError as exc:
-        fix = corrected_call(spec, arguments, lambda args: _plan(spec, args, max_tasks))
+        fix = corrected_call(spec, arguments, lambda args: _plan(spec, args, max_tasks, limits))
         if fix is None:
             raise
         raise EnsembleInputError(f"{exc}\n{fix}") from None
 
 
-def _plan(spec: EnsembleSpec, arguments: Mapping[str, Any], max_tasks: int) -> Plan:
+def _plan(
+    spec: EnsembleSpec, arguments: Mapping[str, Any], max_tasks: int, limits: InputLimits
+) -> Plan:
     args = dict(arguments)
     problems: list[str] = []
     relation = args.pop("relation", None)
