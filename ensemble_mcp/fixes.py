@@ -29,8 +29,10 @@ CALL_CHARS = 4000
 _MANY_WORDS = ("many", "grid", "cartesian", "product", "combination", "cross", "outer", "all")
 _ONE_WORDS = ("one", "zip", "pair", "element", "1:1")
 _NUMBER_WITH_UNIT = re.compile(
-    r"\s*(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>[A-Za-z°]+)\s*"
+    r"\s*(?P<number>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*(?P<unit>[A-Za-z°]+)\s*"
 )
+_SHORT = 40
+"""Longer names and values are not mended (nor scanned): a slip is short."""
 
 
 def call_text(tool: str, arguments: Mapping[str, Any]) -> str:
@@ -74,7 +76,8 @@ def repair(spec: EnsembleSpec, arguments: Mapping[str, Any]) -> dict[str, Any] |
     args = dict(arguments)
     changed = False
     missing = [p.name for p in spec.params if p.name not in args]
-    for name in [k for k in args if k != "relation" and k not in spec.param_names]:
+    unknown = [k for k in args if k != "relation" and k not in spec.param_names]
+    for name in (k for k in unknown if len(k) <= _SHORT):
         target = _close_name(name, missing)
         if target is not None:
             args[target] = args.pop(name)
@@ -127,7 +130,8 @@ def _without_units(p: Param, value: Any) -> list[Any] | None:
     out: list[Any] = []
     changed = False
     for item in values:
-        match = _NUMBER_WITH_UNIT.fullmatch(item) if isinstance(item, str) else None
+        short = isinstance(item, str) and len(item) <= _SHORT
+        match = _NUMBER_WITH_UNIT.fullmatch(item) if short else None
         if match is None or not re.search(rf"\b{re.escape(match['unit'])}\b", p.description):
             out.append(item)
             continue

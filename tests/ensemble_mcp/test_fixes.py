@@ -127,3 +127,11 @@ def test_a_call_is_written_as_a_model_sends_it_with_long_lists_in_full() -> None
     text = call_text("flame_speed", huge)
     assert len(text) < CALL_CHARS and text.endswith("(long lists shortened here)")
     assert '"... 1997 more values"' in text
+
+
+def test_long_values_and_names_are_not_scanned_for_slips() -> None:
+    digits = "1" * 50_000 + "x!"  # quadratic to scan with a careless pattern; refused at once
+    text = error_of({"pressure": [digits], "temperature": [300]})
+    assert "Corrected call" not in text and "pressure[0]" in text
+    long_name = "pressure" + "s" * 60
+    assert repair(SPEC, {long_name: [1], "temperature": [300]}) is None
