@@ -62,7 +62,7 @@ def run(
             value = (fn or spec.executable)(**kwargs)  # type: ignore[operator]
             results.append(TaskResult(f"t{i}", TaskStatus.SUCCESS, result=value, **times))
     entries, note = ResultConverter(spec, OutputLimits()).entries(0, echoes, results)
-    summary = summarize(spec, plan, entries, 0.01, note)
+    summary = summarize(spec.name, plan, entries, 0.01, note)
     jsonschema.validate({"summary": summary, "tasks": entries}, output_schema(spec))
     return summary, render_text(summary, entries, max_lines=20).splitlines()[0]
 
