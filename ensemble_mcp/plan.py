@@ -28,6 +28,7 @@ from core.relations import (
 )
 from core.spec_values import MAX_VALUE_CHARS, cut_repr
 from ensemble_mcp.errors import NOTHING_RUN, EnsembleInputError
+from ensemble_mcp.fixes import call_text, corrected_call
 from ensemble_mcp.tools import EnsembleSpec, Param
 
 __all__ = ("InputLimits", "Plan", "plan_ensemble", "show_json")
@@ -114,13 +115,26 @@ def plan_ensemble(
     """Check one call's arguments and lay out its tasks.
 
     Under ``one-to-one``, a 1-element list or a bare value is used for every task; lists longer
-    than one must have equal lengths. ``many-to-many`` takes the Cartesian product.
+    than one must have equal lengths. ``many-to-many`` takes the Cartesian product. An error
+    that :func:`ensemble_mcp.fixes.repair` can mend ends with the corrected call.
 
     Raises:
         EnsembleInputError: unknown or missing arguments, a bad relation, empty lists, unequal
             lengths, more tasks than ``max_tasks``, a list longer than ``max_tasks``, values
             over ``limits``, or elements of the wrong type.
     """
+    try:
+        return _plan(spec, arguments, max_tasks, limits)
+    except EnsembleInputError as exc:
+        fix = corrected_call(spec, arguments, lambda args: _plan(spec, args, max_tasks, limits))
+        if fix is None:
+            raise
+        raise EnsembleInputError(f"{exc}\n{fix}") from None
+
+
+def _plan(
+    spec: EnsembleSpec, arguments: Mapping[str, Any], max_tasks: int, limits: InputLimits
+) -> Plan:
     args = dict(arguments)
     problems: list[str] = []
     relation = args.pop("relation", None)
@@ -295,22 +309,21 @@ def _error(problems: list[str]) -> EnsembleInputError:
 def _unequal_message(
     spec: EnsembleSpec, raw: dict[str, list[Any]], exc: UnequalLengthsError, max_tasks: int
 ) -> str:
-    """The fixes of ``exc``, the one that loses nothing (many-to-many) first, as full calls."""
+    """The fixes of ``exc`` that lose none of the values given, the calls written in full.
+
+    The fix "one value for every task" is not offered: it drops values the user gave, and small
+    models took it whenever it was shown.
+    """
     parts = [f"{n} has {k} values" for n, k in exc.lengths.items() if k > 1]
     lead = ", ".join(parts[:-1]) + f" and {parts[-1]}"
     every = {**raw, "relation": "many-to-many"}
     over = f", above the cap of {max_tasks:,}" if exc.every_combination > max_tasks else ""
-    one = {n: (v[:1] if n in exc.shorter else v) for n, v in raw.items()}
     return (
         f'Under relation "one-to-one" the lists must have equal lengths (a 1-element list is '
         f"used for every task), but {lead}. {NOTHING_RUN}\n"
-        f"If every combination is meant ({exc.every_combination:,} tasks{over}), add "
-        'relation="many-to-many":\n'
-        f"  {spec.name}({_show_args(every)})\n"
-        f"If each task has its own values, give every list {exc.longest} values.\n"
-        f"If one {' and one '.join(exc.shorter)} is meant for every task, give only that value "
-        f"(this leaves out the other values you gave):\n"
-        f"  {spec.name}({_show_args(one)})"
+        f"If every combination is meant ({exc.every_combination:,} tasks{over}), send:\n"
+        f"  {call_text(spec.name, every)}\n"
+        f"If each task has its own values, give every list {exc.longest} values."
     )
 
 
@@ -326,14 +339,3 @@ def show_json(value: Any, limit: int = 40) -> str:
     except (TypeError, ValueError, RecursionError):
         text = cut_repr(value, limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _show_args(args: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_show_list(v)}" for k, v in args.items())
-
-
-def _show_list(value: Any) -> str:
-    if not isinstance(value, list) or len(value) <= 8:
-        return json.dumps(value)
-    head = ", ".join(json.dumps(v) for v in value[:3])
-    return f"[{head}, ... ({len(value)} values)]"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +42,26 @@ ANY_JSON: dict[str, Any] = {
     "type": ["string", "number", "integer", "boolean", "object", "array", "null"],
     "description": "the task's return value",
 }
+_EXTREME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "value": {"type": "number"},
+        "index": {"type": "integer", "description": "the first task with this value"},
+        "params": {"type": "object", "description": "that task's arguments"},
+        "tasks": {"type": "integer", "description": "how many tasks have this value"},
+    },
+    "required": ["value", "index", "params", "tasks"],
+}
+_STAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "min": _EXTREME_SCHEMA,
+        "max": _EXTREME_SCHEMA,
+        "distinct": {"type": "integer", "description": "how many distinct values"},
+        "count": {"type": "integer", "description": "how many tasks returned a value"},
+    },
+    "required": ["min", "max", "distinct", "count"],
+}
 _SUMMARY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "How the tasks were formed and how they ended.",
@@ -64,8 +86,34 @@ _SUMMARY_SCHEMA: dict[str, Any] = {
         },
         "wall_time_s": {"type": "number"},
         "note": {"type": "string"},
+        "distinct_params": {
+            "type": "integer",
+            "description": "how many distinct parameter sets the tasks ran (less than total "
+            "when tasks repeat another task's parameters)",
+        },
+        "repeated": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "when tasks repeat: the lists that hold a value more than once",
+        },
+        "stats": {
+            "type": "object",
+            "description": 'number results (key "result") or number fields of object results '
+            "(key: the field): the smallest and largest value with the first task where each "
+            "occurs, and the count of distinct values",
+            "additionalProperties": _STAT_SCHEMA,
+        },
     },
-    "required": ["tool", "total", "relation", "lengths", "broadcast", "counts", "wall_time_s"],
+    "required": [
+        "tool",
+        "total",
+        "relation",
+        "lengths",
+        "broadcast",
+        "counts",
+        "wall_time_s",
+        "distinct_params",
+    ],
 }
 
 
@@ -315,10 +363,16 @@ def summarize(
     wall_time_s: float,
     note: str | None = None,
 ) -> dict[str, Any]:
-    """The summary block: how the tasks were formed and counts by status."""
+    """The summary block: how the tasks were formed, what was odd about it, counts, statistics.
+
+    ``distinct_params`` (and ``repeated``, when tasks repeat) come from ``plan``; ``stats`` from
+    the successful results among ``entries`` when they are numbers or have number fields.
+    """
+    entries = list(entries)
     counts = dict.fromkeys(STATUSES, 0)
     for entry in entries:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    distinct, repeated = distinct_parameter_sets(plan)
     summary: dict[str, Any] = {
         "tool": tool,
         "total": plan.total,
@@ -327,10 +381,97 @@ def summarize(
         "broadcast": list(plan.broadcast),
         "counts": counts,
         "wall_time_s": round(wall_time_s, 6),
+        "distinct_params": distinct,
     }
+    if repeated:
+        summary["repeated"] = repeated
+    stats = result_stats(entries)
+    if stats:
+        summary["stats"] = stats
     if note:
         summary["note"] = note
     return summary
+
+
+def distinct_parameter_sets(plan: Plan) -> tuple[int, list[str]]:
+    """How many distinct parameter sets ``plan`` runs, and which lists repeat a value.
+
+    The lists are named only when some tasks repeat another task's parameters.
+    """
+    columns = {name: [_key(v) for v in values] for name, values in plan.json_values.items()}
+    repeated = [name for name, col in columns.items() if len(set(col)) < len(col)]
+    if not repeated:
+        return plan.total, []
+    if plan.relation == "many-to-many":
+        distinct = math.prod(len(set(col)) for col in columns.values())
+    else:
+        cols = list(columns.values())
+        distinct = len(
+            {tuple(c[j] for c, j in zip(cols, idx, strict=True)) for idx in plan.fanout.indices()}
+        )
+    return distinct, repeated if distinct < plan.total else []
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+_MAX_STAT_FIELDS = 10
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def result_stats(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Min, max (first task and tie count of each) and distinct count of the number results.
+
+    Key ``"result"`` when every successful result is a number (a command's output that is one
+    number counts); else one key per number field that every successful result (an object)
+    has, at most ten. Empty for other results.
+    """
+    done = [e for e in entries if e["status"] == "success" and "result" in e]
+    if not done:
+        return {}
+    numbers = [_number(e["result"], text=True) for e in done]
+    if all(n is not None for n in numbers):
+        return {"result": _stat(done, numbers)}
+    if not all(isinstance(e["result"], dict) for e in done):
+        return {}
+    stats: dict[str, dict[str, Any]] = {}
+    for field_name in done[0]["result"]:
+        values = [_number(e["result"].get(field_name)) for e in done]
+        if all(v is not None for v in values):
+            stats[field_name] = _stat(done, values)
+            if len(stats) == _MAX_STAT_FIELDS:
+                break
+    return stats
+
+
+def _number(value: Any, *, text: bool = False) -> float | int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value if math.isfinite(value) else None
+    if text and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return None
+
+
+def _stat(done: Sequence[dict[str, Any]], values: Sequence[float | int | None]) -> dict[str, Any]:
+    def extreme(target: float | int | None) -> dict[str, Any]:
+        first = values.index(target)
+        return {
+            "value": target,
+            "index": done[first]["index"],
+            "params": done[first]["params"],
+            "tasks": values.count(target),
+        }
+
+    present = [v for v in values if v is not None]
+    return {
+        "min": extreme(min(present)),
+        "max": extreme(max(present)),
+        "distinct": len(set(present)),
+        "count": len(present),
+    }
 
 
 def render_text(
@@ -342,9 +483,11 @@ def render_text(
 ) -> str:
     """The compact text content: the summary, then one line per task.
 
-    Tasks past ``max_lines`` are only counted.
+    Tasks past ``max_lines`` are only counted. Task lines carry no run time (it is in the
+    structured output): small models copied run times into answers as results.
     """
-    lines = [summary_line(summary)]
+    first = entries[0]["params"] if entries else None
+    lines = [summary_line(summary, first)]
     lines.extend(_clip(_entry_line(entry), line_chars) for entry in entries[:max_lines])
     rest = entries[max_lines:]
     if rest:
@@ -354,20 +497,103 @@ def render_text(
     return "\n".join(lines)
 
 
-def summary_line(summary: dict[str, Any]) -> str:
-    """One line: tool, task count, how they were formed, counts by status, wall time."""
-    lengths = ", ".join(f"{k} {v}" for k, v in summary["lengths"].items())
-    formed = f"relation {summary['relation']}" + (f"; {lengths}" if lengths else "")
-    if summary["broadcast"]:
-        formed += f"; used for every task: {', '.join(summary['broadcast'])}"
+def summary_line(summary: dict[str, Any], first_params: dict[str, Any] | None = None) -> str:
+    """One line: tool, tasks and how they ended, how they were formed, min/max, wall time.
+
+    ``first_params`` (the first task's arguments) lets the line show the value a one-value list
+    gave every task.
+    """
     counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v)
     line = (
-        f"{summary['tool']}: {summary['total']} tasks ({formed}): {counts or 'none ran'}; "
-        f"{summary['wall_time_s']:.3g} s"
+        f"{summary['tool']}: {_plural(summary['total'], 'task')}, {counts or 'none ran'} "
+        f"({_formed(summary, first_params or {})})"
     )
+    stats = _stats_text(summary)
+    if stats:
+        line += f"; {stats}"
+    line += f"; {summary['wall_time_s']:.3g} s"
     if summary.get("note"):
         line += f"\nnote: {summary['note']}"
     return line
+
+
+def _varying(summary: dict[str, Any]) -> list[str]:
+    """The parameters whose value changes from task to task."""
+    one_value = set(summary["broadcast"])
+    return [n for n, k in summary["lengths"].items() if k > 1 and n not in one_value]
+
+
+def _formed(summary: dict[str, Any], first_params: dict[str, Any]) -> str:
+    lengths: dict[str, int] = summary["lengths"]
+    if summary["total"] == 1:
+        parts = ["one task"]
+    elif summary["relation"] == "many-to-many":
+        long = [f"{n} {k}" for n, k in lengths.items() if k > 1]
+        if len(long) > 1:
+            parts = [f"every combination of {' x '.join(long)} values, relation many-to-many"]
+        else:
+            parts = [f"{long[0]} values, relation many-to-many"] if long else []
+    else:
+        varying = _varying(summary)
+        if len(varying) > 1:
+            parts = [f"{', '.join(varying)} paired one-to-one, {summary['total']} values each"]
+        else:
+            parts = [f"{n} {summary['total']} values" for n in varying]
+    if summary["total"] > 1:
+        for name, k in lengths.items():
+            if name in summary["broadcast"] or (summary["relation"] == "many-to-many" and k == 1):
+                shown = show_json(first_params[name], 30) if name in first_params else "one value"
+                parts.append(f"{name}={shown} for every task")
+    if summary.get("repeated"):
+        repeated = summary["repeated"]
+        parts.append(
+            f"only {_plural(summary['distinct_params'], 'distinct parameter set')}: "
+            f"{', '.join(repeated)} repeat{'s' if len(repeated) == 1 else ''} values"
+        )
+    return "; ".join(parts)
+
+
+_MAX_STAT_FIELDS_SHOWN = 3
+
+
+def _stats_text(summary: dict[str, Any]) -> str:
+    stats: dict[str, dict[str, Any]] = summary.get("stats") or {}
+    varying = _varying(summary)
+    shown = []
+    for name, stat in list(stats.items())[:_MAX_STAT_FIELDS_SHOWN]:
+        if stat["count"] < 2:
+            continue
+        label = "" if name == "result" else f"{name}: "
+        if stat["distinct"] == 1:
+            shown.append(
+                f"{label}all {stat['count']} results are {show_json(stat['min']['value'])}"
+            )
+            continue
+        noun = "results" if name == "result" else "values"
+        shown.append(
+            f"{label}min {_extreme_text(stat['min'], varying)}, "
+            f"max {_extreme_text(stat['max'], varying)}, "
+            f"{stat['distinct']} distinct {noun} of {stat['count']}"
+        )
+    more = len(stats) - _MAX_STAT_FIELDS_SHOWN
+    if shown and more > 0:
+        shown.append(f"{more} more number fields in structuredContent")
+    return "; ".join(shown)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _extreme_text(extreme: dict[str, Any], varying: list[str]) -> str:
+    params = extreme["params"]
+    shown = [f"{n}={show_json(params[n], 30)}" for n in varying if n in params]
+    where = f"({', '.join(shown)})" if len(shown) > 1 else "".join(shown)
+    text = f"{show_json(extreme['value'])} at {where or '#' + str(extreme['index'])}"
+    others = extreme["tasks"] - 1
+    if others:
+        text += f" (and {others} more task{'s' if others > 1 else ''})"
+    return text
 
 
 def _entry_line(entry: dict[str, Any]) -> str:
@@ -380,11 +606,8 @@ def _entry_line(entry: dict[str, Any]) -> str:
     else:
         why = entry.get("error") or entry.get("note", "")
         outcome = f"{status}: {why}".replace("\n", " | ")
-    timing = f"{entry['duration_s']:.3g} s" if entry.get("duration_s") is not None else ""
-    if entry.get("attempts"):
-        timing += f"{', ' if timing else ''}{entry['attempts']} attempts"
-    timing = f" ({timing})" if timing else ""
-    return f"#{entry['index']} {params} -> {outcome}{timing}"
+    attempts = f" ({entry['attempts']} attempts)" if entry.get("attempts") else ""
+    return f"#{entry['index']} {params} -> {outcome}{attempts}"
 
 
 def _clip(line: str, limit: int) -> str:

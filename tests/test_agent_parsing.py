@@ -16,6 +16,8 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from tests.ensemble_mcp.conftest_mcp import build_server
+
 _PATH = Path(__file__).resolve().parents[1] / "examples" / "agents" / "agent.py"
 _SPEC = importlib.util.spec_from_file_location("example_agent", _PATH)
 assert _SPEC is not None and _SPEC.loader is not None
@@ -424,8 +426,9 @@ async def test_an_empty_reply_is_asked_once_for_an_answer() -> None:
     model = ScriptedModel([_text(call), _text(""), _text("")])
     record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
     assert model.seen[2][-1] == {"role": "user", "content": agent.ASK_FOR_ANSWER}
-    assert record.answer == ""
     assert len(model.seen) == 3
+    assert record.answer is not None and record.results_appended
+    assert record.answer == "Results returned by the tools:\n6.0"
 
 
 def test_calls_written_one_per_line_in_one_fence_are_several_calls() -> None:
@@ -442,3 +445,203 @@ def test_calls_written_one_per_line_in_one_fence_are_several_calls() -> None:
 
 def test_empty_fence_is_not_a_call() -> None:
     assert agent.parse_text_tool_calls("```json\n\n```", TOOLS) == []
+
+
+# -- the answer check --------------------------------------------------------------------------
+
+
+def test_numbers_in_text_are_found_as_written_but_not_inside_words() -> None:
+    text = "CO2 at 1,000 K, -2.5e-3 and 0.3845 m/s over 300-400 K; see call_0."
+    assert agent.numbers_in(text) == ["1,000", "-2.5e-3", "0.3845", "300", "400"]
+
+
+def test_a_number_states_a_value_rounded_cut_or_in_hundredths_of_its_unit() -> None:
+    for written in ("0.3845", "0.38", "0.385", "0.384", "0.4", "38.45", "384.5"):
+        assert agent.same_number(written, 0.3845), written
+    for written in ("0.39", "0.3", "0", "3845", "0.38451"):
+        assert not agent.same_number(written, 0.3845), written
+    assert agent.same_number("600", 600.0) and agent.same_number("6e2", 600.0)
+
+
+def test_answer_numbers_are_quoted_given_counts_or_unsupported() -> None:
+    check = agent.check_answer(
+        "The 4 tasks at 300 K: 1 atm gives 0.3845 m/s, 10 atm 0.1216, 5 atm 0.1300.",
+        returned=[0.3845, 0.2719, 0.172, 0.1216],
+        given=[1, 2, 5, 10, 300],
+    )
+    assert check.quoted == ["0.3845", "0.1216"]
+    assert check.unsupported == ["0.1300"]
+    assert check.problems(results_expected=True) == "states 0.1300, which no task returned"
+    silent = agent.check_answer("The results are listed above.", [0.3845], [])
+    assert silent.problems(results_expected=True) == (
+        "quotes none of the values the tools returned"
+    )
+
+
+async def test_an_answer_stating_a_value_no_task_returned_is_asked_again_once() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2, 3], "temperature": [100, 100]}}
+    model = ScriptedModel([_text(call), _text("The speeds are 200 and 0.125."), _text("200, 300.")])
+    out = io.StringIO()
+    record = await agent.run_agent("x", _flame_server(), model, out)
+    assert record.answer == "200, 300."
+    assert record.answer_problems == ["states 0.125, which no task returned"]
+    assert not record.results_appended
+    fix = model.seen[2][-1]
+    assert fix["role"] == "user"
+    assert fix["content"].startswith("Your answer states 0.125, which no task returned.")
+    assert "CHECK: Your answer states 0.125" in out.getvalue()
+
+
+async def test_an_answer_still_wrong_after_the_second_ask_gets_the_results_and_a_flag() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2, 3], "temperature": [100, 100]}}
+    model = ScriptedModel([_text(call), _text("About 0.125."), _text("Roughly 0.125 m/s.")])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.results_appended and len(model.seen) == 3
+    assert record.answer is not None
+    assert record.answer.splitlines() == [
+        "Roughly 0.125 m/s.",
+        "",
+        f"[agent.py: 0.125 in this answer {agent.NOT_RETURNED}.]",
+        "Results returned by the tools:",
+        "200.0",
+        "300.0",
+    ]
+
+
+async def test_an_answer_quoting_no_result_is_asked_again_then_given_with_the_results() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [3]}}
+    model = ScriptedModel([_text(call), _text("Done: 1 task."), _text("It ran.")])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.answer_problems == ["quotes none of the values the tools returned"] * 2
+    assert record.answer == "It ran.\n\nResults returned by the tools:\n6.0"
+
+
+async def test_an_answer_without_any_tool_result_is_not_checked() -> None:
+    model = ScriptedModel([_text("300 K is 26.85 degrees Celsius.")])
+    record = await agent.run_agent("300 K in Celsius?", _flame_server(), model, io.StringIO())
+    assert record.answer == "300 K is 26.85 degrees Celsius." and not record.answer_problems
+
+
+def test_run_times_and_other_numbers_of_a_result_may_be_repeated() -> None:
+    text = "flame_speed: 1 task; 0.0123 s\n#0 pressure=1.0 -> 0.3845 (8.6e-05 s)"
+    seen = agent.other_numbers(text, [0.3845])
+    assert seen == [1.0, 0.0123, 0.0, 1.0, 8.6e-05]
+    check = agent.check_answer("0.3845 m/s, computed in 8.6e-05 s", [0.3845], seen)
+    assert check.quoted == ["0.3845"] and check.unsupported == []
+
+
+def test_a_given_number_may_be_written_with_the_other_sign() -> None:
+    check = agent.check_answer("exponent = -0.5: 0.3845", [0.3845], given=[0.5])
+    assert check.unsupported == []
+
+
+def test_a_value_put_beside_another_tasks_arguments_is_found() -> None:
+    tasks = [
+        ({"pressure": p, "temperature": t}, v)
+        for (p, t), v in {(1, 300): 0.3845, (1, 400): 0.6398, (5, 300): 0.172}.items()
+    ]
+    answer = "- Pressure 1 atm, Temperature 300 K: 0.172 m/s\n- Pressure 1 atm, 400 K: 0.6398 m/s"
+    assert agent.misplaced(answer, tasks) == [
+        "gives 0.172 for pressure=1, temperature=300, but 0.172 is the result of pressure=5, "
+        "temperature=300"
+    ]
+    listed = "At 1 and 5 atm (300 K) the speeds are 0.3845 and 0.172 m/s."
+    assert agent.misplaced(listed, tasks) == []
+    assert agent.misplaced("The largest is 0.6398 m/s, at 400 K.", tasks) == []
+
+
+async def test_an_answer_that_swaps_results_is_asked_again_naming_the_swap() -> None:
+    server = build_server()  # a real ensemble server: its results echo each task's arguments
+    call = {"name": "add", "arguments": {"a": [1, 2], "b": 10}}
+    swapped = "For a=1 the sum is 12.0; for a=2 it is 11.0."
+    model = ScriptedModel([_text(call), _text(swapped), _text("a=1: 11.0, a=2: 12.0.")])
+    record = await agent.run_agent("add 10 to 1 and 2", server, model, io.StringIO())
+    assert record.answer == "a=1: 11.0, a=2: 12.0."
+    assert record.answer_problems == [
+        "gives 12.0 for a=1, but 12.0 is the result of a=2, b=10; "
+        "gives 11.0 for a=2, but 11.0 is the result of a=1, b=10"
+    ]
+    assert model.seen[2][-1]["content"].startswith("Your answer gives 12.0 for a=1, but")
+
+
+SWEEP = [
+    ({"pressure": p, "temperature": 300.0}, v) for p, v in [(1, 0.3845), (2, 0.2719), (10, 0.1216)]
+]
+GRID = [
+    ({"pressure": p, "temperature": t}, v)
+    for (p, t), v in {
+        (1, 300): 0.3845,
+        (1, 400): 0.6398,
+        (2, 300): 0.2719,
+        (2, 400): 0.4524,
+    }.items()
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "found"),
+    [
+        (
+            "The fastest flame at 300 K is at 10 atm, with a speed of 0.1216 m/s.",
+            "calls 0.1216 the fastest, but the largest result is 0.3845 at pressure=1",
+        ),
+        (
+            "The slowest flame is at 2 atm with a speed of 0.2719 m/s.",
+            "calls 0.2719 the slowest, but the smallest result is 0.1216 at pressure=10",
+        ),
+        (
+            "The fastest flame at 300 K is at 10 atm.",
+            "says the fastest is at pressure=10, but the largest result is 0.3845 at pressure=1",
+        ),
+        ("1 atm gives the fastest flame, 0.3845 m/s; 10 atm the slowest, 0.1216 m/s.", None),
+        ("The fastest is 0.3845 m/s at 1 atm, then 0.2719 at 2 atm.", None),
+        ("Fastest and slowest: 0.1216 and 0.3845.", None),  # both sides: not judged
+        ("The lowest pressure where it is under 0.3 m/s is 2 atm (0.2719 m/s).", None),
+    ],
+)
+def test_a_result_called_the_largest_or_smallest_wrongly_is_found(
+    answer: str, found: str | None
+) -> None:
+    assert agent.wrong_extremes(answer, [SWEEP]) == ([found] if found else [])
+
+
+def test_in_a_grid_only_the_opposite_extreme_is_called_wrong() -> None:
+    at_two = "At 2 atm the fastest flame is 0.4524 m/s, at 400 K."  # the fastest of that row
+    assert agent.wrong_extremes(at_two, [GRID]) == []
+    swapped = "The highest flame speed is 0.2719 m/s."
+    assert agent.wrong_extremes(swapped, [GRID]) == [
+        "calls 0.2719 the highest, but the largest result is 0.6398 at pressure=1, temperature=400"
+    ]
+
+
+def test_an_input_value_in_the_answer_is_not_a_quoted_result() -> None:
+    check = agent.check_answer("Pressures 0.25 and 0.5 atm.", [0.2479, 0.5438], given=[0.25, 0.5])
+    assert check.quoted == [] and check.unsupported == []
+    assert check.problems(results_expected=True) == "quotes none of the values the tools returned"
+    loose = agent.check_answer("About 0.4 m/s.", [0.3845], given=[])
+    assert loose.quoted == [] and loose.unsupported == []  # rounded to one digit: not flagged
+
+
+async def test_an_answer_about_a_value_a_retry_dropped_is_asked_again() -> None:
+    server = build_server()
+    unequal = {"name": "add", "arguments": {"a": [1, 2, 3], "b": [10, 20]}}
+    dropped = {"name": "add", "arguments": {"a": [1, 2, 3], "b": [10]}}
+    claim = "With b = 10 and 20 the sums are 11.0, 12.0 and 13.0."
+    model = ScriptedModel([_text(unequal), _text(dropped), _text(claim), _text(claim)])
+    record = await agent.run_agent("add 10 and 20 to 1, 2, 3", server, model, io.StringIO())
+    assert [c["status"] for c in record.calls] == ["error", "ok"]
+    assert record.answer_problems[0] == (
+        "mentions 20, but no task ran with 20 (call the tool for it, or say that it was not "
+        "computed)"
+    )
+    assert record.answer is not None and record.results_appended
+    assert f"{agent.FLAG} no task ran with 20.]" in record.answer
+
+
+async def test_an_answer_after_only_failed_calls_says_that_no_number_comes_from_a_tool() -> None:
+    bad = _text({"name": "flame_speed", "arguments": {"pressure": [1, 2], "temperature": [300]}})
+    explain = _text("Use equal lengths, about 0.38 m/s.")
+    model = ScriptedModel([bad, explain, explain, explain])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert model.seen[2][-1] == {"role": "user", "content": agent.NUDGE_AFTER_ERROR}
+    assert record.answer == f"Use equal lengths, about 0.38 m/s.\n\n{agent.NO_RESULT}"

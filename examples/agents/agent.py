@@ -21,30 +21,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 DEFAULT_MCP_URL = "http://127.0.0.1:9276/mcp"
 MAX_REPLY_TOKENS = 1024  # a tool call or a short answer; stops a looping small model early
+MAX_RECORDED_TASKS = 1000  # tasks per call kept in the record
 OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
     "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
     'object {"name": "<tool>", "arguments": {...}}. Once a tool has returned the results the '
-    "user asked for, call no more tools: answer the user briefly with the numbers."
+    "user asked for, call no more tools: answer the user, giving each result they asked for "
+    "with the parameters it belongs to (a result's first line gives its smallest and largest "
+    "value, and where each occurs)."
 )
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
     "user with those results."
 )
 ASK_FOR_ANSWER = "Answer my request now, using the tool results above."
+FLAG = "[agent.py:"  # starts each warning the agent adds to an answer
 NUDGE_AFTER_ERROR = (
-    "The tool call failed and nothing ran. Call the tool again with arguments corrected as the "
-    "error message says."
+    "The tool call failed and nothing ran, so there are no results yet. Reply with only the "
+    "corrected tool call, as JSON, the way the error message shows it; no other text."
+)
+NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
+FIX_ANSWER = (
+    "Your answer {problems}. Write the answer again: give each result value exactly as the "
+    "tool returned it, with the parameters it belongs to, and no other numbers."
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +256,300 @@ def render_result(texts: Sequence[str], structured: Any, limit: int) -> str:
     return shorten(body, limit)
 
 
+_NUMBER = re.compile(
+    r"(?<![\w.])(?:(?<=[\s(=:~\[])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])"
+)
+_NUMBER_ONLY = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
+NOT_RETURNED = "is not a value any task returned"
+SMALL_INTEGER = 20  # counts, list numbering: an answer may say them without a tool
+
+
+def numbers_in(text: str) -> list[str]:
+    """The numbers written in ``text``, as written (``1,000`` and ``-2.5e-3`` included).
+
+    A digit inside a word (``CO2``, ``call_0``) is not a number.
+    """
+    return [m.group(0) for m in _NUMBER.finditer(text)]
+
+
+def _as_float(written: str) -> float:
+    return float(written.replace(",", ""))
+
+
+def same_number(written: str, value: float) -> bool:
+    """Whether the number ``written`` in an answer states ``value``.
+
+    It does when equal, or equal once ``value`` is rounded to the decimals written (or cut to
+    them, when three or more digits are written); also in hundredths or thousandths of the unit
+    (m/s written as cm/s or mm/s).
+    """
+    number = _as_float(written)
+    if "e" in written.lower():
+        return math.isclose(number, value, rel_tol=1e-3)
+    mantissa = written.replace(",", "").lstrip("-")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    may_cut = len(mantissa.replace(".", "").lstrip("0")) >= 3  # 0.384 for 0.3845, not 0.3
+    for scaled in (value, value * 100, value * 1000):
+        if decimals == 0 and scaled != round(scaled):
+            continue
+        if math.isclose(number, round(scaled, decimals), abs_tol=1e-12):
+            return True
+        cut = math.trunc(scaled * 10**decimals) / 10**decimals
+        if may_cut and math.isclose(number, cut, abs_tol=1e-12):
+            return True
+    return False
+
+
+def numbers_of(value: Any) -> list[float]:
+    """Every number inside a JSON value (a string that is one number counts; booleans do not)."""
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)] if math.isfinite(value) else []
+    if isinstance(value, str):
+        return [float(value)] if _NUMBER_ONLY.fullmatch(value) else []
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers_of(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers_of(v)]
+    return []
+
+
+def returned_values(structured: Any) -> list[float]:
+    """The values a tool returned: the results of an ensemble's tasks, else all its numbers."""
+    if isinstance(structured, dict) and isinstance(structured.get("tasks"), list):
+        return [
+            n
+            for task in structured["tasks"]
+            if isinstance(task, dict) and "result" in task
+            for n in numbers_of(task["result"])
+        ]
+    return numbers_of(structured)
+
+
+def other_numbers(text: str, values: Sequence[float]) -> list[float]:
+    """The numbers of a result's ``text`` that are not its task ``values``.
+
+    Run times, counts, the arguments echoed: numbers the model saw, which an answer may repeat.
+    """
+    return [_as_float(n) for n in numbers_in(text) if not any(same_number(n, v) for v in values)]
+
+
+TaskValue = tuple[dict[str, float], float]
+"""One number a task returned, with the task's number arguments."""
+_LINE = re.compile(r"(?<=[.!?;])\s+|\n+")
+
+
+def significant_digits(written: str) -> int:
+    """How many significant digits a number is written with (``0.0450``: 3)."""
+    mantissa = re.split(r"[eE]", written.replace(",", "").lstrip("-"))[0]
+    return len(mantissa.replace(".", "").lstrip("0"))
+
+
+def task_values(structured: Any) -> list[TaskValue]:
+    """Each number the tasks of an ensemble result returned, with the task's number arguments."""
+    if not isinstance(structured, dict) or not isinstance(structured.get("tasks"), list):
+        return []
+    out: list[TaskValue] = []
+    for task in structured["tasks"]:
+        if not isinstance(task, dict) or "result" not in task:
+            continue
+        params = task.get("params") or {}
+        numeric = {k: float(v) for k, v in params.items() if numbers_of(v) == [float(v)]}
+        out.extend((numeric, n) for n in numbers_of(task["result"]))
+    return out
+
+
+def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
+    """Where ``answer`` puts a returned value beside the arguments of another task, in words.
+
+    Judged per line (or sentence): a value stated there (two or more significant digits) must
+    belong to a task whose arguments agree with every argument value the line names; a line
+    that names no value of an argument is not judged on it, and a line that names several
+    values of one (a list of results) agrees with any of them.
+    """
+    names = {name for params, _ in tasks for name in params}
+    candidates = {n: {params[n] for params, _ in tasks if n in params} for n in names}
+    found: list[str] = []
+    for line in _LINE.split(answer):
+        written = [_as_float(n) for n in numbers_in(line)]
+        named = {n: {w for w in written if w in candidates[n]} for n in names}
+        for text in numbers_in(line):
+            if significant_digits(text) < 2:
+                continue
+            owners = [params for params, value in tasks if same_number(text, value)]
+            if not owners or any(
+                all(not named[n] or params.get(n) in named[n] for n in names) for params in owners
+            ):
+                continue
+            said = ", ".join(f"{n}={_plain(min(named[n]))}" for n in sorted(named) if named[n])
+            belongs = ", ".join(f"{n}={_plain(v)}" for n, v in sorted(owners[0].items()))
+            found.append(f"gives {text} for {said}, but {text} is the result of {belongs}")
+            break
+    return found
+
+
+_MOST = re.compile(
+    r"\b(largest|highest|greatest|biggest|maximum|fastest|quickest|hottest|longest|peak)\b", re.I
+)
+_LEAST = re.compile(r"\b(smallest|lowest|minimum|slowest|coldest|shortest)\b", re.I)
+
+
+def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> list[str]:
+    """Where ``answer`` calls a result the largest (or smallest) and it is not, in words.
+
+    Judged per line (or sentence) that has words of one side only (largest, highest, fastest,
+    ...; or smallest, lowest, slowest, ...) not followed by an argument's name ("the lowest
+    temperature at which" is about an argument), against each ensemble of two or more different
+    results: the first result stated there must not be the other extreme. When the ensemble
+    varies one argument only, "the largest" has one meaning, so the first result stated must be
+    the largest itself, and the first value of that argument named (if no result is stated)
+    must be where the largest occurs.
+    """
+    found: list[str] = []
+    for line in _LINE.split(answer):
+        most, least = _MOST.search(line), _LEAST.search(line)
+        side = most or least
+        if side is None or (most and least):
+            continue
+        word = side.group(0)
+        after = re.findall(r"[A-Za-z_]+", line[side.end() :])[:2]
+        names = {n.lower() for tasks in ensembles for params, _ in tasks for n in params}
+        if any(w.lower().rstrip("s") in names or w.lower() in names for w in after):
+            continue  # "the lowest temperature at which ...": about an argument, not a result
+        for tasks in ensembles:
+            problem = _extreme_problem(line, word, bool(most), tasks)
+            if problem:
+                found.append(problem)
+                break
+    return found
+
+
+def _extreme_problem(line: str, word: str, most: bool, tasks: Sequence[TaskValue]) -> str | None:
+    values = [v for _, v in tasks]
+    if len(set(values)) < 2:
+        return None
+    pick = max if most else min
+    want, other = pick(values), (min if most else max)(values)
+    where = tasks[values.index(want)][0]
+    names = sorted({n for params, _ in tasks for n in params})
+    varying = [n for n in names if len({params.get(n) for params, _ in tasks}) > 1]
+    stated = [
+        t
+        for t in numbers_in(line)
+        if significant_digits(t) >= 2 and any(same_number(t, v) for v in values)
+    ]
+    kind = "largest" if most else "smallest"
+    right = f"the {kind} result is {_plain(want)} at " + ", ".join(
+        f"{n}={_plain(where[n])}" for n in varying
+    )
+    if stated:
+        first = stated[0]
+        if same_number(first, want):
+            return None
+        if same_number(first, other) or len(varying) == 1:
+            return f"calls {first} the {word}, but {right}"
+        return None
+    if len(varying) != 1:
+        return None
+    name = varying[0]
+    options = {params[name] for params, _ in tasks if name in params}
+    named = [w for w in (_as_float(n) for n in numbers_in(line)) if w in options]
+    if named and named[0] != where[name]:
+        return f"says the {word} is at {name}={_plain(named[0])}, but {right}"
+    return None
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    """How an answer's numbers relate to what the tools returned."""
+
+    quoted: list[str]
+    """Numbers in the answer that are values a tool returned."""
+    unsupported: list[str]
+    """Numbers in the answer that no tool returned and that were not given to the model."""
+    misplaced: list[str] = field(default_factory=list)
+    """Returned values the answer puts beside the arguments of another task (see `misplaced`)."""
+    extremes: list[str] = field(default_factory=list)
+    """Results the answer calls the largest or smallest wrongly (see `wrong_extremes`)."""
+    not_run: list[str] = field(default_factory=list)
+    """Numbers in the answer that a call had as an argument but no task that ran had."""
+
+    def problems(self, results_expected: bool) -> str | None:
+        """What is wrong with the answer, in words for the model; None when nothing is."""
+        found = []
+        if self.unsupported:
+            listed = ", ".join(dict.fromkeys(self.unsupported))
+            found.append(f"states {listed}, which no task returned")
+        found.extend(
+            f"mentions {n}, but no task ran with {n} (call the tool for it, or say that it was "
+            "not computed)"
+            for n in dict.fromkeys(self.not_run)
+        )
+        found.extend(self.misplaced)
+        found.extend(self.extremes)
+        if results_expected and not self.quoted:
+            found.append("quotes none of the values the tools returned")
+        return "; ".join(found) or None
+
+
+def check_answer(
+    answer: str,
+    returned: Sequence[float],
+    given: Sequence[float],
+    ensembles: Sequence[Sequence[TaskValue]] = (),
+    not_run: Collection[float] = (),
+) -> AnswerCheck:
+    """Sort the numbers written in ``answer``, and check what it says about them.
+
+    A number is quoted when it states a value the tools ``returned`` (exactly, or rounded with
+    two or more significant digits); it is fine when the model was ``given`` it (the request,
+    the tool arguments and descriptions, the other numbers of the results such as run times;
+    its sign aside), when it is a small whole number (a count) or a value rounded to one digit;
+    any other number is unsupported. With the tasks of each ensemble, values put beside another
+    task's arguments (`misplaced`) and wrong largest or smallest results (`wrong_extremes`) are
+    found too; and numbers of ``not_run`` (argument values no task that ran had: values a call
+    dropped) that the answer mentions.
+    """
+    quoted: list[str] = []
+    unsupported: list[str] = []
+    dropped: list[str] = []
+    for written in numbers_in(answer):
+        number = _as_float(written)
+        if any(math.isclose(number, v, abs_tol=1e-12) for v in returned):
+            quoted.append(written)
+        elif number in not_run:
+            dropped.append(written)
+        elif any(math.isclose(abs(number), abs(g), abs_tol=1e-12) for g in given):
+            continue
+        elif any(same_number(written, v) for v in returned):
+            if significant_digits(written) >= 2:
+                quoted.append(written)
+        elif not (number == round(number) and abs(number) <= SMALL_INTEGER):
+            unsupported.append(written)
+    tasks = [t for ensemble in ensembles for t in ensemble]
+    return AnswerCheck(
+        quoted, unsupported, misplaced(answer, tasks), wrong_extremes(answer, ensembles), dropped
+    )
+
+
+def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
+    """What the agent adds to an answer that still fails its check: a warning and the results."""
+    lines = ["", ""]
+    if check.unsupported:
+        listed = ", ".join(dict.fromkeys(check.unsupported))
+        lines.append(f"{FLAG} {listed} in this answer {NOT_RETURNED}.]")
+    lines.extend(f"{FLAG} this answer {m}.]" for m in [*check.misplaced, *check.extremes])
+    lines.extend(f"{FLAG} no task ran with {n}.]" for n in dict.fromkeys(check.not_run))
+    lines.append("Results returned by the tools:")
+    lines.extend(result_texts)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # I/O: the chat endpoint, the MCP session and the loop.
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +589,43 @@ class Record:
     problems: list[str] = field(default_factory=list)
     retries: int = 0
     answer: str | None = None
+    answer_problems: list[str] = field(default_factory=list)
+    """What the answer check found, each time it found something (see `check_answer`)."""
+    results_appended: bool = False
+    """Whether the results were added to an answer that failed its check twice."""
+
+
+@dataclass
+class Evidence:
+    """What an answer may rest on: the values the tools returned and the numbers the model had."""
+
+    given: list[float]
+    returned: list[float] = field(default_factory=list)
+    ensembles: list[list[TaskValue]] = field(default_factory=list)
+    """The task values of each ensemble result."""
+    texts: list[str] = field(default_factory=list)
+    """The text of each successful result, for the appendix."""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Every call run (name, arguments), refused or not."""
+    ensemble_tools: set[str] = field(default_factory=set)
+    """The tools that returned an ensemble's tasks."""
+
+    def not_run(self) -> set[float]:
+        """Argument values of calls to ensemble tools that no task that ran had (dropped)."""
+        asked = {
+            n for name, args in self.calls if name in self.ensemble_tools for n in numbers_of(args)
+        }
+        ran = {v for tasks in self.ensembles for params, _ in tasks for v in params.values()}
+        return asked - ran
+
+    def check(self, answer: str) -> tuple[AnswerCheck, str | None]:
+        """Check ``answer``; also say what is wrong with it, if anything.
+
+        Without results (no tool returned a value) there is nothing to check against: an
+        answer that needed no tool may hold numbers of its own.
+        """
+        check = check_answer(answer, self.returned, self.given, self.ensembles, self.not_run())
+        return check, check.problems(results_expected=True) if self.returned else None
 
 
 class ChatModel(Protocol):
@@ -296,10 +637,23 @@ class ChatModel(Protocol):
 
 
 class Chat:
-    """A minimal chat-completions client over httpx2 (the HTTP library the MCP SDK ships)."""
+    """A minimal chat-completions client over httpx2 (the HTTP library the MCP SDK ships).
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float) -> None:
+    ``temperature`` 0 is greedy decoding; a ``seed``, when set, is sent with every request (an
+    endpoint that honours it then repeats its samples).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        timeout_s: float,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
         import httpx2
+
+        self.temperature = temperature
+        self.seed = seed
 
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         self._http = httpx2.AsyncClient(
@@ -326,14 +680,16 @@ class Chat:
     async def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Return the assistant message for ``messages`` (greedy decoding)."""
-        payload = {
+        """Return the assistant message for ``messages`` (greedy decoding at temperature 0)."""
+        payload: dict[str, Any] = {
             "model": self._model,
             "messages": messages,
             "tools": tools,
-            "temperature": 0,
+            "temperature": self.temperature,
             "max_tokens": MAX_REPLY_TOKENS,
         }
+        if self.seed is not None:
+            payload["seed"] = self.seed
         response = await self._http.post("/chat/completions", json=payload)
         if response.is_error:
             raise RuntimeError(
@@ -387,8 +743,11 @@ async def _converse(
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": request},
     ]
+    texts = [request, *(t.description or "" for t in tools)]
+    evidence = Evidence(given=[_as_float(n) for text in texts for n in numbers_in(text)])
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
     last_failed = asked_for_answer = False
+    checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
         reply = await chat.complete(messages, schemas)
         entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
@@ -405,11 +764,19 @@ async def _converse(
                 print(f"NUDGE: {ASK_FOR_ANSWER}", file=out)
                 messages.append({"role": "user", "content": ASK_FOR_ANSWER})
                 continue
-            record.answer = answer
-            print(f"ANSWER: {record.answer}", file=out)
-            return record
+            _, problems = evidence.check(answer)
+            if problems and answer and checked is None and turn + 1 < max_rounds:
+                checked = answer
+                record.answer_problems.append(problems)
+                fix = FIX_ANSWER.format(problems=problems)
+                print(f"ANSWER (not given): {answer}\nCHECK: {fix}", file=out)
+                messages.append({"role": "user", "content": fix})
+                continue
+            return _give(answer, evidence, record, out)
         form = "native" if reply.get("tool_calls") else "text"
-        outcomes = [await _run_one(session, item, form, done, record, out) for item in parsed]
+        outcomes = [
+            await _run_one(session, item, form, done, record, evidence, out) for item in parsed
+        ]
         messages.extend(_feedback(parsed, outcomes))
         last_failed = not all(ok for ok, _ in outcomes)
         if last_failed:
@@ -417,7 +784,23 @@ async def _converse(
                 print(f"GAVE UP: still failing after {max_retries} retries", file=out)
                 return record
             record.retries += 1
+    if checked is not None:  # asked to fix its answer, the model never answered again
+        return _give(checked, evidence, record, out)
     print(f"GAVE UP: no answer after {max_rounds} model turns", file=out)
+    return record
+
+
+def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Record:
+    """Give ``answer``; add the results when it still fails its check."""
+    check, problems = evidence.check(answer)
+    if problems:
+        record.answer_problems.append(problems)
+        record.results_appended = True
+        answer = (answer + results_appendix(check, evidence.texts)).strip()
+    elif evidence.calls and not evidence.texts:  # calls were made, none succeeded
+        answer = f"{answer}\n\n{NO_RESULT}".strip()
+    record.answer = answer
+    print(f"ANSWER: {record.answer}", file=out)
     return record
 
 
@@ -485,11 +868,18 @@ def history_entry(
 
 
 async def _run_one(
-    session: Any, item: Parsed, form: str, done: set[str], record: Record, out: TextIO
+    session: Any,
+    item: Parsed,
+    form: str,
+    done: set[str],
+    record: Record,
+    evidence: Evidence,
+    out: TextIO,
 ) -> tuple[bool, str]:
     """Run one parsed call; return (succeeded, text for the model)."""
     if isinstance(item, CallProblem):
         record.problems.append(item.message)
+        record.calls.append({"name": None, "status": "not run", "problem": item.message})
         print(f"BAD CALL: {item.message}", file=out)
         return False, f"Your tool call was not run: {item.message}"
     if call_key(item) in done:
@@ -500,12 +890,32 @@ async def _run_one(
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
     text = render_result(texts, result.structured_content, limit=4000)
     status = "error" if result.is_error else "ok"
-    record.calls.append(
-        {"name": item.name, "arguments": item.arguments, "status": status, "form": form}
-    )
+    call: dict[str, Any] = {
+        "name": item.name,
+        "arguments": item.arguments,
+        "status": status,
+        "form": form,
+    }
+    record.calls.append(call)
     print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
+    evidence.given.extend(numbers_of(item.arguments))
+    evidence.calls.append((item.name, item.arguments))
     if result.is_error:
         return False, f"Error of {item.name}:\n{text}"
+    structured = result.structured_content
+    if isinstance(structured, dict) and isinstance(structured.get("tasks"), list):
+        call["tasks"] = [
+            {k: t[k] for k in ("params", "status", "result") if k in t}
+            for t in structured["tasks"][:MAX_RECORDED_TASKS]
+        ]
+    values = returned_values(structured)
+    evidence.returned.extend(values)
+    evidence.given.extend(other_numbers(text, values))
+    if per_task := task_values(structured):
+        evidence.ensembles.append(per_task)
+        evidence.ensemble_tools.add(item.name)
+    evidence.texts.append(shorten(text, 4000))
+    call["text"] = text
     done.add(call_key(item))
     return True, f"Result of {item.name}:\n{text}"
 
@@ -532,6 +942,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model reply")
     parser.add_argument("--tools", help="comma-separated tool names to offer (default: all)")
     parser.add_argument("--record", help="write a JSON record of the run to this file")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)"
+    )
     args = parser.parse_args(argv)
     try:
         endpoint = endpoint_from_env(dict(os.environ))
@@ -542,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = os.environ.get("ENSEMBLE_MCP_TOKEN") or None
 
     async def go() -> Record:
-        async with Chat(endpoint, args.timeout) as chat:
+        async with Chat(endpoint, args.timeout, args.temperature) as chat:
             return await run_agent(
                 args.request,
                 args.url,

@@ -88,8 +88,16 @@ async def test_call_returns_one_entry_per_task_in_input_order(server: Server, mo
     assert summary["total"] == 3 and summary["relation"] == "one-to-one"
     assert summary["lengths"] == {"a": 3, "b": 3} and summary["broadcast"] == ["b"]
     assert summary["counts"] == {"success": 3, "failed": 0, "timeout": 0, "cancelled": 0}
+    assert summary["distinct_params"] == 3
+    assert summary["stats"]["result"]["max"] == {
+        "value": 13.0,
+        "index": 2,
+        "params": {"a": 3.0, "b": 10.0},
+        "tasks": 1,
+    }
     assert text_of(result).startswith(
-        "add: 3 tasks (relation one-to-one; a 3, b 3; used for every task: b): 3 success;"
+        "add: 3 tasks, 3 success (a 3 values; b=10.0 for every task); min 11.0 at a=1.0, "
+        "max 13.0 at a=3.0, 3 distinct results of 3;"
     )
 
 
@@ -196,7 +204,8 @@ async def test_bad_arguments_return_an_error_that_shows_the_fix_and_run_nothing(
     assert result.is_error
     assert text_of(result).startswith('Error executing tool add: Under relation "one-to-one"')
     assert "a has 3 values and b has 2 values. Nothing was run." in text_of(result)
-    assert 'add(a=[1, 2, 3], b=[1, 2], relation="many-to-many")' in text_of(result)
+    fix = '{"name": "add", "arguments": {"a": [1, 2, 3], "b": [1, 2], "relation": "many-to-many"}}'
+    assert f"\n  {fix}\n" in text_of(result)
     bad_type = await call(server, mode, "add", {"a": [1, "x"]})
     assert 'a[1] = "x" is not a valid number' in text_of(bad_type)
     unknown = await call(server, mode, "add", {"a": [1], "c": [2]})

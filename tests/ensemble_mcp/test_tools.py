@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 import pytest
@@ -237,12 +238,17 @@ def test_many_to_many_takes_every_combination_in_order_and_ignores_broadcast() -
 def test_lists_longer_than_one_must_still_agree() -> None:
     text = error_text({"pressure": [1, 2, 5, 10], "temperature": [300, 400]})
     assert "pressure has 4 values and temperature has 2 values" in text
-    assert "flame_speed(pressure=[1, 2, 5, 10], temperature=[300])" in text
-    assert (
-        'flame_speed(pressure=[1, 2, 5, 10], temperature=[300, 400], relation="many-to-many")'
-    ) in text
-    assert "(8 tasks)" in text
-    assert text.index("many-to-many") < text.index("leaves out the other values")
+    every = '{"pressure": [1, 2, 5, 10], "temperature": [300, 400], "relation": "many-to-many"}'
+    assert f'  {{"name": "flame_speed", "arguments": {every}}}' in text.splitlines()
+    assert "(8 tasks)" in text and "give every list 4 values" in text
+    assert '"temperature": [300]}' not in text  # the fix that drops values is not offered
+
+
+def test_the_fixes_of_unequal_lengths_write_long_lists_in_full() -> None:
+    pressures = list(range(1, 21))
+    text = error_text({"pressure": pressures, "temperature": [300, 400]})
+    every = {"pressure": pressures, "temperature": [300, 400], "relation": "many-to-many"}
+    assert f"  {json.dumps({'name': 'flame_speed', 'arguments': every})}" in text.splitlines()
 
 
 def test_parameters_with_defaults_may_be_left_out() -> None:
