@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+from mcp import Client, StdioServerParameters
 
 from ensemble_mcp.cli import main
 from ensemble_mcp.client_config import http_snippet, snippets, stdio_snippet
@@ -96,27 +98,16 @@ def test_the_stdio_form_starts_this_environments_server_with_an_absolute_file_pa
     assert module["args"][1] == "my_pkg.tools:srv"
 
 
-def test_the_stdio_form_lists_the_tools_of_the_server_it_names(tmp_path: Path) -> None:
+async def test_the_stdio_form_lists_the_tools_of_the_server_it_names(tmp_path: Path) -> None:
     entry = stdio_snippet(str(ROOT / "examples/agents/server.py:server")).config["mcpServers"][
         "ensemble"
     ]
-    request = (
-        '{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": '
-        '"2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}\n'
-        '{"jsonrpc": "2.0", "method": "notifications/initialized"}\n'
-        '{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}\n'
-    )
-    done = subprocess.run(
-        [entry["command"], *entry["args"]],
-        input=request,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    answers = [json.loads(line) for line in done.stdout.splitlines()]
-    tools = next(a for a in answers if a.get("id") == 2)["result"]["tools"]
-    assert "flame_speed" in {t["name"] for t in tools}
+    # the SDK's stdio client, as an MCP client would start it: stdin stays open until answered
+    params = StdioServerParameters(command=entry["command"], args=entry["args"], cwd=tmp_path)
+    with anyio.fail_after(60):
+        async with Client(params) as client:
+            tools = await client.list_tools()
+    assert "flame_speed" in {tool.name for tool in tools.tools}
 
 
 @pytest.mark.parametrize(
