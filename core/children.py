@@ -18,12 +18,13 @@ import shutil
 import signal
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.errors import ProtocolError
 from core.protocol import (
     Cancel,
     Entry,
@@ -310,6 +311,24 @@ class Children:
         for slot in slots:
             self.route[slot.slot] = identity
         return child
+
+    def incoming(self) -> Iterator[tuple[bytes, Message]]:
+        """The messages waiting from children, each sender noted as alive.
+
+        A bad frame (ProtocolError) is logged and dropped; the others are still read.
+        """
+        while True:
+            try:
+                got = self.router.recv_nowait()
+            except ProtocolError:
+                log.exception("dropping a bad message from a child")
+                continue
+            if got is None:
+                return
+            sender, message = got
+            assert sender is not None  # a ROUTER names every sender
+            self.heard_from(sender)
+            yield sender, message
 
     def heard_from(self, identity: bytes) -> None:
         """Any message from a child proves it alive."""

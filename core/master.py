@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Protocol
 
 from core.children import Children, TreeOptions
-from core.errors import ProtocolError
 from core.protocol import Heartbeat, NodeInfo, Register, Results, SlotInfo, SlotsDown, SlotsUp
 from core.scheduler import Scheduler
 from core.table import Action, CancelOn, Deliver, Final, NewTask, Send, TaskTable
@@ -157,18 +156,8 @@ class Master:
     # -- events -----------------------------------------------------------------------------
 
     def _from_children(self, now: float) -> None:
-        children, table = self.children, self.table
-        while True:
-            try:
-                got = children.router.recv_nowait()
-            except ProtocolError:
-                log.exception("dropping a bad message from a child")
-                continue
-            if got is None:
-                return
-            sender, message = got
-            assert sender is not None
-            children.heard_from(sender)
+        table = self.table
+        for sender, message in self.children.incoming():
             if isinstance(message, Results):
                 self._perform(table.done(message.done, now))
             elif isinstance(message, Register):

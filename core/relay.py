@@ -131,18 +131,7 @@ class Relay:
                 self.parent.send(Heartbeat())
 
     def _from_children(self) -> None:
-        children = self.children
-        while True:
-            try:
-                got = children.router.recv_nowait()
-            except Exception:  # a bad frame is dropped; the loop goes on
-                log.exception("dropping a bad message from a child")
-                continue
-            if got is None:
-                return
-            sender, message = got
-            assert sender is not None
-            children.heard_from(sender)
+        for sender, message in self.children.incoming():
             if isinstance(message, Results):
                 self.parent.send(message)
             elif isinstance(message, Register):
