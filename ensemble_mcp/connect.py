@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 from ensemble_mcp.auth import TOKEN_ENV
 from ensemble_mcp.check import ServerCheckError, check_server, read_token_file
 from ensemble_mcp.client_config import CLIENTS, Snippet, snippets
+from ensemble_mcp.tunnel_cli import hold_open
 
 __all__ = ("ConnectionFileError", "ConnectionInfo", "read_connection_file")
 
@@ -222,29 +221,20 @@ def run_connect(args: argparse.Namespace) -> int:
     except (ConnectionFileError, ServerCheckError, TunnelError, ValueError) as exc:
         sys.stderr.write(f"ensemble-mcp connect: {exc}\n")
         return 1
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with tunnel:
-            url = f"http://{tunnel.local_host}:{tunnel.local_port}{info.path}"
-            try:
-                tools = check_server(url, token)
-                found = snippets(
-                    args.client or ["all"], url=url, target=info.target, name=args.name
-                )
-            except (ServerCheckError, ValueError) as exc:
-                sys.stderr.write(f"ensemble-mcp connect: {exc}\n")
-                return 1
-            sys.stdout.write(_connected_text(info, tunnel, url, tools, found) + "\n")
-            sys.stdout.flush()
-            tunnel.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if tunnel.error is not None:
-        sys.stderr.write(f"ensemble-mcp connect: the tunnel broke: {tunnel.error}\n")
-        return 1
-    return 0
+
+    def report() -> bool:
+        url = f"http://{tunnel.local_host}:{tunnel.local_port}{info.path}"
+        try:
+            tools = check_server(url, token)
+            found = snippets(args.client or ["all"], url=url, target=info.target, name=args.name)
+        except (ServerCheckError, ValueError) as exc:
+            sys.stderr.write(f"ensemble-mcp connect: {exc}\n")
+            return False
+        sys.stdout.write(_connected_text(info, tunnel, url, tools, found) + "\n")
+        sys.stdout.flush()
+        return True
+
+    return hold_open(tunnel, "ensemble-mcp connect", report)
 
 
 def _connected_text(
@@ -273,7 +263,3 @@ def _connected_text(
 
 def _render(found: list[Snippet]) -> str:
     return "\n\n".join(snippet.render() for snippet in found)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt

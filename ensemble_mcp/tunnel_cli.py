@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -89,22 +89,37 @@ def run_tunnel(args: argparse.Namespace) -> int:
     except (TunnelError, ValueError) as e:
         sys.stderr.write(f"ensemble-mcp tunnel: error: {e}\n")
         return 1
+
+    def announce() -> bool:
+        sys.stdout.write(
+            f"forwarding {tunnel.local_host}:{tunnel.local_port} -> {tunnel.ssh_host} -> "
+            f"{tunnel.remote_host}:{tunnel.remote_port}; MCP URL "
+            f"http://{tunnel.local_host}:{tunnel.local_port}/mcp (Ctrl-C to stop)\n"
+        )
+        sys.stdout.flush()
+        return True
+
+    return hold_open(tunnel, "ensemble-mcp tunnel", announce)
+
+
+def hold_open(tunnel: Any, prog: str, when_open: Callable[[], bool]) -> int:
+    """Hold ``tunnel`` open until Ctrl-C, SIGTERM or a break; the exit status.
+
+    ``when_open`` runs once the forward is up; False closes it at once (status 1, the callable
+    said why). A break is reported on stderr as ``prog: the tunnel broke: ...`` (status 1).
+    """
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with tunnel:
-            sys.stdout.write(
-                f"forwarding {tunnel.local_host}:{tunnel.local_port} -> {tunnel.ssh_host} -> "
-                f"{tunnel.remote_host}:{tunnel.remote_port}; MCP URL "
-                f"http://{tunnel.local_host}:{tunnel.local_port}/mcp (Ctrl-C to stop)\n"
-            )
-            sys.stdout.flush()
+            if not when_open():
+                return 1
             tunnel.wait()
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
     if tunnel.error is not None:
-        sys.stderr.write(f"ensemble-mcp tunnel: error: {tunnel.error}\n")
+        sys.stderr.write(f"{prog}: the tunnel broke: {tunnel.error}\n")
         return 1
     return 0
 
