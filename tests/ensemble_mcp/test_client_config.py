@@ -102,8 +102,12 @@ async def test_the_stdio_form_lists_the_tools_of_the_server_it_names(tmp_path: P
     entry = stdio_snippet(str(ROOT / "examples/agents/server.py:server")).config["mcpServers"][
         "ensemble"
     ]
-    # the SDK's stdio client, as an MCP client would start it: stdin stays open until answered
-    params = StdioServerParameters(command=entry["command"], args=entry["args"], cwd=tmp_path)
+    # the SDK's stdio client, as an MCP client would start it: stdin stays open until answered;
+    # its own state directory, so a server of the same name elsewhere on this machine is no bother
+    env = {"ENSEMBLE_MCP_STATE_DIR": str(tmp_path / "state")}
+    params = StdioServerParameters(
+        command=entry["command"], args=entry["args"], cwd=tmp_path, env=env
+    )
     with anyio.fail_after(60):
         async with Client(params) as client:
             tools = await client.list_tools()
