@@ -325,6 +325,18 @@ def test_the_cli_prints_its_port_forwards_and_exits_0_on_sigterm(
     assert cli.wait(WAIT_S) == 0
 
 
+def test_the_cli_says_the_tunnel_broke_and_exits_1_when_sshd_goes_away(
+    cli: subprocess.Popen[str], sshd: Sshd
+) -> None:
+    assert read_line(cli).startswith("forwarding 127.0.0.1:")
+    sshd.stop()
+    assert cli.wait(WAIT_S) == 1
+    assert cli.stderr is not None
+    err = cli.stderr.read()
+    assert "ensemble-mcp tunnel: the tunnel broke: " in err
+    assert "reconnecting failed" in err
+
+
 def test_the_cli_reports_a_tunnel_error_and_exits_1(
     sshd: Sshd, echo_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
