@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ sys.path.insert(0, str(_HERE))
 
 import agent  # noqa: E402
 import scoring  # noqa: E402
+
+_STATE = tempfile.TemporaryDirectory(prefix="ensemble-trials-")  # removed at exit
 
 
 def load_requests(path: Path, kinds: Sequence[str], ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -49,8 +52,7 @@ async def run_all(
 
     With ``out``, one JSON line per run (request, verdict, record, transcript) is written to it.
     """
-    from server import flame_speed, server  # the example server, in this process
-
+    flame_speed, server = _example_server()
     from ensemble_mcp.tools import spec_from_function
 
     tool = spec_from_function(flame_speed)
@@ -100,10 +102,10 @@ async def run_all(
 def rescore(args: argparse.Namespace) -> int:
     """Judge the runs saved in ``args.rescore`` again (no model): the table, per temperature."""
     import anyio
-    from server import flame_speed, server
 
     from ensemble_mcp.tools import spec_from_function
 
+    flame_speed, server = _example_server()
     tool = spec_from_function(flame_speed)
     requests = {r["id"]: r for r in load_requests(args.requests, (), ())}
     given = [
@@ -127,6 +129,21 @@ def rescore(args: argparse.Namespace) -> int:
         print(f"\ntemperature {temperature} ({args.rescore})")
         print(scoring.table(dict(sorted(tallies.items(), key=lambda kv: _order(kv[0])))))
     return 0
+
+
+def _example_server() -> tuple[Any, Any]:
+    """The example server (``../server.py``, in this process) and its ``flame_speed``.
+
+    Its journal goes to a temporary state directory of this run, unless $ENSEMBLE_MCP_STATE_DIR
+    names one: ``server.py`` started by hand holds the default one.
+    """
+    from ensemble_mcp.journal import STATE_DIR_ENV
+
+    if STATE_DIR_ENV not in os.environ:
+        os.environ[STATE_DIR_ENV] = _STATE.name
+    from server import flame_speed, server
+
+    return flame_speed, server
 
 
 def _order(kind: str) -> int:
