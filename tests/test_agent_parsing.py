@@ -58,6 +58,11 @@ def test_fenced_call_inside_prose_is_found() -> None:
     assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
 
 
+def test_the_tool_name_written_under_function_is_taken_as_the_name() -> None:
+    text = "```json\n" + json.dumps({"function": "flame_speed", "arguments": ARGS}) + "\n```"
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+
+
 def test_parameters_is_an_alias_of_arguments() -> None:
     text = json.dumps({"name": "flame_speed", "parameters": ARGS})
     assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]

@@ -105,10 +105,14 @@ def call_from_object(obj: Any, tool_names: Sequence[str], call_id: str | None = 
     """Turn one decoded JSON value into a `ToolCall`, or a `CallProblem` saying what is wrong.
 
     Accepts ``{"name", "arguments"}``, ``"parameters"`` as an alias of ``"arguments"``, arguments
-    given as a JSON string (the OpenAI wire form) and the nested ``{"function": {...}}`` shape.
+    given as a JSON string (the OpenAI wire form), the nested ``{"function": {...}}`` shape and
+    ``{"function": "<tool>", "arguments": ...}`` (the tool's name under "function", as small
+    models often write it).
     """
     if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
         obj = obj["function"]
+    elif isinstance(obj, dict) and "name" not in obj and isinstance(obj.get("function"), str):
+        obj = {**obj, "name": obj["function"]}
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return CallProblem(f'a tool call needs a string "name"; {_CALL_SHAPE}', call_id)
     name = obj["name"]

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -65,7 +66,7 @@ async def run_all(
         async with agent.Chat(endpoint, args.timeout, args.temperature) as chat:
             for request in requests:
                 for run in range(args.runs):
-                    chat.seed = None if args.seed is None else args.seed + run
+                    chat.seed = _seed(args.seed, request["id"], run)
                     transcript = io.StringIO()
                     started = time.monotonic()
                     record = await agent.run_agent(
@@ -131,6 +132,17 @@ def rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(base: int | None, request_id: str, run: int) -> int | None:
+    """A seed of its own per request and run, derived from ``base``.
+
+    One seed for all requests correlates their samples: the replies start alike, so the same
+    draws take the same odd turn in every request.
+    """
+    if base is None:
+        return None
+    return (base + zlib.crc32(request_id.encode()) + run) % 2**31
+
+
 def _example_server() -> tuple[Any, Any]:
     """The example server (``../server.py``, in this process) and its ``flame_speed``.
 
@@ -192,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ids", help="comma-separated request ids to run (default: all)")
     parser.add_argument("--runs", type=int, default=1, help="runs per request (default 1)")
     parser.add_argument("--temperature", type=float, default=0.0, help="default 0: greedy")
-    parser.add_argument("--seed", type=int, help="seed of run 0 (run i sends seed + i)")
+    parser.add_argument(
+        "--seed", type=int, help="base seed; each request and run gets its own, derived from it"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model reply")
     parser.add_argument("--tools", type=lambda s: s.split(","), help="offer only these tools")
     parser.add_argument("--out", help="append one JSON line per run (record and verdict)")
