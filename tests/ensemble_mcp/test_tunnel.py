@@ -28,12 +28,8 @@ WAIT_S = 10.0
 
 
 @pytest.fixture(autouse=True)
-def clean_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HOME without ~/.ssh and no ssh-agent, so only what a test sets up is used."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+def clean_home(home: Path) -> Path:
+    """Every test here: a HOME without ~/.ssh and no ssh-agent (conftest's ``home``)."""
     return home
 
 
