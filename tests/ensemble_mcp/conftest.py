@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,25 +34,37 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         server.stop()
 
 
+ECHO_SERVER = """
+import asyncio
+
+async def echo(reader, writer):
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    """Port of a TCP echo server on 127.0.0.1 (one thread running an asyncio loop)."""
+    """Port of a TCP echo server on 127.0.0.1, in a process of its own.
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, name="echo-server", daemon=True)
-    thread.start()
+    Its own process, so that its sockets are never counted as this process's (a test that checks
+    the tunnel leaves no fd open would otherwise see the echo side of a connection still closing).
+    """
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     try:
-        yield int(server.sockets[0].getsockname()[1])
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), f"the echo server did not start: {line!r}"
+        yield int(line)
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
+        proc.kill()
+        proc.wait()
