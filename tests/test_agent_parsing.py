@@ -433,7 +433,9 @@ async def test_an_empty_reply_is_asked_once_for_an_answer() -> None:
     assert model.seen[2][-1] == {"role": "user", "content": agent.ASK_FOR_ANSWER}
     assert len(model.seen) == 3
     assert record.answer is not None and record.results_appended
-    assert record.answer == "Results returned by the tools:\n6.0"
+    assert record.answer == (
+        f"[agent.py: this answer {agent.QUOTES_NONE}.]\nResults returned by the tools:\n6.0"
+    )
 
 
 def test_calls_written_one_per_line_in_one_fence_are_several_calls() -> None:
@@ -517,14 +519,44 @@ async def test_an_answer_quoting_no_result_is_asked_again_then_given_with_the_re
     call = {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [3]}}
     model = ScriptedModel([_text(call), _text("Done: 1 task."), _text("It ran.")])
     record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
-    assert record.answer_problems == ["quotes none of the values the tools returned"] * 2
-    assert record.answer == "It ran.\n\nResults returned by the tools:\n6.0"
+    assert record.answer_problems == [agent.QUOTES_NONE] * 2
+    assert record.answer == (
+        f"It ran.\n\n[agent.py: this answer {agent.QUOTES_NONE}.]\n"
+        "Results returned by the tools:\n6.0"
+    )
 
 
-async def test_an_answer_without_any_tool_result_is_not_checked() -> None:
-    model = ScriptedModel([_text("300 K is 26.85 degrees Celsius.")])
+async def test_an_answer_with_numbers_of_its_own_before_any_call_is_asked_for_a_call_once() -> None:
+    model = ScriptedModel([_text("300 K is 26.85 C."), _text("300 K is 26.85 degrees Celsius.")])
     record = await agent.run_agent("300 K in Celsius?", _flame_server(), model, io.StringIO())
-    assert record.answer == "300 K is 26.85 degrees Celsius." and not record.answer_problems
+    problem = "states 26.85, which no tool returned"
+    assert model.seen[1][-1] == {
+        "role": "user",
+        "content": agent.NO_TOOL_YET.format(problem=problem),
+    }
+    assert record.answer_problems == [problem] and not record.calls
+    assert record.answer == (
+        "300 K is 26.85 degrees Celsius.\n\n"
+        "[agent.py: no tool ran; 26.85 in this answer come from the model, not from a tool.]"
+    )
+
+
+async def test_an_answer_needing_no_number_is_given_as_it_is() -> None:
+    model = ScriptedModel([_text("I have 1 tool: flame_speed, for 2 lists of numbers.")])
+    record = await agent.run_agent("Your tools?", _flame_server(), model, io.StringIO())
+    assert record.answer == "I have 1 tool: flame_speed, for 2 lists of numbers."
+    assert len(model.seen) == 1 and not record.answer_problems
+
+
+async def test_arguments_written_out_instead_of_a_call_are_asked_for_as_a_call() -> None:
+    plan = 'I will use flame_speed with ```json\n{"pressure": [1, 2], "temperature": [3, 3]}\n```'
+    call = {"name": "flame_speed", "arguments": {"pressure": [1, 2], "temperature": [3, 3]}}
+    model = ScriptedModel([_text(plan), _text(call), _text("3.0 and 6.0.")])
+    record = await agent.run_agent("1 and 2 at 3?", _flame_server(), model, io.StringIO())
+    problem = "writes out arguments for flame_speed but does not call it"
+    assert model.seen[1][-1]["content"] == agent.NO_TOOL_YET.format(problem=problem)
+    assert [c["status"] for c in record.calls] == ["ok"]
+    assert record.answer == "3.0 and 6.0." and record.answer_problems == [problem]
 
 
 def test_run_times_and_other_numbers_of_a_result_may_be_repeated() -> None:
@@ -650,3 +682,80 @@ async def test_an_answer_after_only_failed_calls_says_that_no_number_comes_from_
     record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
     assert model.seen[2][-1] == {"role": "user", "content": agent.NUDGE_AFTER_ERROR}
     assert record.answer == f"Use equal lengths, about 0.38 m/s.\n\n{agent.NO_RESULT}"
+
+
+RAMP = [
+    ({"pressure": 1.0, "temperature": t}, v)
+    for t, v in [(300, 0.3845), (350, 0.5052), (400, 0.6398), (450, 0.7881)]
+]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "answer", "found"),
+    [
+        (
+            "Which of 1, 2 and 10 atm gives the fastest flame at 300 K?",
+            "At 1 atm: 0.3845; at 2 atm: 0.2719; at 10 atm: 0.1216.",
+            "does not say which result is the fastest: the largest result is 0.3845 at pressure=1",
+        ),
+        (
+            "Which of 1, 2 and 10 atm gives the fastest flame?",
+            "The highest is 0.3845 at 1 atm.",
+            None,
+        ),
+        (
+            "Which pressure gives the slowest flame?",
+            "The fastest is 0.3845.",
+            "does not say which result is the slowest: "
+            "the smallest result is 0.1216 at pressure=10",
+        ),
+        (
+            "What is the lowest pressure at which it is under 0.3?",
+            "It is 2 atm.",
+            None,
+        ),  # an argument
+        ("Flame speeds at 1, 2 and 10 atm?", "0.3845, 0.2719 and 0.1216.", None),  # none asked
+    ],
+)
+def test_an_answer_that_never_names_the_extreme_asked_for_is_found(
+    request_text: str, answer: str, found: str | None
+) -> None:
+    assert agent.unanswered_extreme(request_text, answer, SWEEP) == ([found] if found else [])
+
+
+@pytest.mark.parametrize(
+    ("answer", "found"),
+    [
+        ("The flame speed first exceeds 0.6 m/s at 400 K (0.6398 m/s).", None),
+        ("It crosses 0.6 between 350 K and 400 K.", None),
+        (
+            "The flame speed first exceeds 0.6 m/s at 300 K.",
+            "names temperature=300, whose result is 0.3845; the first temperature whose result "
+            "is above 0.6 is 400 (0.6398)",
+        ),
+        (
+            "At 450 K it is 0.7881, which is above 0.6.",
+            "names temperature=450, whose result is 0.7881; the first temperature whose result "
+            "is above 0.6 is 400 (0.6398)",
+        ),
+        ("At 300 K: 0.3845. At 400 K: 0.6398. At 450 K: 0.7881.", None),  # the bound is not stated
+    ],
+)
+def test_a_wrong_point_named_for_a_threshold_is_found(answer: str, found: str | None) -> None:
+    request = "From 300 K to 450 K in 50 K steps, where does the speed first exceed 0.6 m/s?"
+    assert agent.wrong_crossings(request, answer, RAMP) == ([found] if found else [])
+    assert agent.asked_bound("speeds below 2.5e-1 please") == (0.25, False)
+    none_above = agent.wrong_crossings("where is it above 0.9?", "Above 0.9 at 450 K.", RAMP)
+    assert none_above == ["names temperature=450, whose result is 0.7881; no result is above 0.9"]
+
+
+async def test_a_failed_call_after_results_is_not_answered_as_if_nothing_ran() -> None:
+    call = {"name": "flame_speed", "arguments": {"pressure": [2], "temperature": [3]}}
+    bad = {"name": "flame_speed", "arguments": {"pressure": [1, 2], "temperature": [3]}}
+    model = ScriptedModel([_text(call), _text(bad), _text("It is 6.0.")])
+    record = await agent.run_agent("x", _flame_server(), model, io.StringIO())
+    assert record.answer == "It is 6.0."
+    assert [c["status"] for c in record.calls] == ["ok", "error"]
+    error = model.seen[2][-1]["content"]
+    assert "lengths differ" in error and error.endswith(agent.STILL_STANDS)
+    assert all(m["content"] != agent.NUDGE_AFTER_ERROR for m in model.seen[2])

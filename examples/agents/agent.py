@@ -25,7 +25,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -52,6 +52,16 @@ NUDGE_AFTER_ERROR = (
     "corrected tool call, as JSON, the way the error message shows it; no other text."
 )
 NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
+NO_TOOL_YET = (
+    "No tool has run yet, but your answer {problem}. If one of the tools computes what I asked, "
+    "reply with only that tool call, as JSON. If none does, answer without numbers that neither "
+    "I nor a tool gave you."
+)
+NO_TOOL_RAN = FLAG + " no tool ran; {numbers} in this answer come from the model, not from a tool.]"
+STILL_STANDS = (
+    "The results of the earlier call that succeeded still stand: if they are what I asked for, "
+    "answer with them."
+)
 FIX_ANSWER = (
     "Your answer {problems}. Write the answer again: give each result value exactly as the "
     "tool returned it, with the parameters it belongs to, and no other numbers."
@@ -265,6 +275,7 @@ _NUMBER = re.compile(
 )
 _NUMBER_ONLY = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*")
 NOT_RETURNED = "is not a value any task returned"
+QUOTES_NONE = "quotes none of the values the tools returned"
 SMALL_INTEGER = 20  # counts, list numbering: an answer may say them without a tool
 
 
@@ -411,18 +422,14 @@ def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> lis
     must be where the largest occurs.
     """
     found: list[str] = []
+    names = {n.lower() for tasks in ensembles for params, _ in tasks for n in params}
     for line in _LINE.split(answer):
-        most, least = _MOST.search(line), _LEAST.search(line)
-        side = most or least
-        if side is None or (most and least):
+        side = extreme_word(line, names)
+        if side is None:
             continue
-        word = side.group(0)
-        after = re.findall(r"[A-Za-z_]+", line[side.end() :])[:2]
-        names = {n.lower() for tasks in ensembles for params, _ in tasks for n in params}
-        if any(w.lower().rstrip("s") in names or w.lower() in names for w in after):
-            continue  # "the lowest temperature at which ...": about an argument, not a result
+        word, most = side
         for tasks in ensembles:
-            problem = _extreme_problem(line, word, bool(most), tasks)
+            problem = _extreme_problem(line, word, most, tasks)
             if problem:
                 found.append(problem)
                 break
@@ -436,17 +443,13 @@ def _extreme_problem(line: str, word: str, most: bool, tasks: Sequence[TaskValue
     pick = max if most else min
     want, other = pick(values), (min if most else max)(values)
     where = tasks[values.index(want)][0]
-    names = sorted({n for params, _ in tasks for n in params})
-    varying = [n for n in names if len({params.get(n) for params, _ in tasks}) > 1]
+    varying = _varying(tasks)
     stated = [
         t
         for t in numbers_in(line)
         if significant_digits(t) >= 2 and any(same_number(t, v) for v in values)
     ]
-    kind = "largest" if most else "smallest"
-    right = f"the {kind} result is {_plain(want)} at " + ", ".join(
-        f"{n}={_plain(where[n])}" for n in varying
-    )
+    right = _extreme_fact(tasks, most)
     if stated:
         first = stated[0]
         if same_number(first, want):
@@ -464,8 +467,119 @@ def _extreme_problem(line: str, word: str, most: bool, tasks: Sequence[TaskValue
     return None
 
 
+def extreme_word(text: str, names: Collection[str]) -> tuple[str, bool] | None:
+    """The word by which ``text`` speaks of the largest (True) or smallest (False) result.
+
+    Words of one side only count, and not when an argument's name (of ``names``, lower case)
+    follows: "the lowest temperature at which ..." is about an argument, not a result.
+    """
+    most, least = _MOST.search(text), _LEAST.search(text)
+    side = most or least
+    if side is None or (most and least):
+        return None
+    after = [w.lower() for w in re.findall(r"[A-Za-z_]+", text[side.end() :])[:2]]
+    if any(w in names or w.rstrip("s") in names for w in after):
+        return None
+    return side.group(0), bool(most)
+
+
+def unanswered_extreme(request: str, answer: str, tasks: Sequence[TaskValue]) -> list[str]:
+    """What ``answer`` leaves out of the largest (or smallest) result ``request`` asks for.
+
+    Nothing when the answer has a line that speaks of that side (`wrong_extremes` judges it).
+    """
+    names = {n.lower() for params, _ in tasks for n in params}
+    asked = extreme_word(request, names)
+    values = [v for _, v in tasks]
+    if asked is None or len(set(values)) < 2:
+        return []
+    word, most = asked
+    sides = [extreme_word(line, names) for line in _LINE.split(answer)]
+    if any(side is not None and side[1] == most for side in sides):
+        return []  # it says which; `wrong_extremes` judges whether rightly
+    return [f"does not say which result is the {word}: {_extreme_fact(tasks, most)}"]
+
+
+def _extreme_fact(tasks: Sequence[TaskValue], most: bool) -> str:
+    values = [v for _, v in tasks]
+    want = max(values) if most else min(values)
+    where = tasks[values.index(want)][0]
+    varying = _varying(tasks)
+    at = ", ".join(f"{n}={_plain(where[n])}" for n in varying)
+    return f"the {'largest' if most else 'smallest'} result is {_plain(want)} at {at}"
+
+
+def _varying(tasks: Sequence[TaskValue]) -> list[str]:
+    names = sorted({n for params, _ in tasks for n in params})
+    return [n for n in names if len({params.get(n) for params, _ in tasks}) > 1]
+
+
+_BOUND = re.compile(
+    r"\b(?P<word>exceeds?|exceeding|above|over|more than|greater than|higher than|faster than|"
+    r"below|under|less than|lower than|slower than)\s+(?:about\s+|approximately\s+)?(?=\d)",
+    re.IGNORECASE,
+)
+_BELOW = ("below", "under", "less", "lower", "slower")
+
+
+def asked_bound(request: str) -> tuple[float, bool] | None:
+    """The threshold ``request`` asks about ("first exceeds 0.6"): (bound, True for above)."""
+    found = _BOUND.search(request)
+    written = numbers_in(request[found.end() :])[:1] if found else []
+    if found is None or not written:
+        return None
+    below = found.group("word").lower().startswith(_BELOW)
+    return _as_float(written[0]), not below
+
+
+def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> list[str]:
+    """Where ``answer`` names the wrong point for the threshold ``request`` asks about, in words.
+
+    Judged when the ensemble varies one argument, on each line of the answer that states the
+    bound: the values of that argument named there must include the first one (in the order
+    the tasks ran) whose result is beyond the bound.
+    """
+    asked, varying = asked_bound(request), _varying(tasks)
+    if asked is None or len(varying) != 1:
+        return []
+    bound, above = asked
+    name, side = varying[0], "above" if asked[1] else "below"
+    result_at = {params[name]: value for params, value in tasks}
+    crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
+    for line in _LINE.split(answer):
+        written = [_as_float(n) for n in numbers_in(line)]
+        if bound not in written:
+            continue
+        named = [w for w in written if w in result_at and w != bound]
+        if not named or crossing in named:
+            continue
+        said = named[0]
+        if crossing is None:
+            right = f"no result is {side} {_plain(bound)}"
+        else:
+            right = (
+                f"the first {name} whose result is {side} {_plain(bound)} is {_plain(crossing)} "
+                f"({_plain(result_at[crossing])})"
+            )
+        return [f"names {name}={_plain(said)}, whose result is {_plain(result_at[said])}; {right}"]
+    return []
+
+
 def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def described_call(text: str, parameters: Mapping[str, Collection[str]]) -> str | None:
+    """The tool whose arguments ``text`` writes out as a JSON object without calling it.
+
+    ``parameters`` maps each tool to its parameter names; an object whose keys are all
+    parameters of one tool is taken as that tool's arguments (the one named in the text first).
+    """
+    values, _ = _bare_json_values(text)
+    objects = [v for v in values if isinstance(v, dict) and v and not _is_call_value(v)]
+    fits = [t for t, names in parameters.items() for o in objects if o.keys() <= set(names)]
+    named = [t for t in fits if t in text]
+    return next(iter(named or fits), None)
 
 
 @dataclass(frozen=True)
@@ -482,6 +596,10 @@ class AnswerCheck:
     """Results the answer calls the largest or smallest wrongly (see `wrong_extremes`)."""
     not_run: list[str] = field(default_factory=list)
     """Numbers in the answer that a call had as an argument but no task that ran had."""
+    unanswered: list[str] = field(default_factory=list)
+    """The extreme the request asks for, when the answer never says it (`unanswered_extreme`)."""
+    crossings: list[str] = field(default_factory=list)
+    """Wrong points named for the request's threshold (see `wrong_crossings`)."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -494,10 +612,9 @@ class AnswerCheck:
             "not computed)"
             for n in dict.fromkeys(self.not_run)
         )
-        found.extend(self.misplaced)
-        found.extend(self.extremes)
+        found.extend([*self.misplaced, *self.extremes, *self.unanswered, *self.crossings])
         if results_expected and not self.quoted:
-            found.append("quotes none of the values the tools returned")
+            found.append(QUOTES_NONE)
         return "; ".join(found) or None
 
 
@@ -507,6 +624,7 @@ def check_answer(
     given: Sequence[float],
     ensembles: Sequence[Sequence[TaskValue]] = (),
     not_run: Collection[float] = (),
+    request: str = "",
 ) -> AnswerCheck:
     """Sort the numbers written in ``answer``, and check what it says about them.
 
@@ -517,7 +635,9 @@ def check_answer(
     any other number is unsupported. With the tasks of each ensemble, values put beside another
     task's arguments (`misplaced`) and wrong largest or smallest results (`wrong_extremes`) are
     found too; and numbers of ``not_run`` (argument values no task that ran had: values a call
-    dropped) that the answer mentions.
+    dropped) that the answer mentions. Against the ``request`` and the last ensemble: the
+    extreme it asks for and the answer leaves out (`unanswered_extreme`), and a wrong point
+    named for a threshold it asks about (`wrong_crossings`).
     """
     quoted: list[str] = []
     unsupported: list[str] = []
@@ -536,19 +656,29 @@ def check_answer(
         elif not (number == round(number) and abs(number) <= SMALL_INTEGER):
             unsupported.append(written)
     tasks = [t for ensemble in ensembles for t in ensemble]
+    last = ensembles[-1] if ensembles else []
     return AnswerCheck(
-        quoted, unsupported, misplaced(answer, tasks), wrong_extremes(answer, ensembles), dropped
+        quoted,
+        unsupported,
+        misplaced(answer, tasks),
+        wrong_extremes(answer, ensembles),
+        dropped,
+        unanswered_extreme(request, answer, last),
+        wrong_crossings(request, answer, last),
     )
 
 
 def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
-    """What the agent adds to an answer that still fails its check: a warning and the results."""
+    """What the agent adds to an answer that still fails its check: warnings and the results."""
     lines = ["", ""]
     if check.unsupported:
         listed = ", ".join(dict.fromkeys(check.unsupported))
         lines.append(f"{FLAG} {listed} in this answer {NOT_RETURNED}.]")
-    lines.extend(f"{FLAG} this answer {m}.]" for m in [*check.misplaced, *check.extremes])
+    said = [*check.misplaced, *check.extremes, *check.unanswered, *check.crossings]
+    lines.extend(f"{FLAG} this answer {m}.]" for m in said)
     lines.extend(f"{FLAG} no task ran with {n}.]" for n in dict.fromkeys(check.not_run))
+    if not check.quoted and len(lines) == 2:  # no other warning: say why the results follow
+        lines.append(f"{FLAG} this answer {QUOTES_NONE}.]")
     lines.append("Results returned by the tools:")
     lines.extend(result_texts)
     return "\n".join(lines)
@@ -603,6 +733,7 @@ class Record:
 class Evidence:
     """What an answer may rest on: the values the tools returned and the numbers the model had."""
 
+    request: str
     given: list[float]
     returned: list[float] = field(default_factory=list)
     ensembles: list[list[TaskValue]] = field(default_factory=list)
@@ -628,8 +759,24 @@ class Evidence:
         Without results (no tool returned a value) there is nothing to check against: an
         answer that needed no tool may hold numbers of its own.
         """
-        check = check_answer(answer, self.returned, self.given, self.ensembles, self.not_run())
+        check = check_answer(
+            answer, self.returned, self.given, self.ensembles, self.not_run(), self.request
+        )
         return check, check.problems(results_expected=True) if self.returned else None
+
+    def before_any_call(self, answer: str, parameters: Mapping[str, Collection[str]]) -> str | None:
+        """What is wrong with an answer given before any tool ran, in words; None if nothing.
+
+        It may not state numbers that neither the user nor a tool description gave, nor write
+        out a tool's arguments instead of calling it.
+        """
+        if self.calls:
+            return None
+        if tool := described_call(answer, parameters):
+            return f"writes out arguments for {tool} but does not call it"
+        if unsupported := check_answer(answer, [], self.given).unsupported:
+            return f"states {', '.join(dict.fromkeys(unsupported))}, which no tool returned"
+        return None
 
 
 class ChatModel(Protocol):
@@ -748,16 +895,17 @@ async def _converse(
         {"role": "user", "content": request},
     ]
     texts = [request, *(t.description or "" for t in tools)]
-    evidence = Evidence(given=[_as_float(n) for text in texts for n in numbers_in(text)])
+    evidence = Evidence(request, [_as_float(n) for text in texts for n in numbers_in(text)])
+    parameters = {t.name: list((t.input_schema or {}).get("properties", {})) for t in tools}
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
-    last_failed = asked_for_answer = False
+    last_failed = asked_for_answer = asked_for_call = False
     checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
         reply = await chat.complete(messages, schemas)
         entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
         messages.append(entry)
         if not parsed:
-            if last_failed and record.retries < max_retries:
+            if last_failed and not evidence.texts and record.retries < max_retries:
                 record.retries += 1
                 print(f"NUDGE: {NUDGE_AFTER_ERROR}", file=out)
                 messages.append({"role": "user", "content": NUDGE_AFTER_ERROR})
@@ -767,6 +915,14 @@ async def _converse(
                 asked_for_answer = True
                 print(f"NUDGE: {ASK_FOR_ANSWER}", file=out)
                 messages.append({"role": "user", "content": ASK_FOR_ANSWER})
+                continue
+            no_call = evidence.before_any_call(answer, parameters)
+            if no_call and not asked_for_call and turn + 1 < max_rounds:
+                asked_for_call = True
+                record.answer_problems.append(no_call)
+                ask = NO_TOOL_YET.format(problem=no_call)
+                print(f"ANSWER (not given): {answer}\nCHECK: {ask}", file=out)
+                messages.append({"role": "user", "content": ask})
                 continue
             _, problems = evidence.check(answer)
             if problems and answer and checked is None and turn + 1 < max_rounds:
@@ -803,6 +959,9 @@ def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Recor
         answer = (answer + results_appendix(check, evidence.texts)).strip()
     elif evidence.calls and not evidence.texts:  # calls were made, none succeeded
         answer = f"{answer}\n\n{NO_RESULT}".strip()
+    elif not evidence.calls and (unsupported := check.unsupported):
+        numbers = ", ".join(dict.fromkeys(unsupported))
+        answer = f"{answer}\n\n{NO_TOOL_RAN.format(numbers=numbers)}".strip()
     record.answer = answer
     print(f"ANSWER: {record.answer}", file=out)
     return record
@@ -905,7 +1064,8 @@ async def _run_one(
     evidence.given.extend(numbers_of(item.arguments))
     evidence.calls.append((item.name, item.arguments))
     if result.is_error:
-        return False, f"Error of {item.name}:\n{text}"
+        still = f"\n{STILL_STANDS}" if evidence.texts else ""
+        return False, f"Error of {item.name}:\n{text}{still}"
     structured = result.structured_content
     if isinstance(structured, dict) and isinstance(structured.get("tasks"), list):
         call["tasks"] = [
