@@ -495,8 +495,12 @@ async def test_an_answer_stating_a_value_no_task_returned_is_asked_again_once() 
     assert not record.results_appended
     fix = model.seen[2][-1]
     assert fix["role"] == "user"
-    assert fix["content"].startswith("Your answer states 0.125, which no task returned.")
-    assert "CHECK: Your answer states 0.125" in out.getvalue()
+    assert fix["content"].startswith(
+        "Answer my request using the tool results above. A draft of your answer states 0.125, "
+        "which no task returned; do not repeat that."
+    )
+    assert all(m.get("content") != "The speeds are 200 and 0.125." for m in model.seen[2])
+    assert "CHECK: Answer my request using the tool results above. A draft" in out.getvalue()
 
 
 async def test_an_answer_still_wrong_after_the_second_ask_gets_the_results_and_a_flag() -> None:
@@ -598,7 +602,7 @@ async def test_an_answer_that_swaps_results_is_asked_again_naming_the_swap() -> 
         "gives 12.0 for a=1, but 12.0 is the result of a=2, b=10; "
         "gives 11.0 for a=2, but 11.0 is the result of a=1, b=10"
     ]
-    assert model.seen[2][-1]["content"].startswith("Your answer gives 12.0 for a=1, but")
+    assert "A draft of your answer gives 12.0 for a=1, but" in model.seen[2][-1]["content"]
 
 
 SWEEP = [
@@ -723,30 +727,46 @@ def test_an_answer_that_never_names_the_extreme_asked_for_is_found(
     assert agent.unanswered_extreme(request_text, answer, SWEEP) == ([found] if found else [])
 
 
+THRESHOLD_REQUEST = "From 300 K to 450 K in 50 K steps, where does the speed first exceed 0.6 m/s?"
+FIRST_ABOVE = "the first temperature whose result is above 0.6 is 400 (0.6398)"
+
+
 @pytest.mark.parametrize(
-    ("answer", "found"),
+    ("answer", "named", "found"),
     [
-        ("The flame speed first exceeds 0.6 m/s at 400 K (0.6398 m/s).", None),
-        ("It crosses 0.6 between 350 K and 400 K.", None),
+        ("The flame speed first exceeds 0.6 m/s at 400 K (0.6398 m/s).", True, None),
+        ("It crosses 0.6 between 350 K and 400 K.", True, None),
         (
             "The flame speed first exceeds 0.6 m/s at 300 K.",
-            "names temperature=300, whose result is 0.3845; the first temperature whose result "
-            "is above 0.6 is 400 (0.6398)",
+            False,
+            f"names temperature=300, whose result is 0.3845; {FIRST_ABOVE}",
         ),
         (
             "At 450 K it is 0.7881, which is above 0.6.",
-            "names temperature=450, whose result is 0.7881; the first temperature whose result "
-            "is above 0.6 is 400 (0.6398)",
+            False,
+            f"names temperature=450, whose result is 0.7881; {FIRST_ABOVE}",
         ),
-        ("At 300 K: 0.3845. At 400 K: 0.6398. At 450 K: 0.7881.", None),  # the bound is not stated
+        ("At 300 K: 0.3845. At 400 K: 0.6398. At 450 K: 0.7881.", False, None),  # no bound stated
     ],
 )
-def test_a_wrong_point_named_for_a_threshold_is_found(answer: str, found: str | None) -> None:
-    request = "From 300 K to 450 K in 50 K steps, where does the speed first exceed 0.6 m/s?"
-    assert agent.wrong_crossings(request, answer, RAMP) == ([found] if found else [])
+def test_the_point_named_for_a_threshold_is_judged(
+    answer: str, named: bool, found: str | None
+) -> None:
+    judged = agent.judge_crossing(THRESHOLD_REQUEST, answer, RAMP)
+    assert judged == (named, [found] if found else [])
+
+
+def test_a_threshold_answer_naming_the_right_point_needs_no_value() -> None:
+    given = [0.6, 300, 350, 400, 450]  # the request's bound and the call's arguments
+    answer = "Above 0.6 from 400 K."
+    right = agent.check_answer(answer, [0.6398], given, [RAMP], (), THRESHOLD_REQUEST)
+    assert right.problems(results_expected=True) is None
     assert agent.asked_bound("speeds below 2.5e-1 please") == (0.25, False)
-    none_above = agent.wrong_crossings("where is it above 0.9?", "Above 0.9 at 450 K.", RAMP)
-    assert none_above == ["names temperature=450, whose result is 0.7881; no result is above 0.9"]
+    none_above = agent.judge_crossing("where is it above 0.9?", "Above 0.9 at 450 K.", RAMP)
+    assert none_above == (
+        False,
+        ["names temperature=450, whose result is 0.7881; no result is above 0.9"],
+    )
 
 
 async def test_a_failed_call_after_results_is_not_answered_as_if_nothing_ran() -> None:

@@ -63,8 +63,9 @@ STILL_STANDS = (
     "answer with them."
 )
 FIX_ANSWER = (
-    "Your answer {problems}. Write the answer again: give each result value exactly as the "
-    "tool returned it, with the parameters it belongs to, and no other numbers."
+    "Answer my request using the tool results above. A draft of your answer {problems}; do not "
+    "repeat that. Give each result value exactly as the tool returned it, with the parameters "
+    "it belongs to, and no other numbers."
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -532,37 +533,41 @@ def asked_bound(request: str) -> tuple[float, bool] | None:
     return _as_float(written[0]), not below
 
 
-def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> list[str]:
-    """Where ``answer`` names the wrong point for the threshold ``request`` asks about, in words.
+def judge_crossing(request: str, answer: str, tasks: Sequence[TaskValue]) -> tuple[bool, list[str]]:
+    """Whether ``answer`` names the point where the threshold ``request`` asks about is crossed.
 
     Judged when the ensemble varies one argument, on each line of the answer that states the
     bound: the values of that argument named there must include the first one (in the order
-    the tasks ran) whose result is beyond the bound.
+    the tasks ran) whose result is beyond the bound. Returns whether a line names it, and the
+    wrong point named, in words.
     """
     asked, varying = asked_bound(request), _varying(tasks)
     if asked is None or len(varying) != 1:
-        return []
+        return False, []
     bound, above = asked
     name, side = varying[0], "above" if asked[1] else "below"
     result_at = {params[name]: value for params, value in tasks}
     crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
+    right = False
     for line in _LINE.split(answer):
         written = [_as_float(n) for n in numbers_in(line)]
         if bound not in written:
             continue
         named = [w for w in written if w in result_at and w != bound]
+        right = right or crossing in named
         if not named or crossing in named:
             continue
         said = named[0]
         if crossing is None:
-            right = f"no result is {side} {_plain(bound)}"
+            fact = f"no result is {side} {_plain(bound)}"
         else:
-            right = (
+            fact = (
                 f"the first {name} whose result is {side} {_plain(bound)} is {_plain(crossing)} "
                 f"({_plain(result_at[crossing])})"
             )
-        return [f"names {name}={_plain(said)}, whose result is {_plain(result_at[said])}; {right}"]
-    return []
+        said_result = _plain(result_at[said])
+        return False, [f"names {name}={_plain(said)}, whose result is {said_result}; {fact}"]
+    return right, []
 
 
 def _plain(value: float) -> str:
@@ -599,7 +604,9 @@ class AnswerCheck:
     unanswered: list[str] = field(default_factory=list)
     """The extreme the request asks for, when the answer never says it (`unanswered_extreme`)."""
     crossings: list[str] = field(default_factory=list)
-    """Wrong points named for the request's threshold (see `wrong_crossings`)."""
+    """Wrong points named for the request's threshold (see `judge_crossing`)."""
+    names_crossing: bool = False
+    """The answer names the point where the request's threshold is crossed: it needs no value."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -613,7 +620,7 @@ class AnswerCheck:
             for n in dict.fromkeys(self.not_run)
         )
         found.extend([*self.misplaced, *self.extremes, *self.unanswered, *self.crossings])
-        if results_expected and not self.quoted:
+        if results_expected and not self.quoted and not self.names_crossing:
             found.append(QUOTES_NONE)
         return "; ".join(found) or None
 
@@ -636,8 +643,8 @@ def check_answer(
     task's arguments (`misplaced`) and wrong largest or smallest results (`wrong_extremes`) are
     found too; and numbers of ``not_run`` (argument values no task that ran had: values a call
     dropped) that the answer mentions. Against the ``request`` and the last ensemble: the
-    extreme it asks for and the answer leaves out (`unanswered_extreme`), and a wrong point
-    named for a threshold it asks about (`wrong_crossings`).
+    extreme it asks for and the answer leaves out (`unanswered_extreme`), and the point
+    named for a threshold it asks about (`judge_crossing`).
     """
     quoted: list[str] = []
     unsupported: list[str] = []
@@ -657,6 +664,7 @@ def check_answer(
             unsupported.append(written)
     tasks = [t for ensemble in ensembles for t in ensemble]
     last = ensembles[-1] if ensembles else []
+    names_crossing, crossings = judge_crossing(request, answer, last)
     return AnswerCheck(
         quoted,
         unsupported,
@@ -664,7 +672,8 @@ def check_answer(
         wrong_extremes(answer, ensembles),
         dropped,
         unanswered_extreme(request, answer, last),
-        wrong_crossings(request, answer, last),
+        crossings,
+        names_crossing,
     )
 
 
@@ -930,6 +939,7 @@ async def _converse(
                 record.answer_problems.append(problems)
                 fix = FIX_ANSWER.format(problems=problems)
                 print(f"ANSWER (not given): {answer}\nCHECK: {fix}", file=out)
+                messages.pop()  # the draft goes: a small model shown it tends to repeat it
                 messages.append({"role": "user", "content": fix})
                 continue
             return _give(answer, evidence, record, out)
