@@ -779,3 +779,46 @@ async def test_a_failed_call_after_results_is_not_answered_as_if_nothing_ran() -
     error = model.seen[2][-1]["content"]
     assert "lengths differ" in error and error.endswith(agent.STILL_STANDS)
     assert all(m["content"] != agent.NUDGE_AFTER_ERROR for m in model.seen[2])
+
+
+@pytest.mark.parametrize(
+    ("request_text", "lists"),
+    [
+        ("Which of 1, 2, 5 and 10 atm at 300 K?", [[1, 2, 5, 10]]),
+        ("At (1 atm, 300 K) and (2 atm, 400 K)", [[1, 300], [2, 400]]),
+        ("points 0.5 atm/320 K, 1 atm/340 K", [[0.5, 320, 1, 340]]),
+        ("from 300 K to 500 K in steps of 25 K", []),
+        ("at 2 atm, from 300 K to 650 K", []),
+    ],
+)
+def test_the_lists_a_request_writes_are_found(request_text: str, lists: list[list[float]]) -> None:
+    assert agent.listed_values(request_text) == lists
+
+
+def test_values_of_a_list_that_no_task_ran_with_are_left_out() -> None:
+    ran = {1.0, 2.0, 300.0}
+    assert agent.left_out("at 1, 2, 5 and 10 atm, all at 300 K", ran) == [5.0, 10.0]
+    assert agent.left_out("steps of 25 from 1 to 2", ran) == []  # no list
+    assert agent.left_out("at 7 and 8 atm", ran) == []  # no value of the list ran: not judged
+
+
+async def test_an_answer_about_a_call_that_left_out_listed_values_is_asked_again() -> None:
+    short = {"name": "add", "arguments": {"a": [1, 2], "b": 10}}
+    full = {"name": "add", "arguments": {"a": [1, 2, 3], "b": 10}}
+    model = ScriptedModel(
+        [_text(short), _text("11.0 and 12.0."), _text(full), _text("11.0, 12.0 and 13.0.")]
+    )
+    record = await agent.run_agent("add 10 to 1, 2 and 3", build_server(), model, io.StringIO())
+    assert record.answer == "11.0, 12.0 and 13.0."
+    assert record.answer_problems == [
+        "leaves out 3 of my request: no task ran with them (call the tool again with every value "
+        "of the request in one call, or say that they were not computed)"
+    ]
+
+
+def test_a_line_ending_in_a_colon_goes_on_with_the_next() -> None:
+    answer = "The first temperature above 0.6 is:\n\n**300 K**"
+    assert agent.lines_of(answer) == ["The first temperature above 0.6 is: **300 K**"]
+    assert agent.judge_crossing(THRESHOLD_REQUEST, answer, RAMP)[1] == [
+        f"names temperature=300, whose result is 0.3845; {FIRST_ABOVE}"
+    ]

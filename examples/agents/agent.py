@@ -354,6 +354,12 @@ def other_numbers(text: str, values: Sequence[float]) -> list[float]:
 TaskValue = tuple[dict[str, float], float]
 """One number a task returned, with the task's number arguments."""
 _LINE = re.compile(r"(?<=[.!?;])\s+|\n+")
+_COLON_BREAK = re.compile(r":[ \t]*\n\s*")
+
+
+def lines_of(answer: str) -> list[str]:
+    """The lines (or sentences) of ``answer``; a line ending in a colon goes on with the next."""
+    return _LINE.split(_COLON_BREAK.sub(": ", answer))
 
 
 def significant_digits(written: str) -> int:
@@ -387,7 +393,7 @@ def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
     names = {name for params, _ in tasks for name in params}
     candidates = {n: {params[n] for params, _ in tasks if n in params} for n in names}
     found: list[str] = []
-    for line in _LINE.split(answer):
+    for line in lines_of(answer):
         written = [_as_float(n) for n in numbers_in(line)]
         named = {n: {w for w in written if w in candidates[n]} for n in names}
         for text in numbers_in(line):
@@ -424,7 +430,7 @@ def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> lis
     """
     found: list[str] = []
     names = {n.lower() for tasks in ensembles for params, _ in tasks for n in params}
-    for line in _LINE.split(answer):
+    for line in lines_of(answer):
         side = extreme_word(line, names)
         if side is None:
             continue
@@ -495,7 +501,7 @@ def unanswered_extreme(request: str, answer: str, tasks: Sequence[TaskValue]) ->
     if asked is None or len(set(values)) < 2:
         return []
     word, most = asked
-    sides = [extreme_word(line, names) for line in _LINE.split(answer)]
+    sides = [extreme_word(line, names) for line in lines_of(answer)]
     if any(side is not None and side[1] == most for side in sides):
         return []  # it says which; `wrong_extremes` judges whether rightly
     return [f"does not say which result is the {word}: {_extreme_fact(tasks, most)}"]
@@ -549,7 +555,7 @@ def judge_crossing(request: str, answer: str, tasks: Sequence[TaskValue]) -> tup
     result_at = {params[name]: value for params, value in tasks}
     crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
     right = False
-    for line in _LINE.split(answer):
+    for line in lines_of(answer):
         written = [_as_float(n) for n in numbers_in(line)]
         if bound not in written:
             continue
@@ -568,6 +574,34 @@ def judge_crossing(request: str, answer: str, tasks: Sequence[TaskValue]) -> tup
         said_result = _plain(result_at[said])
         return False, [f"names {name}={_plain(said)}, whose result is {said_result}; {fact}"]
     return right, []
+
+
+_LIST_GAP = re.compile(r"\s*(?:[A-Za-z][\w/]*\s*)?(?:,\s*(?:and\s+|or\s+)?|and\s+|or\s+|/\s*)")
+
+
+def listed_values(request: str) -> list[list[float]]:
+    """The lists of numbers ``request`` writes ("1, 2 and 5 atm", "0.5 atm/320 K")."""
+    lists: list[list[float]] = []
+    end = -1
+    for found in _NUMBER.finditer(request):
+        value = _as_float(found.group(0))
+        if lists and _LIST_GAP.fullmatch(request, end, found.start()):
+            lists[-1].append(value)
+        else:
+            lists.append([value])
+        end = found.end()
+    return [values for values in lists if len(values) > 1]
+
+
+def left_out(request: str, ran: Collection[float]) -> list[float]:
+    """Values of lists in ``request`` that no task ran with, where other values of the list did."""
+    return [
+        v
+        for values in listed_values(request)
+        if any(v in ran for v in values)
+        for v in values
+        if v not in ran
+    ]
 
 
 def _plain(value: float) -> str:
@@ -607,6 +641,8 @@ class AnswerCheck:
     """Wrong points named for the request's threshold (see `judge_crossing`)."""
     names_crossing: bool = False
     """The answer names the point where the request's threshold is crossed: it needs no value."""
+    left_out: list[str] = field(default_factory=list)
+    """Values the request lists that no task ran with (see `left_out`)."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -620,6 +656,12 @@ class AnswerCheck:
             for n in dict.fromkeys(self.not_run)
         )
         found.extend([*self.misplaced, *self.extremes, *self.unanswered, *self.crossings])
+        if self.left_out:
+            found.append(
+                f"leaves out {', '.join(self.left_out)} of my request: no task ran with them (call "
+                "the tool again with every value of the request in one call, or say that they "
+                "were not computed)"
+            )
         if results_expected and not self.quoted and not self.names_crossing:
             found.append(QUOTES_NONE)
         return "; ".join(found) or None
@@ -644,7 +686,8 @@ def check_answer(
     found too; and numbers of ``not_run`` (argument values no task that ran had: values a call
     dropped) that the answer mentions. Against the ``request`` and the last ensemble: the
     extreme it asks for and the answer leaves out (`unanswered_extreme`), and the point
-    named for a threshold it asks about (`judge_crossing`).
+    named for a threshold it asks about (`judge_crossing`); values the request lists that no task
+    ran with (`left_out`).
     """
     quoted: list[str] = []
     unsupported: list[str] = []
@@ -665,6 +708,9 @@ def check_answer(
     tasks = [t for ensemble in ensembles for t in ensemble]
     last = ensembles[-1] if ensembles else []
     names_crossing, crossings = judge_crossing(request, answer, last)
+    ran = {v for params, _ in tasks for v in params.values()}
+    said = {_as_float(n) for n in dropped}  # already a problem: "mentions 20, but no task ran"
+    missing = [_plain(v) for v in dict.fromkeys(left_out(request, ran)) if v not in said]
     return AnswerCheck(
         quoted,
         unsupported,
@@ -674,6 +720,7 @@ def check_answer(
         unanswered_extreme(request, answer, last),
         crossings,
         names_crossing,
+        missing,
     )
 
 
@@ -686,6 +733,8 @@ def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
     said = [*check.misplaced, *check.extremes, *check.unanswered, *check.crossings]
     lines.extend(f"{FLAG} this answer {m}.]" for m in said)
     lines.extend(f"{FLAG} no task ran with {n}.]" for n in dict.fromkeys(check.not_run))
+    if check.left_out:
+        lines.append(f"{FLAG} no task ran with {', '.join(check.left_out)} of the request.]")
     if not check.quoted and len(lines) == 2:  # no other warning: say why the results follow
         lines.append(f"{FLAG} this answer {QUOTES_NONE}.]")
     lines.append("Results returned by the tools:")
