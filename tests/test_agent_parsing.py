@@ -822,3 +822,33 @@ def test_a_line_ending_in_a_colon_goes_on_with_the_next() -> None:
     assert agent.judge_crossing(THRESHOLD_REQUEST, answer, RAMP)[1] == [
         f"names temperature=300, whose result is 0.3845; {FIRST_ABOVE}"
     ]
+
+
+PAIRS = [
+    ({"pressure": p, "temperature": t}, v)
+    for (p, t), v in {
+        (1, 300): 0.3845,
+        (1, 400): 0.6398,
+        (2, 300): 0.2719,
+        (2, 400): 0.4524,
+    }.items()
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "found"),
+    [
+        (
+            "At (1 atm, 300 K) it is 0.3845 m/s, at (2 atm, 400 K) it is 0.6398 m/s.",
+            "gives 0.6398 for pressure=2, temperature=400, but 0.6398 is the result of "
+            "pressure=1, temperature=400",
+        ),
+        ("At (1 atm, 300 K) it is 0.3845 m/s, at (2 atm, 400 K) it is 0.4524 m/s.", None),
+        ("At 300 K and 400 K the speeds are 0.3845, 0.6398 (1 atm).", None),  # a list
+        ("For 1 atm and 300 K, the speed is 0.3845; for 2 atm, 0.2719 at 300 K.", None),
+    ],
+)
+def test_a_value_put_beside_another_tasks_arguments_in_a_clause_is_found(
+    answer: str, found: str | None
+) -> None:
+    assert agent.misplaced(answer, PAIRS) == ([found] if found else [])

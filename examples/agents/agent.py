@@ -382,33 +382,50 @@ def task_values(structured: Any) -> list[TaskValue]:
     return out
 
 
+_CLAUSE = re.compile(r"[,;](?![^()]*\))")  # a comma or semicolon outside parentheses
+
+
 def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
     """Where ``answer`` puts a returned value beside the arguments of another task, in words.
 
     Judged per line (or sentence): a value stated there (two or more significant digits) must
     belong to a task whose arguments agree with every argument value the line names; a line
     that names no value of an argument is not judged on it, and a line that names several
-    values of one (a list of results) agrees with any of them.
+    values of one (a list of results) agrees with any of them. Such a line is judged again per
+    clause (split at commas outside parentheses): a clause that names one value of each argument
+    it names must agree with them ("at (1 atm, 300 K) is 0.3845, at (2 atm, 400 K) is ...").
     """
     names = {name for params, _ in tasks for name in params}
     candidates = {n: {params[n] for params, _ in tasks if n in params} for n in names}
     found: list[str] = []
     for line in lines_of(answer):
-        written = [_as_float(n) for n in numbers_in(line)]
-        named = {n: {w for w in written if w in candidates[n]} for n in names}
-        for text in numbers_in(line):
-            if significant_digits(text) < 2:
-                continue
-            owners = [params for params, value in tasks if same_number(text, value)]
-            if not owners or any(
-                all(not named[n] or params.get(n) in named[n] for n in names) for params in owners
-            ):
-                continue
-            said = ", ".join(f"{n}={_plain(min(named[n]))}" for n in sorted(named) if named[n])
-            belongs = ", ".join(f"{n}={_plain(v)}" for n, v in sorted(owners[0].items()))
-            found.append(f"gives {text} for {said}, but {text} is the result of {belongs}")
-            break
+        problem = _misplaced_in(line, tasks, candidates, clause=False)
+        for part in _CLAUSE.split(line) if problem is None else ():
+            problem = problem or _misplaced_in(part, tasks, candidates, clause=True)
+        if problem:
+            found.append(problem)
     return found
+
+
+def _misplaced_in(
+    text: str, tasks: Sequence[TaskValue], candidates: Mapping[str, set[float]], clause: bool
+) -> str | None:
+    written = [_as_float(n) for n in numbers_in(text)]
+    named = {n: {w for w in written if w in options} for n, options in candidates.items()}
+    if clause and (not any(named.values()) or any(len(v) > 1 for v in named.values())):
+        return None  # a clause is judged only when it names one value of each argument it names
+    for number in numbers_in(text):
+        if significant_digits(number) < 2:
+            continue
+        owners = [params for params, value in tasks if same_number(number, value)]
+        if not owners or any(
+            all(not named[n] or params.get(n) in named[n] for n in named) for params in owners
+        ):
+            continue
+        said = ", ".join(f"{n}={_plain(min(named[n]))}" for n in sorted(named) if named[n])
+        belongs = ", ".join(f"{n}={_plain(v)}" for n, v in sorted(owners[0].items()))
+        return f"gives {number} for {said}, but {number} is the result of {belongs}"
+    return None
 
 
 _MOST = re.compile(
