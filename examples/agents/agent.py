@@ -54,8 +54,7 @@ NUDGE_AFTER_ERROR = (
 NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
 NO_TOOL_YET = (
     "No tool has run yet, but your answer {problem}. If one of the tools computes what I asked, "
-    "reply with only that tool call, as JSON. If none does, answer without numbers that neither "
-    "I nor a tool gave you."
+    "reply with only that tool call, as JSON. If none does, answer in words."
 )
 NO_TOOL_RAN = FLAG + " no tool ran; {numbers} in this answer come from the model, not from a tool.]"
 STILL_STANDS = (
@@ -596,8 +595,34 @@ def judge_crossing(request: str, answer: str, tasks: Sequence[TaskValue]) -> tup
 _LIST_GAP = re.compile(r"\s*(?:[A-Za-z][\w/]*\s*)?(?:,\s*(?:and\s+|or\s+)?|and\s+|or\s+|/\s*)")
 
 
+_NUM = r"(\d+(?:\.\d+)?)"
+_UNIT = r"\s*(?:[A-Za-z][\w/]*\s*)?"
+_RANGE = re.compile(
+    rf"\b(?:from|between)\s+{_NUM}{_UNIT}(?:to|and|-)\s*{_NUM}{_UNIT},?\s*"
+    rf"(?:(?:in\s+steps\s+of|every|in\s+increments\s+of|with\s+a\s+step\s+of)\s+{_NUM}"
+    rf"|in\s+{_NUM}{_UNIT}(?:steps|increments))",
+    re.IGNORECASE,
+)
+MAX_RANGE = 10_000  # values a range in a request may expand to before it is not judged
+
+
+def ranges_in(request: str) -> list[list[float]]:
+    """The ranges ``request`` writes out ("from 300 K to 500 K in steps of 25 K"), expanded."""
+    expanded = []
+    for found in _RANGE.finditer(request):
+        start, stop = float(found.group(1)), float(found.group(2))
+        step = float(found.group(3) or found.group(4))
+        if step > 0 and start <= stop and (stop - start) / step < MAX_RANGE:
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            expanded.append([round(start + k * step, 9) for k in range(count)])
+    return expanded
+
+
 def listed_values(request: str) -> list[list[float]]:
-    """The lists of numbers ``request`` writes ("1, 2 and 5 atm", "0.5 atm/320 K")."""
+    """The lists of numbers ``request`` writes ("1, 2 and 5 atm", "0.5 atm/320 K").
+
+    Its ranges ("from 300 K to 500 K in steps of 25 K") come too, expanded (`ranges_in`).
+    """
     lists: list[list[float]] = []
     end = -1
     for found in _NUMBER.finditer(request):
@@ -607,7 +632,7 @@ def listed_values(request: str) -> list[list[float]]:
         else:
             lists.append([value])
         end = found.end()
-    return [values for values in lists if len(values) > 1]
+    return [values for values in lists if len(values) > 1] + ranges_in(request)
 
 
 def left_out(request: str, ran: Collection[float]) -> list[float]:
@@ -842,15 +867,14 @@ class Evidence:
     def before_any_call(self, answer: str, parameters: Mapping[str, Collection[str]]) -> str | None:
         """What is wrong with an answer given before any tool ran, in words; None if nothing.
 
-        It may not state numbers that neither the user nor a tool description gave, nor write
-        out a tool's arguments instead of calling it.
+        It may not write out a tool's arguments instead of calling it. (Numbers of its own are
+        flagged when the answer is given, not asked about: asked, a small model makes up a call
+        for a question no tool answers, such as 300 K in Celsius.)
         """
         if self.calls:
             return None
         if tool := described_call(answer, parameters):
             return f"writes out arguments for {tool} but does not call it"
-        if unsupported := check_answer(answer, [], self.given).unsupported:
-            return f"states {', '.join(dict.fromkeys(unsupported))}, which no tool returned"
         return None
 
 
