@@ -727,41 +727,43 @@ FIRST_ABOVE = "the first temperature whose result is above 0.6 is 400 (0.6398)"
 
 
 @pytest.mark.parametrize(
-    ("answer", "named", "found"),
+    ("answer", "found"),
     [
-        ("The flame speed first exceeds 0.6 m/s at 400 K (0.6398 m/s).", True, None),
-        ("It crosses 0.6 between 350 K and 400 K.", True, None),
+        ("The flame speed first exceeds 0.6 m/s at 400 K (0.6398 m/s).", None),
+        ("It crosses 0.6 between 350 K and 400 K.", None),
         (
             "The flame speed first exceeds 0.6 m/s at 300 K.",
-            False,
             f"names temperature=300, whose result is 0.3845; {FIRST_ABOVE}",
         ),
         (
             "At 450 K it is 0.7881, which is above 0.6.",
-            False,
             f"names temperature=450, whose result is 0.7881; {FIRST_ABOVE}",
         ),
-        ("At 300 K: 0.3845. At 400 K: 0.6398. At 450 K: 0.7881.", False, None),  # no bound stated
+        ("At 300 K: 0.3845. At 400 K: 0.6398. At 450 K: 0.7881.", None),  # no bound stated
     ],
 )
-def test_the_point_named_for_a_threshold_is_judged(
-    answer: str, named: bool, found: str | None
-) -> None:
-    judged = agent.judge_crossing(THRESHOLD_REQUEST, answer, RAMP)
-    assert judged == (named, [found] if found else [])
+def test_the_point_named_for_a_threshold_is_judged(answer: str, found: str | None) -> None:
+    assert agent.wrong_crossings(THRESHOLD_REQUEST, answer, RAMP) == ([found] if found else [])
 
 
-def test_a_threshold_answer_naming_the_right_point_needs_no_value() -> None:
+def test_a_threshold_answer_quotes_a_result_too_and_a_bound_none_passes_is_said() -> None:
     given = [0.6, 300, 350, 400, 450]  # the request's bound and the call's arguments
-    answer = "Above 0.6 from 400 K."
-    right = agent.check_answer(answer, [0.6398], given, [RAMP], (), THRESHOLD_REQUEST)
-    assert right.problems(results_expected=True) is None
-    assert agent.asked_bound("speeds below 2.5e-1 please") == (0.25, False)
-    none_above = agent.judge_crossing("where is it above 0.9?", "Above 0.9 at 450 K.", RAMP)
-    assert none_above == (
-        False,
-        ["names temperature=450, whose result is 0.7881; no result is above 0.9"],
+    bare = agent.check_answer(
+        "Above 0.6 from 400 K.", [0.6398], given, [RAMP], (), THRESHOLD_REQUEST
     )
+    assert bare.problems(results_expected=True) == agent.QUOTES_NONE
+    assert agent.asked_bound("speeds below 2.5e-1 please") == (0.25, False)
+    none_above = agent.wrong_crossings("where is it above 0.9?", "Above 0.9 at 450 K.", RAMP)
+    assert none_above == ["names temperature=450, whose result is 0.7881; no result is above 0.9"]
+
+
+def test_a_sentence_naming_both_extremes_is_judged_per_clause() -> None:
+    answer = "So the fastest is at 2 atm and 300 K with 0.2719 m/s, and the slowest is 0.6398 m/s."
+    assert agent.wrong_extremes(answer, [GRID]) == [
+        "calls 0.2719 the fastest, but the largest result is 0.6398 at pressure=1, temperature=400",
+        "calls 0.6398 the slowest, but the smallest result is 0.2719 at pressure=2, "
+        "temperature=300",
+    ]
 
 
 async def test_a_failed_call_after_results_is_not_answered_as_if_nothing_ran() -> None:
@@ -818,7 +820,7 @@ async def test_an_answer_about_a_call_that_left_out_listed_values_is_asked_again
 def test_a_line_ending_in_a_colon_goes_on_with_the_next() -> None:
     answer = "The first temperature above 0.6 is:\n\n**300 K**"
     assert agent.lines_of(answer) == ["The first temperature above 0.6 is: **300 K**"]
-    assert agent.judge_crossing(THRESHOLD_REQUEST, answer, RAMP)[1] == [
+    assert agent.wrong_crossings(THRESHOLD_REQUEST, answer, RAMP) == [
         f"names temperature=300, whose result is 0.3845; {FIRST_ABOVE}"
     ]
 

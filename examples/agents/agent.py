@@ -442,21 +442,31 @@ def wrong_extremes(answer: str, ensembles: Sequence[Sequence[TaskValue]]) -> lis
     results: the first result stated there must not be the other extreme. When the ensemble
     varies one argument only, "the largest" has one meaning, so the first result stated must be
     the largest itself, and the first value of that argument named (if no result is stated)
-    must be where the largest occurs.
+    must be where the largest occurs. A sentence with words of both sides is judged per clause
+    ("the fastest is ..., and the slowest is ...").
     """
     found: list[str] = []
     names = {n.lower() for tasks in ensembles for params, _ in tasks for n in params}
-    for line in lines_of(answer):
-        side = extreme_word(line, names)
-        if side is None:
-            continue
-        word, most = side
+    for line, (word, most) in extreme_claims(answer, names):
         for tasks in ensembles:
             problem = _extreme_problem(line, word, most, tasks)
             if problem:
                 found.append(problem)
                 break
     return found
+
+
+def extreme_claims(answer: str, names: Collection[str]) -> list[tuple[str, tuple[str, bool]]]:
+    """The lines of ``answer`` that speak of the largest or smallest result, with their word.
+
+    A line with words of both sides is split into clauses (at commas outside parentheses).
+    """
+    parts = [
+        part
+        for line in lines_of(answer)
+        for part in (_CLAUSE.split(line) if _MOST.search(line) and _LEAST.search(line) else [line])
+    ]
+    return [(part, side) for part in parts if (side := extreme_word(part, names))]
 
 
 def _extreme_problem(line: str, word: str, most: bool, tasks: Sequence[TaskValue]) -> str | None:
@@ -517,8 +527,7 @@ def unanswered_extreme(request: str, answer: str, tasks: Sequence[TaskValue]) ->
     if asked is None or len(set(values)) < 2:
         return []
     word, most = asked
-    sides = [extreme_word(line, names) for line in lines_of(answer)]
-    if any(side is not None and side[1] == most for side in sides):
+    if any(side == most for _, (_, side) in extreme_claims(answer, names)):
         return []  # it says which; `wrong_extremes` judges whether rightly
     return [f"does not say which result is the {word}: {_extreme_fact(tasks, most)}"]
 
@@ -555,28 +564,25 @@ def asked_bound(request: str) -> tuple[float, bool] | None:
     return _as_float(written[0]), not below
 
 
-def judge_crossing(request: str, answer: str, tasks: Sequence[TaskValue]) -> tuple[bool, list[str]]:
-    """Whether ``answer`` names the point where the threshold ``request`` asks about is crossed.
+def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> list[str]:
+    """Where ``answer`` names the wrong point for the threshold ``request`` asks about, in words.
 
     Judged when the ensemble varies one argument, on each line of the answer that states the
     bound: the values of that argument named there must include the first one (in the order
-    the tasks ran) whose result is beyond the bound. Returns whether a line names it, and the
-    wrong point named, in words.
+    the tasks ran) whose result is beyond the bound.
     """
     asked, varying = asked_bound(request), _varying(tasks)
     if asked is None or len(varying) != 1:
-        return False, []
+        return []
     bound, above = asked
     name, side = varying[0], "above" if asked[1] else "below"
     result_at = {params[name]: value for params, value in tasks}
     crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
-    right = False
     for line in lines_of(answer):
         written = [_as_float(n) for n in numbers_in(line)]
         if bound not in written:
             continue
         named = [w for w in written if w in result_at and w != bound]
-        right = right or crossing in named
         if not named or crossing in named:
             continue
         said = named[0]
@@ -588,8 +594,8 @@ def judge_crossing(request: str, answer: str, tasks: Sequence[TaskValue]) -> tup
                 f"({_plain(result_at[crossing])})"
             )
         said_result = _plain(result_at[said])
-        return False, [f"names {name}={_plain(said)}, whose result is {said_result}; {fact}"]
-    return right, []
+        return [f"names {name}={_plain(said)}, whose result is {said_result}; {fact}"]
+    return []
 
 
 _LIST_GAP = re.compile(r"\s*(?:[A-Za-z][\w/]*\s*)?(?:,\s*(?:and\s+|or\s+)?|and\s+|or\s+|/\s*)")
@@ -680,9 +686,7 @@ class AnswerCheck:
     unanswered: list[str] = field(default_factory=list)
     """The extreme the request asks for, when the answer never says it (`unanswered_extreme`)."""
     crossings: list[str] = field(default_factory=list)
-    """Wrong points named for the request's threshold (see `judge_crossing`)."""
-    names_crossing: bool = False
-    """The answer names the point where the request's threshold is crossed: it needs no value."""
+    """Wrong points named for the request's threshold (see `wrong_crossings`)."""
     left_out: list[str] = field(default_factory=list)
     """Values the request lists that no task ran with (see `left_out`)."""
 
@@ -704,7 +708,7 @@ class AnswerCheck:
                 "the tool again with every value of the request in one call, or say that they "
                 "were not computed)"
             )
-        if results_expected and not self.quoted and not self.names_crossing:
+        if results_expected and not self.quoted:
             found.append(QUOTES_NONE)
         return "; ".join(found) or None
 
@@ -728,7 +732,7 @@ def check_answer(
     found too; and numbers of ``not_run`` (argument values no task that ran had: values a call
     dropped) that the answer mentions. Against the ``request`` and the last ensemble: the
     extreme it asks for and the answer leaves out (`unanswered_extreme`), and the point
-    named for a threshold it asks about (`judge_crossing`); values the request lists that no task
+    named for a threshold it asks about (`wrong_crossings`); values the request lists that no task
     ran with (`left_out`).
     """
     quoted: list[str] = []
@@ -749,7 +753,6 @@ def check_answer(
             unsupported.append(written)
     tasks = [t for ensemble in ensembles for t in ensemble]
     last = ensembles[-1] if ensembles else []
-    names_crossing, crossings = judge_crossing(request, answer, last)
     ran = {v for params, _ in tasks for v in params.values()}
     said = {_as_float(n) for n in dropped}  # already a problem: "mentions 20, but no task ran"
     missing = [_plain(v) for v in dict.fromkeys(left_out(request, ran)) if v not in said]
@@ -760,8 +763,7 @@ def check_answer(
         wrong_extremes(answer, ensembles),
         dropped,
         unanswered_extreme(request, answer, last),
-        crossings,
-        names_crossing,
+        wrong_crossings(request, answer, last),
         missing,
     )
 
