@@ -753,6 +753,8 @@ def test_a_threshold_answer_quotes_a_result_too_and_a_bound_none_passes_is_said(
     )
     assert bare.problems(results_expected=True) == agent.QUOTES_NONE
     assert agent.asked_bound("speeds below 2.5e-1 please") == (0.25, False)
+    assert agent.asked_bound("sweep over 1, 5 and 10 atm") is None  # a list, not a bound
+    assert agent.asked_bound("over 1, 5 and 10 atm, where is it above 0.9?") == (0.9, True)
     none_above = agent.wrong_crossings("where is it above 0.9?", "Above 0.9 at 450 K.", RAMP)
     assert none_above == ["names temperature=450, whose result is 0.7881; no result is above 0.9"]
 

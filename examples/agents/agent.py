@@ -555,13 +555,18 @@ _BELOW = ("below", "under", "less", "lower", "slower")
 
 
 def asked_bound(request: str) -> tuple[float, bool] | None:
-    """The threshold ``request`` asks about ("first exceeds 0.6"): (bound, True for above)."""
-    found = _BOUND.search(request)
-    written = numbers_in(request[found.end() :])[:1] if found else []
-    if found is None or not written:
-        return None
-    below = found.group("word").lower().startswith(_BELOW)
-    return _as_float(written[0]), not below
+    """The threshold ``request`` asks about ("first exceeds 0.6"): (bound, True for above).
+
+    A number that starts a list ("sweep over 1, 5 and 10 atm") is not a bound.
+    """
+    for found in _BOUND.finditer(request):
+        number = _NUMBER.match(request, found.end())
+        if number is None:
+            continue
+        value, after = _as_float(number.group(0)), listed_values(request[number.start() :])
+        if not (after and after[0][0] == value):
+            return value, not found.group("word").lower().startswith(_BELOW)
+    return None
 
 
 def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> list[str]:
