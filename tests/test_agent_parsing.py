@@ -827,17 +827,6 @@ def test_a_line_ending_in_a_colon_goes_on_with_the_next() -> None:
     ]
 
 
-PAIRS = [
-    ({"pressure": p, "temperature": t}, v)
-    for (p, t), v in {
-        (1, 300): 0.3845,
-        (1, 400): 0.6398,
-        (2, 300): 0.2719,
-        (2, 400): 0.4524,
-    }.items()
-]
-
-
 @pytest.mark.parametrize(
     ("answer", "found"),
     [
@@ -854,4 +843,4 @@ PAIRS = [
 def test_a_value_put_beside_another_tasks_arguments_in_a_clause_is_found(
     answer: str, found: str | None
 ) -> None:
-    assert agent.misplaced(answer, PAIRS) == ([found] if found else [])
+    assert agent.misplaced(answer, GRID) == ([found] if found else [])

@@ -580,7 +580,7 @@ def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> li
     if asked is None or len(varying) != 1:
         return []
     bound, above = asked
-    name, side = varying[0], "above" if asked[1] else "below"
+    name, side = varying[0], "above" if above else "below"
     result_at = {params[name]: value for params, value in tasks}
     crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
     for line in lines_of(answer):
