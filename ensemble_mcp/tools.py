@@ -226,9 +226,9 @@ def _param(pname: str, annotation: Any, default: Any, doc_text: str | None) -> P
 
 
 _RELATION_HELP = (
-    '"one-to-one" (default): element i of every list forms task i; '
-    '"many-to-many": every combination of the lists (a full grid, all pairs, '
-    "a sweep of one list against another)."
+    '"one-to-one" (default): element i of every list forms task i, for cases given point by '
+    'point; "many-to-many": every combination of the lists (a grid), the only relation for '
+    "lists of different lengths. No other value."
 )
 
 
@@ -278,12 +278,12 @@ def describe(spec: EnsembleSpec, *, max_tasks: int) -> str:
         a, b = names[0], names[1]
         pa, pb = _param_by_name(spec, a), _param_by_name(spec, b)
         lines += [
-            f"- one-to-one (default) pairs the lists: {a}={_sample(pa, 2)}, {b}={_sample(pb, 2, 1)}"
-            " -> 2 tasks.",
-            f'- relation="many-to-many" runs every combination (full grid): {a}={_sample(pa, 2)}, '
-            f"{b}={_sample(pb, 3, 1)} -> 6 tasks.",
-            f"- One value (or a 1-element list) is used for every task: {a}={_sample(pa, 3)}, "
-            f"{b}={_sample(pb, 1, 1)[1:-1]} -> 3 tasks.",
+            f"- Points (each {a} with its own {b}): one-to-one, the default, pairs the lists: "
+            f"{a}={_sample(pa, 2)}, {b}={_sample(pb, 2, 1)} -> 2 tasks.",
+            "- Every combination (a grid; the only meaning of lists of different lengths): "
+            f'relation="many-to-many": {a}={_sample(pa, 2)}, {b}={_sample(pb, 3, 1)} -> 6 tasks.',
+            f"- One value for every task, under either relation: a 1-element list, {a}="
+            f"{_sample(pa, 3)}, {b}={_sample(pb, 1, 1)} -> 3 tasks.",
         ]
     elif names:
         lines.append(f"Example: {names[0]}={_sample(spec.params[0], 3)} -> 3 tasks.")

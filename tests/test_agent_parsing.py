@@ -63,6 +63,13 @@ def test_the_tool_name_written_under_function_is_taken_as_the_name() -> None:
     assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
 
 
+def test_an_object_keyed_by_a_tools_name_holds_its_arguments() -> None:
+    text = "```json\n" + json.dumps({"flame_speed": ARGS}, indent=2) + "\n```"
+    assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
+    table = json.dumps({"flame_speeds": [0.38, 0.27]})  # not a tool's name: an answer
+    assert agent.parse_text_tool_calls(table, TOOLS) == []
+
+
 def test_parameters_is_an_alias_of_arguments() -> None:
     text = json.dumps({"name": "flame_speed", "parameters": ARGS})
     assert agent.parse_text_tool_calls(text, TOOLS) == [ToolCall("flame_speed", ARGS)]
@@ -844,3 +851,53 @@ def test_a_value_put_beside_another_tasks_arguments_in_a_clause_is_found(
     answer: str, found: str | None
 ) -> None:
     assert agent.misplaced(answer, GRID) == ([found] if found else [])
+
+
+@pytest.mark.parametrize(
+    ("request_text", "tasks", "facts"),
+    [
+        (
+            "Which pressure gives the slowest flame?",
+            SWEEP,
+            ["The smallest result is 0.1216 at pressure=10."],
+        ),
+        (
+            "Where is the flame fastest?",
+            GRID,
+            ["The largest result is 0.6398 at pressure=1, temperature=400."],
+        ),
+        (THRESHOLD_REQUEST, RAMP, [f"{FIRST_ABOVE[0].upper()}{FIRST_ABOVE[1:]}."]),
+        ("Where is it above 0.9?", RAMP, ["No result is above 0.9."]),
+        ("Flame speeds at 1, 2 and 10 atm?", SWEEP, []),  # no question the results settle
+    ],
+)
+def test_the_facts_a_question_asks_for_are_read_from_the_results(
+    request_text: str, tasks: list[agent.TaskValue], facts: list[str]
+) -> None:
+    assert agent.asked_facts(request_text, tasks) == facts
+
+
+async def test_an_answer_that_misreads_the_extreme_twice_is_replaced_by_the_results() -> None:
+    server = build_server()
+    call = {"name": "add", "arguments": {"a": [1, 2, 3], "b": 10}}
+    wrong = "The largest sum is 11.0, at a=1."
+    model = ScriptedModel([_text(call), _text(wrong), _text(wrong)])
+    record = await agent.run_agent(
+        "Which of 1, 2 and 3 gives the largest sum with 10?", server, model, io.StringIO()
+    )
+    assert record.answer is not None and record.results_appended
+    facts, blank, flag, _ = record.answer.split("\n", 3)
+    assert (facts, blank, flag) == ("The largest result is 13 at a=3.", "", agent.CORRECTED)
+    assert "11.0, at a=1" not in record.answer  # the misreading is not passed on
+    assert "#2 a=3.0, b=10.0 -> 13.0" in record.answer  # the results follow
+
+
+async def test_an_answer_with_other_problems_keeps_its_text_and_gets_the_flags() -> None:
+    server = build_server()
+    call = {"name": "add", "arguments": {"a": [1, 2, 3], "b": 10}}
+    invented = "The sums are 11.0, 12.0 and 13.5."
+    model = ScriptedModel([_text(call), _text(invented), _text(invented)])
+    record = await agent.run_agent("add 10 to 1, 2 and 3", server, model, io.StringIO())
+    assert record.answer is not None and record.answer.startswith(invented)
+    assert f"{agent.FLAG} 13.5 in this answer" in record.answer
+    assert agent.CORRECTED not in record.answer

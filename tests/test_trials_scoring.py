@@ -263,3 +263,23 @@ def test_a_result_put_beside_another_tasks_parameters_is_wrong() -> None:
     assert scoring.score(request, record(grid, answer=right), SPEC, truth).answer_right
     s = scoring.score(request, record(grid, answer=swapped), SPEC, truth)
     assert not s.answer_right and s.silent_wrong
+
+
+def test_a_sentence_naming_both_extremes_is_judged_per_clause() -> None:
+    both = "The slowest is at 10 atm (0.1216 m/s), the fastest at 1 atm (0.3845 m/s)."
+    assert scoring.score(FASTEST, record(FASTEST_CALL, answer=both), SPEC, truth).answer_right
+    swapped = "The slowest is at 1 atm (0.3845 m/s), the fastest at 10 atm (0.1216 m/s)."
+    s = scoring.score(FASTEST, record(FASTEST_CALL, answer=swapped), SPEC, truth)
+    assert s.quotes and not s.answer_right
+
+
+def test_the_agents_reading_of_the_results_is_right_and_flagged() -> None:
+    summary = (
+        "flame_speed: 4 tasks, 4 success; min 0.1216 at pressure=10.0, max 0.3845 at "
+        "pressure=1.0, 4 distinct results of 4; 0.003 s"
+    )
+    ran = {**FASTEST_CALL, "text": summary}  # the run time is a number the model was shown
+    facts = ["The largest result is 0.3845 at pressure=1."]
+    answer = scoring.agent.read_for_the_user(facts, [], [summary])
+    s = scoring.score(FASTEST, record(ran, answer=answer), SPEC, truth)
+    assert s.answer_right and s.quotes and s.visible_failure and not s.silent_wrong

@@ -35,8 +35,10 @@ MAX_RECORDED_TASKS = 1000  # tasks per call kept in the record
 OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
-    "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
-    'object {"name": "<tool>", "arguments": {...}}. Once a tool has returned the results the '
+    "invent numbers. Call a tool only when the user needs a value it computes; answer any other "
+    "question (what the tools do, general knowledge) in words, calling none. To call a tool, "
+    'use the tool-calling interface or reply with only a JSON object {"name": "<tool>", '
+    '"arguments": {...}}. Once a tool has returned the results the '
     "user asked for, call no more tools: answer the user, giving each result they asked for "
     "with the parameters it belongs to (a result's first line gives its smallest and largest "
     "value, and where each occurs)."
@@ -52,6 +54,10 @@ NUDGE_AFTER_ERROR = (
     "corrected tool call, as JSON, the way the error message shows it; no other text."
 )
 NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
+CORRECTED = (
+    f"{FLAG} the model's answer misread the results, so it is left out; the line above "
+    "is read from the results by agent.py.]"
+)
 NO_TOOL_YET = (
     "No tool has run yet, but your answer {problem}. If one of the tools computes what I asked, "
     "reply with only that tool call, as JSON. If none does, answer in words."
@@ -149,6 +155,15 @@ def _calls_from_value(value: Any, tool_names: Sequence[str]) -> list[Parsed]:
     return [call_from_object(item, tool_names) for item in items]
 
 
+def _keyed_by_tool(value: Any, tool_names: Sequence[str]) -> Any:
+    """``{"<tool>": {...arguments}}`` as ``{"name": "<tool>", "arguments": {...}}``; else as is."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, arguments),) = value.items()
+        if key in tool_names and isinstance(arguments, dict):
+            return {"name": key, "arguments": arguments}
+    return value
+
+
 def _is_call_value(value: Any) -> bool:
     items = value if isinstance(value, list) else [value]
     return bool(items) and all(
@@ -183,13 +198,15 @@ def parse_text_tool_calls(text: str, tool_names: Sequence[str]) -> list[Parsed]:
     """Find the tool calls a model wrote in its message text.
 
     Fenced blocks (```json ... ```), ``<tool_call>`` tags and bare JSON objects in prose are all
-    understood; a block holding a list of calls gives several calls. JSON that is not a tool call
+    understood; a block holding a list of calls gives several calls, and an object whose one key
+    is a tool's name holds that tool's arguments. JSON that is not a tool call
     (say, a table of results) is ignored; JSON that tries to be one but does not decode becomes a
     `CallProblem`. An empty list means the message is a plain answer.
     """
     blocks = [body for _, body in _FENCE.findall(text)] + _TAGGED.findall(text)
     if not blocks:
         values, failed = _bare_json_values(text)
+        values = [_keyed_by_tool(v, tool_names) for v in values]
         calls = [c for v in values if _is_call_value(v) for c in _calls_from_value(v, tool_names)]
         if not calls and failed:
             return [CallProblem(f"the tool call in your message is not valid JSON; {_CALL_SHAPE}")]
@@ -204,7 +221,7 @@ def parse_text_tool_calls(text: str, tool_names: Sequence[str]) -> list[Parsed]:
                     CallProblem(f"the tool call is not valid JSON ({exc}); {_CALL_SHAPE}")
                 )
             continue
-        for value in values:
+        for value in (_keyed_by_tool(v, tool_names) for v in values):
             if _is_call_value(value):
                 parsed.extend(_calls_from_value(value, tool_names))
     return parsed
@@ -384,6 +401,11 @@ def task_values(structured: Any) -> list[TaskValue]:
 _CLAUSE = re.compile(r"[,;](?![^()]*\))")  # a comma or semicolon outside parentheses
 
 
+def clauses(text: str) -> list[str]:
+    """The clauses of ``text``: split at commas and semicolons outside parentheses."""
+    return _CLAUSE.split(text)
+
+
 def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
     """Where ``answer`` puts a returned value beside the arguments of another task, in words.
 
@@ -399,7 +421,7 @@ def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
     found: list[str] = []
     for line in lines_of(answer):
         problem = _misplaced_in(line, tasks, candidates, clause=False)
-        for part in _CLAUSE.split(line) if problem is None else ():
+        for part in clauses(line) if problem is None else ():
             problem = problem or _misplaced_in(part, tasks, candidates, clause=True)
         if problem:
             found.append(problem)
@@ -464,7 +486,7 @@ def extreme_claims(answer: str, names: Collection[str]) -> list[tuple[str, tuple
     parts = [
         part
         for line in lines_of(answer)
-        for part in (_CLAUSE.split(line) if _MOST.search(line) and _LEAST.search(line) else [line])
+        for part in (clauses(line) if _MOST.search(line) and _LEAST.search(line) else [line])
     ]
     return [(part, side) for part in parts if (side := extreme_word(part, names))]
 
@@ -576,13 +598,10 @@ def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> li
     bound: the values of that argument named there must include the first one (in the order
     the tasks ran) whose result is beyond the bound.
     """
-    asked, varying = asked_bound(request), _varying(tasks)
-    if asked is None or len(varying) != 1:
+    found = _crossing(request, tasks)
+    if found is None:
         return []
-    bound, above = asked
-    name, side = varying[0], "above" if above else "below"
-    result_at = {params[name]: value for params, value in tasks}
-    crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
+    name, bound, result_at, crossing, fact = found
     for line in lines_of(answer):
         written = [_as_float(n) for n in numbers_in(line)]
         if bound not in written:
@@ -591,16 +610,49 @@ def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> li
         if not named or crossing in named:
             continue
         said = named[0]
-        if crossing is None:
-            fact = f"no result is {side} {_plain(bound)}"
-        else:
-            fact = (
-                f"the first {name} whose result is {side} {_plain(bound)} is {_plain(crossing)} "
-                f"({_plain(result_at[crossing])})"
-            )
-        said_result = _plain(result_at[said])
-        return [f"names {name}={_plain(said)}, whose result is {said_result}; {fact}"]
+        return [f"names {name}={_plain(said)}, whose result is {_plain(result_at[said])}; {fact}"]
     return []
+
+
+def _crossing(
+    request: str, tasks: Sequence[TaskValue]
+) -> tuple[str, float, dict[float, float], float | None, str] | None:
+    """The threshold ``request`` asks about, read from ``tasks`` that vary one argument.
+
+    (that argument, the bound, the result at each of its values, the first value beyond the
+    bound or None, that fact in words); None when there is no such question or ensemble.
+    """
+    asked, varying = asked_bound(request), _varying(tasks)
+    if asked is None or len(varying) != 1:
+        return None
+    bound, above = asked
+    name, side = varying[0], "above" if above else "below"
+    result_at = {params[name]: value for params, value in tasks}
+    crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
+    if crossing is None:
+        fact = f"no result is {side} {_plain(bound)}"
+    else:
+        fact = (
+            f"the first {name} whose result is {side} {_plain(bound)} is {_plain(crossing)} "
+            f"({_plain(result_at[crossing])})"
+        )
+    return name, bound, result_at, crossing, fact
+
+
+def asked_facts(request: str, tasks: Sequence[TaskValue]) -> list[str]:
+    """What ``tasks`` say to the question ``request`` asks, as sentences; [] if it asks none.
+
+    The questions read are those the answer check judges: the largest or smallest result
+    (`extreme_word`) and the first point beyond a threshold (`asked_bound`).
+    """
+    facts = []
+    names = {n.lower() for params, _ in tasks for n in params}
+    asked = extreme_word(request, names)
+    if asked is not None and len({v for _, v in tasks}) > 1:
+        facts.append(_extreme_fact(tasks, asked[1]))
+    if (found := _crossing(request, tasks)) is not None:
+        facts.append(found[-1])
+    return [f"{fact[0].upper()}{fact[1:]}." for fact in facts]
 
 
 _LIST_GAP = re.compile(r"\s*(?:[A-Za-z][\w/]*\s*)?(?:,\s*(?:and\s+|or\s+)?|and\s+|or\s+|/\s*)")
@@ -771,6 +823,20 @@ def check_answer(
         wrong_crossings(request, answer, last),
         missing,
     )
+
+
+def read_for_the_user(
+    facts: Sequence[str], left_out: Sequence[str], result_texts: Sequence[str]
+) -> str:
+    """The answer the agent gives instead of one that misreads the results.
+
+    ``facts`` read from the results by code (`asked_facts`), flags (that, and the values of the
+    request ``left_out``), then the results.
+    """
+    lines = [*facts, "", CORRECTED]
+    if left_out:
+        lines.append(f"{FLAG} no task ran with {', '.join(left_out)} of the request.]")
+    return "\n".join([*lines, "Results returned by the tools:", *result_texts])
 
 
 def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
@@ -1058,12 +1124,21 @@ async def _converse(
 
 
 def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Record:
-    """Give ``answer``; add the results when it still fails its check."""
+    """Give ``answer``; add the results when it still fails its check.
+
+    An answer that still misreads which result is the largest or smallest, or where a threshold
+    is crossed, is not given: the agent reads that from the results itself (`asked_facts`).
+    """
     check, problems = evidence.check(answer)
+    misread = check.extremes or check.unanswered or check.crossings
+    facts = asked_facts(evidence.request, evidence.ensembles[-1]) if misread else []
     if problems:
         record.answer_problems.append(problems)
         record.results_appended = True
-        answer = (answer + results_appendix(check, evidence.texts)).strip()
+        if facts:
+            answer = read_for_the_user(facts, check.left_out, evidence.texts)
+        else:
+            answer = (answer + results_appendix(check, evidence.texts)).strip()
     elif evidence.calls and not evidence.texts:  # calls were made, none succeeded
         answer = f"{answer}\n\n{NO_RESULT}".strip()
     elif not evidence.calls and (unsupported := check.unsupported):

@@ -177,8 +177,9 @@ def test_description_teaches_fan_out_relations_broadcast_and_cap_then_the_docstr
     lines = text.splitlines()
     assert "ONE call" in lines[0]
     assert 'relation="many-to-many"' in text and "-> 6 tasks" in text
-    assert "one-to-one (default)" in text and "-> 2 tasks" in text
-    assert "used for every task" in text and "temperature=300.0 -> 3 tasks" in text
+    assert "one-to-one, the default" in text and "-> 2 tasks" in text
+    assert "the only meaning of lists of different lengths" in text
+    assert "One value for every task" in text and "temperature=[300.0] -> 3 tasks" in text
     assert "At most 10,000 tasks" in text
     assert text.endswith("Returns:\n    The speed in m/s.")
     preamble = text.split("\n\n")[0]

@@ -258,7 +258,7 @@ def _names_right_point(
     """
     right = dict(point)
     found = False
-    for sentence in _SENTENCE.split(answer):
+    for sentence in _claims(answer):
         if not _WORDS[kind].search(sentence):
             continue
         for name in params:
@@ -274,6 +274,22 @@ def _names_right_point(
                 return False
             found = True
     return found
+
+
+def _claims(answer: str) -> list[str]:
+    """The sentences of ``answer``, one with words of both extremes split into its clauses.
+
+    "The slowest is at 10 atm, the fastest at 1 atm" holds two claims, as in `agent.extreme_claims`.
+    """
+    return [
+        part
+        for sentence in _SENTENCE.split(answer)
+        for part in (
+            agent.clauses(sentence)
+            if _WORDS["max"].search(sentence) and _WORDS["min"].search(sentence)
+            else [sentence]
+        )
+    ]
 
 
 @dataclass
