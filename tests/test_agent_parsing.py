@@ -565,6 +565,17 @@ async def test_arguments_written_out_instead_of_a_call_are_asked_for_as_a_call()
     assert record.answer == "3.0 and 6.0." and record.answer_problems == [problem]
 
 
+async def test_arguments_written_out_again_when_asked_for_the_call_are_the_call() -> None:
+    plan = 'I would call flame_speed with ```json\n{"pressure": [1, 2], "temperature": [3, 3]}\n```'
+    again = 'Call flame_speed:\n```json\n{"pressure": [1, 2], "temperature": [3, 3]}\n```'
+    model = ScriptedModel([_text(plan), _text(again), _text("3.0 and 6.0.")])
+    record = await agent.run_agent("1 and 2 at 3?", _flame_server(), model, io.StringIO())
+    assert [(c["name"], c["status"]) for c in record.calls] == [("flame_speed", "ok")]
+    assert record.calls[0]["arguments"] == {"pressure": [1, 2], "temperature": [3, 3]}
+    assert model.seen[2][-2]["tool_calls"][0]["function"]["name"] == "flame_speed"
+    assert record.answer == "3.0 and 6.0."
+
+
 def test_run_times_and_other_numbers_of_a_result_may_be_repeated() -> None:
     text = "flame_speed: 1 task; 0.0123 s\n#0 pressure=1.0 -> 0.3845 (8.6e-05 s)"
     seen = agent.other_numbers(text, [0.3845])

@@ -35,10 +35,8 @@ MAX_RECORDED_TASKS = 1000  # tasks per call kept in the record
 OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
-    "invent numbers. Call a tool only when the user needs a value it computes; answer any other "
-    "question (what the tools do, general knowledge) in words, calling none. To call a tool, "
-    'use the tool-calling interface or reply with only a JSON object {"name": "<tool>", '
-    '"arguments": {...}}. Once a tool has returned the results the '
+    "invent numbers. To call a tool, use the tool-calling interface or reply with only a JSON "
+    'object {"name": "<tool>", "arguments": {...}}. Once a tool has returned the results the '
     "user asked for, call no more tools: answer the user, giving each result they asked for "
     "with the parameters it belongs to (a result's first line gives its smallest and largest "
     "value, and where each occurs)."
@@ -713,16 +711,18 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def described_call(text: str, parameters: Mapping[str, Collection[str]]) -> str | None:
-    """The tool whose arguments ``text`` writes out as a JSON object without calling it.
+def described_call(text: str, parameters: Mapping[str, Collection[str]]) -> ToolCall | None:
+    """The call whose arguments ``text`` writes out as a JSON object without making it.
 
     ``parameters`` maps each tool to its parameter names; an object whose keys are all
     parameters of one tool is taken as that tool's arguments (the one named in the text first).
     """
     values, _ = _bare_json_values(text)
     objects = [v for v in values if isinstance(v, dict) and v and not _is_call_value(v)]
-    fits = [t for t, names in parameters.items() for o in objects if o.keys() <= set(names)]
-    named = [t for t in fits if t in text]
+    fits = [
+        ToolCall(t, o) for o in objects for t, names in parameters.items() if o.keys() <= set(names)
+    ]
+    named = [c for c in fits if c.name in text]
     return next(iter(named or fits), None)
 
 
@@ -946,8 +946,8 @@ class Evidence:
         """
         if self.calls:
             return None
-        if tool := described_call(answer, parameters):
-            return f"writes out arguments for {tool} but does not call it"
+        if described := described_call(answer, parameters):
+            return f"writes out arguments for {described.name} but does not call it"
         return None
 
 
@@ -1074,7 +1074,12 @@ async def _converse(
     checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
         reply = await chat.complete(messages, schemas)
-        entry, parsed = history_entry(reply, parse_reply(reply, names), turn)
+        parsed = parse_reply(reply, names)
+        if not parsed and asked_for_call and not evidence.calls:
+            # Asked for the call, the model wrote out its arguments again: that is the call.
+            described = described_call(reply.get("content") or "", parameters)
+            parsed = [described] if described else []
+        entry, parsed = history_entry(reply, parsed, turn)
         messages.append(entry)
         if not parsed:
             if last_failed and not evidence.texts and record.retries < max_retries:
