@@ -27,7 +27,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 DEFAULT_MCP_URL = "http://127.0.0.1:9276/mcp"
 MAX_REPLY_TOKENS = 1024  # a tool call or a short answer; stops a looping small model early
@@ -53,7 +53,7 @@ NUDGE_AFTER_ERROR = (
 )
 NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
 CORRECTED = (
-    f"{FLAG} the model's answer misread the results, so it is left out; the line above "
+    f"{FLAG} the model's answer misread the results, so it is left out; what is stated above "
     "is read from the results by agent.py.]"
 )
 NO_TOOL_YET = (
@@ -612,29 +612,36 @@ def wrong_crossings(request: str, answer: str, tasks: Sequence[TaskValue]) -> li
     return []
 
 
-def _crossing(
-    request: str, tasks: Sequence[TaskValue]
-) -> tuple[str, float, dict[float, float], float | None, str] | None:
-    """The threshold ``request`` asks about, read from ``tasks`` that vary one argument.
+class Crossing(NamedTuple):
+    """The threshold a request asks about, read from an ensemble that varies one argument."""
 
-    (that argument, the bound, the result at each of its values, the first value beyond the
-    bound or None, that fact in words); None when there is no such question or ensemble.
-    """
+    name: str
+    """The argument that varies."""
+    bound: float
+    result_at: dict[float, float]
+    """The result at each value of the argument, in the order the tasks ran."""
+    first: float | None
+    """The first value whose result is beyond the bound; None if none is."""
+    fact: str
+    """That, in words."""
+
+
+def _crossing(request: str, tasks: Sequence[TaskValue]) -> Crossing | None:
     asked, varying = asked_bound(request), _varying(tasks)
     if asked is None or len(varying) != 1:
         return None
     bound, above = asked
     name, side = varying[0], "above" if above else "below"
     result_at = {params[name]: value for params, value in tasks}
-    crossing = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
-    if crossing is None:
+    first = next((p for p, v in result_at.items() if (v > bound if above else v < bound)), None)
+    if first is None:
         fact = f"no result is {side} {_plain(bound)}"
     else:
         fact = (
-            f"the first {name} whose result is {side} {_plain(bound)} is {_plain(crossing)} "
-            f"({_plain(result_at[crossing])})"
+            f"the first {name} whose result is {side} {_plain(bound)} is {_plain(first)} "
+            f"({_plain(result_at[first])})"
         )
-    return name, bound, result_at, crossing, fact
+    return Crossing(name, bound, result_at, first, fact)
 
 
 def asked_facts(request: str, tasks: Sequence[TaskValue]) -> list[str]:
@@ -649,7 +656,7 @@ def asked_facts(request: str, tasks: Sequence[TaskValue]) -> list[str]:
     if asked is not None and len({v for _, v in tasks}) > 1:
         facts.append(_extreme_fact(tasks, asked[1]))
     if (found := _crossing(request, tasks)) is not None:
-        facts.append(found[-1])
+        facts.append(found.fact)
     return [f"{fact[0].upper()}{fact[1:]}." for fact in facts]
 
 
