@@ -912,3 +912,61 @@ async def test_an_answer_with_other_problems_keeps_its_text_and_gets_the_flags()
     assert record.answer is not None and record.answer.startswith(invented)
     assert f"{agent.FLAG} 13.5 in this answer" in record.answer
     assert agent.CORRECTED not in record.answer
+
+
+def _grid(pressures: list[float], temperatures: list[float]) -> list[agent.TaskValue]:
+    return [
+        ({"pressure": p, "temperature": t}, round(0.38 * t / 300 / p**0.5, 4))
+        for p in pressures
+        for t in temperatures
+    ]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "tasks", "found"),
+    [
+        (
+            "What is the flame speed at (1 atm, 300 K), (2 atm, 400 K) and (5 atm, 500 K)?",
+            _grid([1, 2, 5], [300, 400, 500]),
+            "every combination ran (9 tasks), but the request gives 3 points of pressure, "
+            "temperature: (1, 300), (2, 400), (5, 500)",
+        ),
+        (
+            "Flame speed at p=2 atm, T=350 K and at p=6 atm, T=550 K, please.",
+            _grid([2, 6], [350, 550]),
+            "every combination ran (4 tasks), but the request gives 2 points of pressure, "
+            "temperature: (2, 350), (6, 550)",
+        ),
+        (
+            "Cases 300 K/1 atm and 400 K/2 atm.",  # each point written temperature first
+            _grid([1, 2], [300, 400]),
+            "every combination ran (4 tasks), but the request gives 2 points of pressure, "
+            "temperature: (1, 300), (2, 400)",
+        ),
+        ("Every combination of 1 and 2 atm with 300 and 400 K.", _grid([1, 2], [300, 400]), None),
+        ("Pressures 1, 2 and 5 at 300, 400 and 500 K.", _grid([1, 2, 5], [300, 400, 500]), None),
+        ("At (1 atm, 300 K) and (2 atm, 400 K).", GRID[:1] + GRID[3:], None),  # the points ran
+        ("At (1 atm, 300 K) and (2 atm, 400 K).", _grid([1, 2], [300, 400, 500]), None),
+    ],
+)
+def test_every_combination_of_values_the_request_gives_as_points_is_found(
+    request_text: str, tasks: list[agent.TaskValue], found: str | None
+) -> None:
+    assert agent.grid_of_points(request_text, tasks) == found
+
+
+async def test_a_grid_run_for_points_is_asked_to_run_again_and_flagged_if_it_is_not() -> None:
+    server = build_server()
+    grid = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20], "relation": "many-to-many"}}
+    points = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20]}}
+    request = "What are the sums at (1, 10) and (2, 20)?"
+    model = ScriptedModel([_text(grid), _text("11.0 and 22.0."), _text(points), _text("11, 22.")])
+    record = await agent.run_agent(request, server, model, io.StringIO())
+    ask = model.seen[2][-1]["content"]
+    assert "rests on a call where every combination ran (4 tasks), but the request gives 2" in ask
+    assert "call the tool again with relation one-to-one" in ask
+    assert record.answer == "11, 22." and not record.results_appended
+    stubborn = ScriptedModel([_text(grid), _text("11.0 and 22.0."), _text("11.0 and 22.0.")])
+    flagged = await agent.run_agent(request, server, stubborn, io.StringIO())
+    assert flagged.answer is not None
+    assert f"{agent.FLAG} every combination ran (4 tasks), but the request" in flagged.answer

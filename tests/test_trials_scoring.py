@@ -280,6 +280,6 @@ def test_the_agents_reading_of_the_results_is_right_and_flagged() -> None:
     )
     ran = {**FASTEST_CALL, "text": summary}  # the run time is a number the model was shown
     facts = ["The largest result is 0.3845 at pressure=1."]
-    answer = scoring.agent.read_for_the_user(facts, [], [summary])
+    answer = scoring.agent.read_for_the_user(facts, scoring.agent.AnswerCheck([], []), [summary])
     s = scoring.score(FASTEST, record(ran, answer=answer), SPEC, truth)
     assert s.answer_right and s.quotes and s.visible_failure and not s.silent_wrong

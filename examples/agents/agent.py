@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -714,6 +715,51 @@ def left_out(request: str, ran: Collection[float]) -> list[float]:
     ]
 
 
+def grid_of_points(request: str, tasks: Sequence[TaskValue]) -> str | None:
+    """Whether ``tasks`` are every combination of values that ``request`` gives as points.
+
+    The tasks form a full grid of two or more arguments with n values each, and the request
+    writes n points, each a run of numbers side by side with one value of every argument
+    ("(1 atm, 300 K), (2 atm, 400 K)", "2 atm/350 K and 6 atm/550 K") that together hold every
+    value: the points were meant, not the n^k combinations. Said in words, else None.
+    """
+    names = _varying(tasks)
+    values = {n: {params[n] for params, _ in tasks} for n in names}
+    points = {tuple(params[n] for n in names) for params, _ in tasks}
+    counts = {len(v) for v in values.values()}
+    if len(names) < 2 or len(counts) != 1 or len(points) != math.prod(map(len, values.values())):
+        return None
+    (n,) = counts
+    written = [_as_float(w) for w in numbers_in(request)]
+    found: list[tuple[float, ...]] = []
+    i = 0
+    while i + len(names) <= len(written):
+        point = _as_point(written[i : i + len(names)], names, values)
+        if point is None:
+            i += 1
+            continue
+        found.append(point)
+        i += len(names)
+    covered = all({p[k] for p in found} == values[name] for k, name in enumerate(names))
+    if len(found) != n or not covered:
+        return None
+    shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in found)
+    return (
+        f"every combination ran ({len(points)} tasks), but the request gives {n} points of "
+        f"{', '.join(names)}: {shown}"
+    )
+
+
+def _as_point(
+    window: Sequence[float], names: Sequence[str], values: Mapping[str, set[float]]
+) -> tuple[float, ...] | None:
+    """``window`` as one value of each argument (in ``names`` order), in any order; else None."""
+    for order in itertools.permutations(window):
+        if all(v in values[name] for v, name in zip(order, names, strict=True)):
+            return tuple(order)
+    return None
+
+
 def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -753,6 +799,8 @@ class AnswerCheck:
     """Wrong points named for the request's threshold (see `wrong_crossings`)."""
     left_out: list[str] = field(default_factory=list)
     """Values the request lists that no task ran with (see `left_out`)."""
+    grid: str | None = None
+    """Every combination ran of values the request gives as points (see `grid_of_points`)."""
 
     def problems(self, results_expected: bool) -> str | None:
         """What is wrong with the answer, in words for the model; None when nothing is."""
@@ -771,6 +819,11 @@ class AnswerCheck:
                 f"leaves out {', '.join(self.left_out)} of my request: no task ran with them (call "
                 "the tool again with every value of the request in one call, or say that they "
                 "were not computed)"
+            )
+        if self.grid:
+            found.append(
+                f"rests on a call where {self.grid} (call the tool again with relation one-to-one "
+                "for the points alone)"
             )
         if results_expected and not self.quoted:
             found.append(QUOTES_NONE)
@@ -797,7 +850,8 @@ def check_answer(
     dropped) that the answer mentions. Against the ``request`` and the last ensemble: the
     extreme it asks for and the answer leaves out (`unanswered_extreme`), and the point
     named for a threshold it asks about (`wrong_crossings`); values the request lists that no task
-    ran with (`left_out`).
+    ran with (`left_out`); and whether the last ensemble is every combination of values the
+    request gives as points (`grid_of_points`).
     """
     quoted: list[str] = []
     unsupported: list[str] = []
@@ -829,21 +883,28 @@ def check_answer(
         unanswered_extreme(request, answer, last),
         wrong_crossings(request, answer, last),
         missing,
+        grid_of_points(request, last),
     )
 
 
-def read_for_the_user(
-    facts: Sequence[str], left_out: Sequence[str], result_texts: Sequence[str]
-) -> str:
+def read_for_the_user(facts: Sequence[str], check: AnswerCheck, result_texts: Sequence[str]) -> str:
     """The answer the agent gives instead of one that misreads the results.
 
-    ``facts`` read from the results by code (`asked_facts`), flags (that, and the values of the
-    request ``left_out``), then the results.
+    ``facts`` read from the results by code (`asked_facts`), flags (that, and what ``check``
+    found about the call: `call_flags`), then the results.
     """
-    lines = [*facts, "", CORRECTED]
-    if left_out:
-        lines.append(f"{FLAG} no task ran with {', '.join(left_out)} of the request.]")
+    lines = [*facts, "", CORRECTED, *call_flags(check)]
     return "\n".join([*lines, "Results returned by the tools:", *result_texts])
+
+
+def call_flags(check: AnswerCheck) -> list[str]:
+    """Flags for what the tasks that ran leave out of the request, or run beyond it."""
+    flags = []
+    if check.left_out:
+        flags.append(f"{FLAG} no task ran with {', '.join(check.left_out)} of the request.]")
+    if check.grid:
+        flags.append(f"{FLAG} {check.grid}.]")
+    return flags
 
 
 def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
@@ -855,8 +916,7 @@ def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
     said = [*check.misplaced, *check.extremes, *check.unanswered, *check.crossings]
     lines.extend(f"{FLAG} this answer {m}.]" for m in said)
     lines.extend(f"{FLAG} no task ran with {n}.]" for n in dict.fromkeys(check.not_run))
-    if check.left_out:
-        lines.append(f"{FLAG} no task ran with {', '.join(check.left_out)} of the request.]")
+    lines.extend(call_flags(check))
     if not check.quoted and len(lines) == 2:  # no other warning: say why the results follow
         lines.append(f"{FLAG} this answer {QUOTES_NONE}.]")
     lines.append("Results returned by the tools:")
@@ -1148,7 +1208,7 @@ def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Recor
         record.answer_problems.append(problems)
         record.results_appended = True
         if facts:
-            answer = read_for_the_user(facts, check.left_out, evidence.texts)
+            answer = read_for_the_user(facts, check, evidence.texts)
         else:
             answer = (answer + results_appendix(check, evidence.texts)).strip()
     elif evidence.calls and not evidence.texts:  # calls were made, none succeeded
