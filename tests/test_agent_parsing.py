@@ -411,6 +411,19 @@ async def test_a_repeated_successful_call_is_not_run_again() -> None:
     assert "REPEAT (not run): flame_speed(" in out.getvalue()
 
 
+async def test_the_submit_form_of_a_call_that_returned_its_results_is_not_run() -> None:
+    server = build_server()
+    call = {"name": "add", "arguments": {"a": [1, 2], "b": 10}}
+    submit = {"name": "add_submit", "arguments": {"a": [1, 2], "b": 10}}
+    model = ScriptedModel([_text(call), _text(submit), _text("11.0 and 12.0.")])
+    record = await agent.run_agent("add 10 to 1 and 2", server, model, io.StringIO())
+    assert [c["name"] for c in record.calls] == ["add"]
+    assert model.seen[2][-1]["content"] == agent.REPEATED_CALL
+    first = ScriptedModel([_text(submit), _text(call), _text("11.0 and 12.0.")])
+    record = await agent.run_agent("add 10 to 1 and 2", server, first, io.StringIO())
+    assert [c["name"] for c in record.calls] == ["add_submit", "add"]  # an id is no result
+
+
 async def test_only_limits_the_tools_offered_and_rejects_unknown_names() -> None:
     server = _flame_server()
 

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, Protocol, TextIO
 DEFAULT_MCP_URL = "http://127.0.0.1:9276/mcp"
 MAX_REPLY_TOKENS = 1024  # a tool call or a short answer; stops a looping small model early
 MAX_RECORDED_TASKS = 1000  # tasks per call kept in the record
+SUBMIT_SUFFIX = "_submit"  # an ensemble tool's form that starts it and returns an id at once
 OPENAI_URL = "https://api.openai.com/v1"
 SYSTEM_PROMPT = (
     "You are a research assistant with tools. Use a tool to compute what the user asks; never "
@@ -1299,7 +1300,9 @@ async def _run_one(
         record.calls.append({"name": None, "status": "not run", "problem": item.message})
         print(f"BAD CALL: {item.message}", file=out)
         return False, f"Your tool call was not run: {item.message}"
-    if call_key(item) in done:
+    # The submit form of a call that already returned its results would only start it again.
+    direct = ToolCall(item.name.removesuffix(SUBMIT_SUFFIX), item.arguments)
+    if call_key(item) in done or call_key(direct) in done:
         print(f"REPEAT (not run): {item.name}({json.dumps(item.arguments)})", file=out)
         return True, REPEATED_CALL
     print(f"CALL: {item.name}({json.dumps(item.arguments)})", file=out)

@@ -33,7 +33,6 @@ Point = tuple[tuple[str, float], ...]
 Truth = Callable[[Mapping[str, float]], float]
 """The true result of one task, from its arguments."""
 
-COMPUTE_SUFFIX = "_submit"
 _ADMITS_FAILURE = re.compile(
     r"\b(could not|couldn't|cannot|can't|unable to|failed to|was not able|sorry)\b", re.IGNORECASE
 )
@@ -98,7 +97,7 @@ def expected_tasks(spec: EnsembleSpec, request: Mapping[str, Any]) -> list[Point
 
 def is_compute(name: str | None, tool: str) -> bool:
     """Whether a call to ``name`` runs tasks of ``tool`` (itself, a twin or its submit form)."""
-    return bool(name) and str(name).removesuffix(COMPUTE_SUFFIX).startswith(tool)
+    return bool(name) and str(name).removesuffix(agent.SUBMIT_SUFFIX).startswith(tool)
 
 
 def score(
