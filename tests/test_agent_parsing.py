@@ -561,10 +561,17 @@ async def test_numbers_of_its_own_in_an_answer_before_any_call_are_flagged_not_a
 
 
 async def test_an_answer_needing_no_number_is_given_as_it_is() -> None:
-    model = ScriptedModel([_text("I have 1 tool: flame_speed, for 2 lists of numbers.")])
-    record = await agent.run_agent("Your tools?", _flame_server(), model, io.StringIO())
-    assert record.answer == "I have 1 tool: flame_speed, for 2 lists of numbers."
+    model = ScriptedModel([_text("A laminar flame speed is how fast a flame front moves.")])
+    record = await agent.run_agent("What is it?", _flame_server(), model, io.StringIO())
+    assert record.answer == "A laminar flame speed is how fast a flame front moves."
     assert len(model.seen) == 1 and not record.answer_problems
+
+
+async def test_an_answer_that_names_a_tool_none_having_run_says_so() -> None:
+    plan = "I will use the `flame_speed` tool with pressure 1 and 2 and temperature 3."
+    model = ScriptedModel([_text(plan)])
+    record = await agent.run_agent("1 and 2 at 3?", _flame_server(), model, io.StringIO())
+    assert record.answer == f"{plan}\n\n{agent.NO_CALL_MADE}"
 
 
 async def test_arguments_written_out_instead_of_a_call_are_asked_for_as_a_call() -> None:

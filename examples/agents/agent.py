@@ -63,6 +63,7 @@ NO_TOOL_YET = (
     "reply with only that tool call, as JSON. If none does, answer in words."
 )
 NO_TOOL_RAN = FLAG + " no tool ran; {numbers} in this answer come from the model, not from a tool.]"
+NO_CALL_MADE = f"{FLAG} this answer names a tool, but no tool ran.]"
 STILL_STANDS = (
     "The results of the earlier call that succeeded still stand: if they are what I asked for, "
     "answer with them."
@@ -1178,7 +1179,7 @@ async def _converse(
                 messages.pop()  # the draft goes: a small model shown it tends to repeat it
                 messages.append({"role": "user", "content": fix})
                 continue
-            return _give(answer, evidence, record, out)
+            return _give(answer, evidence, record, out, names)
         form = "native" if reply.get("tool_calls") else "text"
         outcomes = [
             await _run_one(session, item, form, done, record, evidence, out) for item in parsed
@@ -1191,13 +1192,18 @@ async def _converse(
                 return record
             record.retries += 1
     if checked is not None:  # asked to fix its answer, the model never answered again
-        return _give(checked, evidence, record, out)
+        return _give(checked, evidence, record, out, names)
     print(f"GAVE UP: no answer after {max_rounds} model turns", file=out)
     return record
 
 
-def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Record:
+def _give(
+    answer: str, evidence: Evidence, record: Record, out: TextIO, tools: Collection[str]
+) -> Record:
     """Give ``answer``; add the results when it still fails its check.
+
+    Before any call, numbers of the model's own are flagged, and so is an answer that names one
+    of the ``tools`` (it tends to describe a call it did not make).
 
     An answer that still misreads which result is the largest or smallest, or where a threshold
     is crossed, is not given: the agent reads that from the results itself (`asked_facts`).
@@ -1217,6 +1223,8 @@ def _give(answer: str, evidence: Evidence, record: Record, out: TextIO) -> Recor
     elif not evidence.calls and (unsupported := check.unsupported):
         numbers = ", ".join(dict.fromkeys(unsupported))
         answer = f"{answer}\n\n{NO_TOOL_RAN.format(numbers=numbers)}".strip()
+    elif not evidence.calls and any(re.search(rf"\b{re.escape(t)}\b", answer) for t in tools):
+        answer = f"{answer}\n\n{NO_CALL_MADE}".strip()
     record.answer = answer
     print(f"ANSWER: {record.answer}", file=out)
     return record
