@@ -972,7 +972,13 @@ def _grid(pressures: list[float], temperatures: list[float]) -> list[agent.TaskV
 def test_every_combination_of_values_the_request_gives_as_points_is_found(
     request_text: str, tasks: list[agent.TaskValue], found: str | None
 ) -> None:
-    assert agent.grid_of_points(request_text, tasks) == found
+    grid = agent.grid_of_points(request_text, tasks, "flame_speed")
+    assert (grid and grid.fact) == found
+    if grid:
+        call = json.loads(grid.call)
+        assert call["name"] == "flame_speed" and call["arguments"]["relation"] == "one-to-one"
+        points = zip(call["arguments"]["pressure"], call["arguments"]["temperature"], strict=True)
+        assert list(points) == grid.points
 
 
 async def test_a_grid_run_for_points_is_asked_to_run_again_and_flagged_if_it_is_not() -> None:
@@ -984,7 +990,8 @@ async def test_a_grid_run_for_points_is_asked_to_run_again_and_flagged_if_it_is_
     record = await agent.run_agent(request, server, model, io.StringIO())
     ask = model.seen[2][-1]["content"]
     assert "rests on a call where every combination ran (4 tasks), but the request gives 2" in ask
-    assert "call the tool again with relation one-to-one" in ask
+    send = '{"name": "add", "arguments": {"a": [1.0, 2.0], "b": [10.0, 20.0], "relation": '
+    assert f"for the points alone, send this call: {send}" in ask
     assert record.answer == "11, 22." and not record.results_appended
     stubborn = ScriptedModel([_text(grid), _text("11.0 and 22.0."), _text("11.0 and 22.0.")])
     flagged = await agent.run_agent(request, server, stubborn, io.StringIO())

@@ -717,13 +717,40 @@ def left_out(request: str, ran: Collection[float]) -> list[float]:
     ]
 
 
-def grid_of_points(request: str, tasks: Sequence[TaskValue]) -> str | None:
-    """Whether ``tasks`` are every combination of values that ``request`` gives as points.
+class PointsGrid(NamedTuple):
+    """Every combination ran of values a request gives as points (see `grid_of_points`)."""
+
+    tool: str
+    names: tuple[str, ...]
+    points: list[tuple[float, ...]]
+    """The points, each with one value of every argument in ``names``, in the request's order."""
+    tasks: int
+
+    @property
+    def fact(self) -> str:
+        """What ran and what was asked, in words."""
+        shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in self.points)
+        return (
+            f"every combination ran ({self.tasks} tasks), but the request gives "
+            f"{len(self.points)} points of {', '.join(self.names)}: {shown}"
+        )
+
+    @property
+    def call(self) -> str:
+        """The call for the points alone, as JSON ready to send."""
+        arguments: dict[str, Any] = {
+            name: [p[k] for p in self.points] for k, name in enumerate(self.names)
+        }
+        return json.dumps({"name": self.tool, "arguments": {**arguments, "relation": "one-to-one"}})
+
+
+def grid_of_points(request: str, tasks: Sequence[TaskValue], tool: str = "") -> PointsGrid | None:
+    """Whether ``tasks`` (of ``tool``) are every combination of values ``request`` gives as points.
 
     The tasks form a full grid of two or more arguments with n values each, and the request
     writes n points, each a run of numbers side by side with one value of every argument
     ("(1 atm, 300 K), (2 atm, 400 K)", "2 atm/350 K and 6 atm/550 K") that together hold every
-    value: the points were meant, not the n^k combinations. Said in words, else None.
+    value: the points were meant, not the n^k combinations.
     """
     names = _varying(tasks)
     values = {n: {params[n] for params, _ in tasks} for n in names}
@@ -745,11 +772,7 @@ def grid_of_points(request: str, tasks: Sequence[TaskValue]) -> str | None:
     covered = all({p[k] for p in found} == values[name] for k, name in enumerate(names))
     if len(found) != n or not covered:
         return None
-    shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in found)
-    return (
-        f"every combination ran ({len(points)} tasks), but the request gives {n} points of "
-        f"{', '.join(names)}: {shown}"
-    )
+    return PointsGrid(tool, tuple(names), found, len(points))
 
 
 def _as_point(
@@ -801,7 +824,7 @@ class AnswerCheck:
     """Wrong points named for the request's threshold (see `wrong_crossings`)."""
     left_out: list[str] = field(default_factory=list)
     """Values the request lists that no task ran with (see `left_out`)."""
-    grid: str | None = None
+    grid: PointsGrid | None = None
     """Every combination ran of values the request gives as points (see `grid_of_points`)."""
 
     def problems(self, results_expected: bool) -> str | None:
@@ -824,8 +847,8 @@ class AnswerCheck:
             )
         if self.grid:
             found.append(
-                f"rests on a call where {self.grid} (call the tool again with relation one-to-one "
-                "for the points alone)"
+                f"rests on a call where {self.grid.fact} (for the points alone, send this call: "
+                f"{self.grid.call})"
             )
         if results_expected and not self.quoted:
             found.append(QUOTES_NONE)
@@ -839,6 +862,7 @@ def check_answer(
     ensembles: Sequence[Sequence[TaskValue]] = (),
     not_run: Collection[float] = (),
     request: str = "",
+    tool: str = "",
 ) -> AnswerCheck:
     """Sort the numbers written in ``answer``, and check what it says about them.
 
@@ -852,8 +876,8 @@ def check_answer(
     dropped) that the answer mentions. Against the ``request`` and the last ensemble: the
     extreme it asks for and the answer leaves out (`unanswered_extreme`), and the point
     named for a threshold it asks about (`wrong_crossings`); values the request lists that no task
-    ran with (`left_out`); and whether the last ensemble is every combination of values the
-    request gives as points (`grid_of_points`).
+    ran with (`left_out`); and whether the last ensemble (of ``tool``) is every combination of
+    values the request gives as points (`grid_of_points`).
     """
     quoted: list[str] = []
     unsupported: list[str] = []
@@ -885,7 +909,7 @@ def check_answer(
         unanswered_extreme(request, answer, last),
         wrong_crossings(request, answer, last),
         missing,
-        grid_of_points(request, last),
+        grid_of_points(request, last, tool),
     )
 
 
@@ -905,7 +929,7 @@ def call_flags(check: AnswerCheck) -> list[str]:
     if check.left_out:
         flags.append(f"{FLAG} no task ran with {', '.join(check.left_out)} of the request.]")
     if check.grid:
-        flags.append(f"{FLAG} {check.grid}.]")
+        flags.append(f"{FLAG} {check.grid.fact}.]")
     return flags
 
 
@@ -986,6 +1010,8 @@ class Evidence:
     """Every call run (name, arguments), refused or not."""
     ensemble_tools: set[str] = field(default_factory=set)
     """The tools that returned an ensemble's tasks."""
+    last_ensemble_tool: str = ""
+    """The tool that returned the last ensemble."""
 
     def not_run(self) -> set[float]:
         """Argument values of calls to ensemble tools that no task that ran had (dropped)."""
@@ -1002,7 +1028,13 @@ class Evidence:
         answer that needed no tool may hold numbers of its own.
         """
         check = check_answer(
-            answer, self.returned, self.given, self.ensembles, self.not_run(), self.request
+            answer,
+            self.returned,
+            self.given,
+            self.ensembles,
+            self.not_run(),
+            self.request,
+            self.last_ensemble_tool,
         )
         return check, check.problems(results_expected=True) if self.returned else None
 
@@ -1343,6 +1375,7 @@ async def _run_one(
     if per_task := task_values(structured):
         evidence.ensembles.append(per_task)
         evidence.ensemble_tools.add(item.name)
+        evidence.last_ensemble_tool = item.name
     evidence.texts.append(shorten(text, 4000))
     call["text"] = text
     done.add(call_key(item))
