@@ -981,19 +981,59 @@ def test_every_combination_of_values_the_request_gives_as_points_is_found(
         assert list(points) == grid.points
 
 
-async def test_a_grid_run_for_points_is_asked_to_run_again_and_flagged_if_it_is_not() -> None:
+async def test_a_grid_call_for_points_is_held_once_with_the_call_for_the_points() -> None:
     server = build_server()
     grid = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20], "relation": "many-to-many"}}
-    points = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20]}}
+    points = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20], "relation": "one-to-one"}}
     request = "What are the sums at (1, 10) and (2, 20)?"
-    model = ScriptedModel([_text(grid), _text("11.0 and 22.0."), _text(points), _text("11, 22.")])
+    model = ScriptedModel([_text(grid), _text(points), _text("11.0 and 22.0.")])
     record = await agent.run_agent(request, server, model, io.StringIO())
-    ask = model.seen[2][-1]["content"]
+    held = model.seen[1][-1]["content"]
+    assert held == agent.HELD_GRID.format(
+        tasks=4, count=2, points="(1, 10), (2, 20)", call=json.dumps(_floats(points))
+    )
+    assert [c["status"] for c in record.calls] == ["not run", "ok"]
+    assert record.answer == "11.0 and 22.0."
+
+
+def _floats(call: dict[str, Any]) -> dict[str, Any]:
+    """``call`` with its lists of numbers written as floats (as the agent writes a call)."""
+    args = {
+        k: [float(x) for x in v] if isinstance(v, list) else v for k, v in call["arguments"].items()
+    }
+    return {**call, "arguments": args}
+
+
+async def test_a_grid_for_points_sent_again_runs_then_its_answer_is_asked_and_flagged() -> None:
+    server = build_server()
+    grid = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20], "relation": "many-to-many"}}
+    request = "What are the sums at (1, 10) and (2, 20)?"
+    replies = [_text(grid), _text(grid), _text("11.0 and 22.0."), _text("11.0 and 22.0.")]
+    model = ScriptedModel(replies)
+    record = await agent.run_agent(request, server, model, io.StringIO())
+    assert [c["status"] for c in record.calls] == ["not run", "ok"]
+    ask = model.seen[3][-1]["content"]
     assert "rests on a call where every combination ran (4 tasks), but the request gives 2" in ask
-    send = '{"name": "add", "arguments": {"a": [1.0, 2.0], "b": [10.0, 20.0], "relation": '
-    assert f"for the points alone, send this call: {send}" in ask
-    assert record.answer == "11, 22." and not record.results_appended
-    stubborn = ScriptedModel([_text(grid), _text("11.0 and 22.0."), _text("11.0 and 22.0.")])
-    flagged = await agent.run_agent(request, server, stubborn, io.StringIO())
-    assert flagged.answer is not None
-    assert f"{agent.FLAG} every combination ran (4 tasks), but the request" in flagged.answer
+    points = {"name": "add", "arguments": {"a": [1, 2], "b": [10, 20], "relation": "one-to-one"}}
+    assert f"for the points alone, send this call: {json.dumps(_floats(points))})" in ask
+    assert record.answer is not None
+    assert f"{agent.FLAG} every combination ran (4 tasks), but the request" in record.answer
+
+
+def test_a_planned_grid_keeps_the_calls_other_arguments_in_the_call_for_the_points() -> None:
+    request = "Flame speed at p=2 atm, T=350 K and at p=6 atm, T=550 K, fuel 1."
+    args = {"pressure": [2, 6], "temperature": [350, 550], "fuel": [1], "relation": "many-to-many"}
+    grid = agent.planned_grid(ToolCall("flame_speed", args), request)
+    assert grid is not None and (grid.names, grid.points, grid.tasks) == (
+        ("pressure", "temperature"),
+        [(2.0, 350.0), (6.0, 550.0)],
+        4,
+    )
+    assert json.loads(grid.call)["arguments"] == {
+        "fuel": [1],
+        "pressure": [2.0, 6.0],
+        "temperature": [350.0, 550.0],
+        "relation": "one-to-one",
+    }
+    paired = {**args, "relation": "one-to-one"}
+    assert agent.planned_grid(ToolCall("flame_speed", paired), request) is None

@@ -43,6 +43,11 @@ SYSTEM_PROMPT = (
     "with the parameters it belongs to (a result's first line gives its smallest and largest "
     "value, and where each occurs)."
 )
+HELD_GRID = (
+    "Not run: relation many-to-many runs every combination of the lists ({tasks} tasks), but my "
+    "request gives {count} points: {points}. For the points alone, send this call: {call}. If I "
+    "asked for every combination, send the same call again."
+)
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
     "user with those results."
@@ -725,6 +730,8 @@ class PointsGrid(NamedTuple):
     points: list[tuple[float, ...]]
     """The points, each with one value of every argument in ``names``, in the request's order."""
     tasks: int
+    fixed: dict[str, Any]
+    """The other arguments of the call, the same for every task."""
 
     @property
     def fact(self) -> str:
@@ -738,10 +745,9 @@ class PointsGrid(NamedTuple):
     @property
     def call(self) -> str:
         """The call for the points alone, as JSON ready to send."""
-        arguments: dict[str, Any] = {
-            name: [p[k] for p in self.points] for k, name in enumerate(self.names)
-        }
-        return json.dumps({"name": self.tool, "arguments": {**arguments, "relation": "one-to-one"}})
+        points = {name: [p[k] for p in self.points] for k, name in enumerate(self.names)}
+        arguments = {**self.fixed, **points, "relation": "one-to-one"}
+        return json.dumps({"name": self.tool, "arguments": arguments})
 
 
 def grid_of_points(request: str, tasks: Sequence[TaskValue], tool: str = "") -> PointsGrid | None:
@@ -772,7 +778,35 @@ def grid_of_points(request: str, tasks: Sequence[TaskValue], tool: str = "") -> 
     covered = all({p[k] for p in found} == values[name] for k, name in enumerate(names))
     if len(found) != n or not covered:
         return None
-    return PointsGrid(tool, tuple(names), found, len(points))
+    fixed = {k: v for k, v in tasks[0][0].items() if k not in names}
+    return PointsGrid(tool, tuple(names), found, len(points), fixed)
+
+
+def planned_grid(call: ToolCall, request: str) -> PointsGrid | None:
+    """`grid_of_points` for a call not yet run; None if it asks for no such grid.
+
+    Its many-to-many lists of numbers, all of one length, combined as the server would.
+    """
+    args = call.arguments
+    lists = {
+        k: [float(x) for x in v]
+        for k, v in args.items()
+        if k != "relation" and isinstance(v, list) and len(v) > 1 and _all_numbers(v)
+    }
+    sizes = [len(v) for v in lists.values()]
+    if args.get("relation") != "many-to-many" or len(lists) < 2 or math.prod(sizes) > MAX_RANGE:
+        return None
+    names = sorted(lists)
+    combos = itertools.product(*(lists[n] for n in names))
+    grid = grid_of_points(request, [(dict(zip(names, c, strict=True)), 0.0) for c in combos])
+    if grid is None:
+        return None
+    fixed = {k: v for k, v in args.items() if k not in grid.names and k != "relation"}
+    return grid._replace(tool=call.name, fixed=fixed)
+
+
+def _all_numbers(values: list[Any]) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
 
 
 def _as_point(
@@ -1171,6 +1205,7 @@ async def _converse(
     evidence = Evidence(request, [_as_float(n) for text in texts for n in numbers_in(text)])
     parameters = {t.name: list((t.input_schema or {}).get("properties", {})) for t in tools}
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
+    held: set[str] = set()  # keys of calls held back once (`planned_grid`); sent again, they run
     last_failed = asked_for_answer = asked_for_call = False
     checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
@@ -1214,7 +1249,8 @@ async def _converse(
             return _give(answer, evidence, record, out, names)
         form = "native" if reply.get("tool_calls") else "text"
         outcomes = [
-            await _run_one(session, item, form, done, record, evidence, out) for item in parsed
+            await _run_one(session, item, form, done, held, record, evidence, out)
+            for item in parsed
         ]
         messages.extend(_feedback(parsed, outcomes))
         last_failed = not all(ok for ok, _ in outcomes)
@@ -1330,6 +1366,7 @@ async def _run_one(
     item: Parsed,
     form: str,
     done: set[str],
+    held: set[str],
     record: Record,
     evidence: Evidence,
     out: TextIO,
@@ -1345,17 +1382,22 @@ async def _run_one(
     if call_key(item) in done or call_key(direct) in done:
         print(f"REPEAT (not run): {item.name}({json.dumps(item.arguments)})", file=out)
         return True, REPEATED_CALL
+    grid = planned_grid(item, evidence.request)
+    if grid is not None and call_key(item) not in held:  # sent again, it runs
+        held.add(call_key(item))
+        shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in grid.points)
+        message = HELD_GRID.format(
+            tasks=grid.tasks, count=len(grid.points), points=shown, call=grid.call
+        )
+        record.calls.append({**_call_entry(item, "not run", form), "problem": message})
+        print(f"HELD (not run): {item.name}({json.dumps(item.arguments)})", file=out)
+        return False, message
     print(f"CALL: {item.name}({json.dumps(item.arguments)})", file=out)
     result = await session.call_tool(item.name, item.arguments)
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
     text = render_result(texts, result.structured_content, limit=4000)
     status = "error" if result.is_error else "ok"
-    call: dict[str, Any] = {
-        "name": item.name,
-        "arguments": item.arguments,
-        "status": status,
-        "form": form,
-    }
+    call = _call_entry(item, status, form)
     record.calls.append(call)
     print(f"RESULT ({status}): {shorten(text, 600)}", file=out)
     evidence.given.extend(numbers_of(item.arguments))
@@ -1380,6 +1422,10 @@ async def _run_one(
     call["text"] = text
     done.add(call_key(item))
     return True, f"Result of {item.name}:\n{text}"
+
+
+def _call_entry(item: ToolCall, status: str, form: str) -> dict[str, Any]:
+    return {"name": item.name, "arguments": item.arguments, "status": status, "form": form}
 
 
 def _describe(exc: BaseException) -> str:
