@@ -876,6 +876,7 @@ def test_a_line_ending_in_a_colon_goes_on_with_the_next() -> None:
         ("At (1 atm, 300 K) it is 0.3845 m/s, at (2 atm, 400 K) it is 0.4524 m/s.", None),
         ("At 300 K and 400 K the speeds are 0.3845, 0.6398 (1 atm).", None),  # a list
         ("For 1 atm and 300 K, the speed is 0.3845; for 2 atm, 0.2719 at 300 K.", None),
+        ("At 300 K, for 1, and 2 atm they are 0.3845, and 0.2719, respectively.", None),  # cut
     ],
 )
 def test_a_value_put_beside_another_tasks_arguments_in_a_clause_is_found(

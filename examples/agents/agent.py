@@ -420,18 +420,31 @@ def misplaced(answer: str, tasks: Sequence[TaskValue]) -> list[str]:
     that names no value of an argument is not judged on it, and a line that names several
     values of one (a list of results) agrees with any of them. Such a line is judged again per
     clause (split at commas outside parentheses): a clause that names one value of each argument
-    it names must agree with them ("at (1 atm, 300 K) is 0.3845, at (2 atm, 400 K) is ...").
+    it names must agree with them ("at (1 atm, 300 K) is 0.3845, at (2 atm, 400 K) is ..."),
+    unless the line lists values of one argument, which clauses would cut apart.
     """
     names = {name for params, _ in tasks for name in params}
     candidates = {n: {params[n] for params, _ in tasks if n in params} for n in names}
     found: list[str] = []
     for line in lines_of(answer):
         problem = _misplaced_in(line, tasks, candidates, clause=False)
-        for part in clauses(line) if problem is None else ():
+        by_clause = problem is None and not _lists_values_of_one(line, candidates)
+        for part in clauses(line) if by_clause else ():
             problem = problem or _misplaced_in(part, tasks, candidates, clause=True)
         if problem:
             found.append(problem)
     return found
+
+
+def _lists_values_of_one(text: str, candidates: Mapping[str, set[float]]) -> bool:
+    """Whether ``text`` writes a list of values of one argument ("at 1, 3 and 9 atm are ...").
+
+    Split into clauses, such a list would be cut apart.
+    """
+    return any(
+        len(values) > 1 and any(set(values) <= options for options in candidates.values())
+        for values in listed_values(text)
+    )
 
 
 def _misplaced_in(
