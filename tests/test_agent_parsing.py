@@ -922,6 +922,13 @@ async def test_an_answer_that_misreads_the_extreme_twice_is_replaced_by_the_resu
     assert (facts, blank, flag) == ("The largest result is 13 at a=3.", "", agent.CORRECTED)
     assert "11.0, at a=1" not in record.answer  # the misreading is not passed on
     assert "#2 a=3.0, b=10.0 -> 13.0" in record.answer  # the results follow
+    misplaced = "The largest sum is 13.0, at a=1."  # the right value at the wrong point
+    model = ScriptedModel([_text(call), _text(misplaced), _text(misplaced)])
+    record = await agent.run_agent(
+        "Which of 1, 2 and 3 gives the largest sum with 10?", server, model, io.StringIO()
+    )
+    assert record.answer is not None
+    assert record.answer.startswith("The largest result is 13 at a=3.\n\n" + agent.CORRECTED)
 
 
 async def test_an_answer_with_other_problems_keeps_its_text_and_gets_the_flags() -> None:
@@ -1038,3 +1045,40 @@ def test_a_planned_grid_keeps_the_calls_other_arguments_in_the_call_for_the_poin
     }
     paired = {**args, "relation": "one-to-one"}
     assert agent.planned_grid(ToolCall("flame_speed", paired), request) is None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "request_text", "unasked"),
+    [
+        (
+            {"pressure": [1.0], "temperature": [300.0]},
+            "What is 300 K in Celsius?",
+            {"pressure": [1.0]},
+        ),
+        (
+            {"pressure": [1], "temperature": [300, 500, 750], "relation": "many-to-many"},
+            "At 1 atm from 300 K to 500 K in steps of 25 K?",
+            {"temperature": [750.0]},
+        ),
+        ({"pressure": [1, 2, 5], "temperature": 300}, "1, 2 and 5 atm at 300 K", {}),
+        ({"word": ["a"], "n": [2, 2]}, "Which tools do you have?", {"n": [2.0]}),
+    ],
+)
+def test_argument_values_the_request_does_not_give_are_found(
+    arguments: dict[str, Any], request_text: str, unasked: dict[str, list[float]]
+) -> None:
+    assert agent.unasked_values(arguments, request_text) == unasked
+
+
+async def test_a_call_with_values_the_request_does_not_give_is_held_once() -> None:
+    server = build_server()
+    call = {"name": "add", "arguments": {"a": [1, 2], "b": 10}}
+    request = "Which tools do you have? Do not run them."
+    model = ScriptedModel([_text(call), _text("add: adds two lists.")])
+    record = await agent.run_agent(request, server, model, io.StringIO())
+    assert model.seen[1][-1]["content"] == agent.HELD_UNASKED.format(values="a=1, 2; b=10")
+    assert [c["status"] for c in record.calls] == ["not run"]
+    assert record.answer == f"add: adds two lists.\n\n{agent.NO_CALL_MADE}"
+    again = ScriptedModel([_text(call), _text(call), _text("11.0 and 12.0.")])
+    record = await agent.run_agent(request, server, again, io.StringIO())
+    assert [c["status"] for c in record.calls] == ["not run", "ok"]  # sent again, it ran

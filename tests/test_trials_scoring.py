@@ -226,6 +226,8 @@ def test_a_request_not_for_the_tool_is_right_without_a_call_and_wrong_with_one()
     assert right.first_right and right.answer_right and right.quotes is None
     called = record(call({"pressure": [1], "temperature": [300]}), answer="26.85 °C")
     assert scoring.score(request, called, SPEC, truth).silent_wrong
+    held = record(call({"pressure": [1], "temperature": [300]}, "not run"), answer="26.85 °C")
+    assert scoring.score(request, held, SPEC, truth).first_right  # held back: nothing ran
 
 
 def test_a_clarifying_question_is_right_for_an_ambiguous_mismatch_only() -> None:

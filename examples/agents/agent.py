@@ -48,6 +48,11 @@ HELD_GRID = (
     "request gives {count} points: {points}. For the points alone, send this call: {call}. If I "
     "asked for every combination, send the same call again."
 )
+HELD_UNASKED = (
+    "Not run: my request does not give {values}. Call a tool only with the values of my "
+    "request. If you derived them from it (a unit conversion, say), send the same call again; "
+    "if no tool computes what I asked, answer in words."
+)
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
     "user with those results."
@@ -60,8 +65,8 @@ NUDGE_AFTER_ERROR = (
 )
 NO_RESULT = f"{FLAG} every tool call failed; no number in this answer comes from a tool.]"
 CORRECTED = (
-    f"{FLAG} the model's answer misread the results, so it is left out; what is stated above "
-    "is read from the results by agent.py.]"
+    f"{FLAG} the model's answer did not pass the check against the results, so it is left out; "
+    "what is stated above is read from the results by agent.py.]"
 )
 NO_TOOL_YET = (
     "No tool has run yet, but your answer {problem}. If one of the tools computes what I asked, "
@@ -997,6 +1002,56 @@ def results_appendix(check: AnswerCheck, result_texts: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def unasked_values(arguments: Mapping[str, Any], request: str) -> dict[str, list[float]]:
+    """The numbers of ``arguments`` that ``request`` does not give, per argument.
+
+    A request gives the numbers it writes and those of the ranges it spells out (`ranges_in`);
+    ``relation`` is not an argument value.
+    """
+    written = [_as_float(n) for n in numbers_in(request)]
+    given = [*written, *(v for values in ranges_in(request) for v in values)]
+    unasked: dict[str, list[float]] = {}
+    for name, value in arguments.items():
+        if name == "relation":
+            continue
+        missing = [v for v in numbers_of(value) if not any(math.isclose(v, g) for g in given)]
+        if missing:
+            unasked[name] = list(dict.fromkeys(missing))
+    return unasked
+
+
+@dataclass
+class Guard:
+    """Holds back, once, an ensemble call that does not fit the request; sent again, it runs."""
+
+    request: str
+    ensemble_tools: Collection[str]
+    """The tools whose calls fan out into tasks (their schema has ``relation``)."""
+    held: set[str] = field(default_factory=set)
+
+    def hold(self, call: ToolCall) -> str | None:
+        """Why ``call`` is held back, for the model; None to run it.
+
+        Held: every combination of values the request gives as points (`planned_grid`), and
+        numbers the request does not give (`unasked_values`: made up, or a list expanded wrongly).
+        """
+        tool = call.name.removesuffix(SUBMIT_SUFFIX)
+        if tool not in self.ensemble_tools or call_key(call) in self.held:
+            return None
+        message = None
+        if grid := planned_grid(call, self.request):
+            shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in grid.points)
+            message = HELD_GRID.format(
+                tasks=grid.tasks, count=len(grid.points), points=shown, call=grid.call
+            )
+        elif unasked := unasked_values(call.arguments, self.request):
+            listed = "; ".join(f"{k}={', '.join(map(_plain, v))}" for k, v in unasked.items())
+            message = HELD_UNASKED.format(values=listed)
+        if message:
+            self.held.add(call_key(call))
+        return message
+
+
 # ---------------------------------------------------------------------------------------------
 # I/O: the chat endpoint, the MCP session and the loop.
 # ---------------------------------------------------------------------------------------------
@@ -1218,7 +1273,8 @@ async def _converse(
     evidence = Evidence(request, [_as_float(n) for text in texts for n in numbers_in(text)])
     parameters = {t.name: list((t.input_schema or {}).get("properties", {})) for t in tools}
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
-    held: set[str] = set()  # keys of calls held back once (`planned_grid`); sent again, they run
+    fan_out = [t.name for t in tools if "relation" in (t.input_schema or {}).get("properties", {})]
+    guard = Guard(request, fan_out)
     last_failed = asked_for_answer = asked_for_call = False
     checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
@@ -1262,7 +1318,7 @@ async def _converse(
             return _give(answer, evidence, record, out, names)
         form = "native" if reply.get("tool_calls") else "text"
         outcomes = [
-            await _run_one(session, item, form, done, held, record, evidence, out)
+            await _run_one(session, item, form, done, guard, record, evidence, out)
             for item in parsed
         ]
         messages.extend(_feedback(parsed, outcomes))
@@ -1286,12 +1342,13 @@ def _give(
     Before any call, numbers of the model's own are flagged, and so is an answer that names one
     of the ``tools`` (it tends to describe a call it did not make).
 
-    An answer that still misreads which result is the largest or smallest, or where a threshold
-    is crossed, is not given: the agent reads that from the results itself (`asked_facts`).
+    An answer that still fails its check to a question the results settle (the largest or
+    smallest result, where a threshold is crossed) is not given: the agent reads the answer from
+    the results itself (`asked_facts`).
     """
     check, problems = evidence.check(answer)
-    misread = check.extremes or check.unanswered or check.crossings
-    facts = asked_facts(evidence.request, evidence.ensembles[-1]) if misread else []
+    last = evidence.ensembles[-1] if evidence.ensembles else []
+    facts = asked_facts(evidence.request, last) if problems else []
     if problems:
         record.answer_problems.append(problems)
         record.results_appended = True
@@ -1379,12 +1436,15 @@ async def _run_one(
     item: Parsed,
     form: str,
     done: set[str],
-    held: set[str],
+    guard: Guard,
     record: Record,
     evidence: Evidence,
     out: TextIO,
 ) -> tuple[bool, str]:
-    """Run one parsed call; return (succeeded, text for the model)."""
+    """Run one parsed call; return (not failed, text for the model).
+
+    A call held back (`Guard`) has not failed: the model may answer in words instead.
+    """
     if isinstance(item, CallProblem):
         record.problems.append(item.message)
         record.calls.append({"name": None, "status": "not run", "problem": item.message})
@@ -1395,16 +1455,10 @@ async def _run_one(
     if call_key(item) in done or call_key(direct) in done:
         print(f"REPEAT (not run): {item.name}({json.dumps(item.arguments)})", file=out)
         return True, REPEATED_CALL
-    grid = planned_grid(item, evidence.request)
-    if grid is not None and call_key(item) not in held:  # sent again, it runs
-        held.add(call_key(item))
-        shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in grid.points)
-        message = HELD_GRID.format(
-            tasks=grid.tasks, count=len(grid.points), points=shown, call=grid.call
-        )
+    if message := guard.hold(item):
         record.calls.append({**_call_entry(item, "not run", form), "problem": message})
         print(f"HELD (not run): {item.name}({json.dumps(item.arguments)})", file=out)
-        return False, message
+        return True, message
     print(f"CALL: {item.name}({json.dumps(item.arguments)})", file=out)
     result = await session.call_tool(item.name, item.arguments)
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]

@@ -53,7 +53,8 @@ class RunScore:
     """The verdict on one run."""
 
     first_right: bool
-    """The first call formed exactly the tasks meant (for no-call requests: no call at all)."""
+    """The first call formed exactly the tasks meant (for no-call requests: no call ran at all;
+    one the agent held back did not)."""
     right_after_error: bool
     """The first call was refused, and a later call formed exactly the tasks meant."""
     tasks_right: bool
@@ -124,7 +125,7 @@ def score(
     ]
     first = calls[0] if calls else None
     if expected is None:
-        first_right = not any(is_compute(c.get("name"), spec.name) for c in calls)
+        first_right = not any(is_compute(c.get("name"), spec.name) for c in calls if _ran(c))
         tasks_right = first_right
         right_after_error = False
     else:
@@ -210,6 +211,11 @@ def _judge_answer(
     named = _names_right_point(answer, kind, point, check["params"], expected)
     quotes = _states(answer, target)
     return named and quotes and not wrong, quotes
+
+
+def _ran(call: Mapping[str, Any]) -> bool:
+    """Whether a call reached the server (a call the agent held back or could not parse did not)."""
+    return call.get("status") != "not run"
 
 
 def _seen_besides_results(call: Mapping[str, Any]) -> list[float]:
