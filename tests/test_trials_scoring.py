@@ -147,6 +147,19 @@ def test_submit_and_the_command_twin_count_as_the_same_computation() -> None:
         assert scoring.score(FASTEST, run, SPEC, truth).first_right, name
 
 
+def test_tasks_split_over_calls_are_right_together_but_not_with_extra_tasks() -> None:
+    request = BY_ID["one-value-1"]  # 1, 2, 5 and 10 atm at 300 K
+    halves = [
+        call({"pressure": [1, 2], "temperature": 300}),
+        call({"pressure": [5, 10], "temperature": 300}),
+    ]
+    answer = "0.3845, 0.2719, 0.172 and 0.1216 m/s."
+    split = scoring.score(request, record(*halves, answer=answer), SPEC, truth)
+    assert split.tasks_right and not split.first_right and not split.silent_wrong
+    again = [*halves, call({"pressure": [1], "temperature": 300})]  # 1 atm ran twice
+    assert not scoring.score(request, record(*again, answer=answer), SPEC, truth).tasks_right
+
+
 def test_a_call_to_another_tool_first_is_not_a_right_first_call() -> None:
     status = call({"ensemble_id": "x"}, name="ensemble_status", status="error")
     s = scoring.score(FASTEST, record(status, FASTEST_CALL, answer="1 atm, 0.3845"), SPEC, truth)

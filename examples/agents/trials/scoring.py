@@ -58,7 +58,8 @@ class RunScore:
     right_after_error: bool
     """The first call was refused, and a later call formed exactly the tasks meant."""
     tasks_right: bool
-    """Some call formed exactly the tasks meant (or, where allowed, the model asked instead)."""
+    """Some call formed exactly the tasks meant, or all the calls that ran did together, each
+    task once (or, where allowed, the model asked instead)."""
     answer_right: bool
     """The answer passes the request's check against the true results."""
     quotes: bool | None
@@ -137,7 +138,8 @@ def score(
         )
         asked = bool(check.get("clarify_ok")) and not calls and "?" in (answer or "")
         first_right = first_right or asked
-        tasks_right = asked or any(t == expected for t in ran)
+        together = sorted(p for t in ran if t is not None for p in t)  # split over calls
+        tasks_right = asked or any(t == expected for t in ran) or together == expected
         right_after_error = (
             not first_right
             and first is not None
