@@ -846,10 +846,10 @@ def test_values_of_a_list_that_no_task_ran_with_are_left_out() -> None:
 async def test_an_answer_about_a_call_that_left_out_listed_values_is_asked_again() -> None:
     short = {"name": "add", "arguments": {"a": [1, 2], "b": 10}}
     full = {"name": "add", "arguments": {"a": [1, 2, 3], "b": 10}}
-    model = ScriptedModel(
-        [_text(short), _text("11.0 and 12.0."), _text(full), _text("11.0, 12.0 and 13.0.")]
-    )
+    replies = [short, short, "11.0 and 12.0.", full, "11.0, 12.0 and 13.0."]  # held, sent again
+    model = ScriptedModel([_text(r) for r in replies])
     record = await agent.run_agent("add 10 to 1, 2 and 3", build_server(), model, io.StringIO())
+    assert [c["status"] for c in record.calls] == ["not run", "ok", "ok"]
     assert record.answer == "11.0, 12.0 and 13.0."
     assert record.answer_problems == [
         "leaves out 3 of my request: no task ran with them (call the tool again with every value "

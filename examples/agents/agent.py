@@ -53,6 +53,10 @@ HELD_UNASKED = (
     "request. If you derived them from it (a unit conversion, say), send the same call again; "
     "if no tool computes what I asked, answer in words."
 )
+HELD_PARTIAL = (
+    "Not run: my request lists {name} {listed}, but the call has only {had}. For every value, "
+    "send this call: {call}. If I did not ask for them all, send the same call again."
+)
 REPEATED_CALL = (
     "This exact call already ran and its results are above; it was not run again. Answer the "
     "user with those results."
@@ -1020,6 +1024,29 @@ def unasked_values(arguments: Mapping[str, Any], request: str) -> dict[str, list
     return unasked
 
 
+def completed_call(call: ToolCall, request: str) -> tuple[str, list[float]] | None:
+    """An argument of ``call`` with some values only of a list ``request`` writes: (name, list).
+
+    None if there is none. A list counts when no value of it is another argument's (it is not
+    the parameters of points), and not under one-to-one beside another list (lengthening one
+    would break the pairs).
+    """
+    lists = {
+        k: numbers_of(v)
+        for k, v in call.arguments.items()
+        if k != "relation" and isinstance(v, list) and v and _all_numbers(v)
+    }
+    paired = call.arguments.get("relation", "one-to-one") != "many-to-many"
+    for values in listed_values(request):
+        for name, had in lists.items():
+            others = {x for k, v in lists.items() if k != name for x in v}
+            if paired and any(len(v) > 1 for k, v in lists.items() if k != name):
+                continue
+            if set(had) < set(values) and not others & set(values):
+                return name, values
+    return None
+
+
 @dataclass
 class Guard:
     """Holds back, once, an ensemble call that does not fit the request; sent again, it runs."""
@@ -1032,8 +1059,9 @@ class Guard:
     def hold(self, call: ToolCall) -> str | None:
         """Why ``call`` is held back, for the model; None to run it.
 
-        Held: every combination of values the request gives as points (`planned_grid`), and
-        numbers the request does not give (`unasked_values`: made up, or a list expanded wrongly).
+        Held: every combination of values the request gives as points (`planned_grid`), numbers
+        the request does not give (`unasked_values`: made up, or a list expanded wrongly), and
+        some values only of a list the request writes (`completed_call`: a list cut short).
         """
         tool = call.name.removesuffix(SUBMIT_SUFFIX)
         if tool not in self.ensemble_tools or call_key(call) in self.held:
@@ -1047,6 +1075,14 @@ class Guard:
         elif unasked := unasked_values(call.arguments, self.request):
             listed = "; ".join(f"{k}={', '.join(map(_plain, v))}" for k, v in unasked.items())
             message = HELD_UNASKED.format(values=listed)
+        elif completed := completed_call(call, self.request):
+            name, values = completed
+            message = HELD_PARTIAL.format(
+                name=name,
+                listed=", ".join(map(_plain, values)),
+                had=", ".join(map(_plain, numbers_of(call.arguments[name]))),
+                call=json.dumps({"name": call.name, "arguments": {**call.arguments, name: values}}),
+            )
         if message:
             self.held.add(call_key(call))
         return message
