@@ -756,12 +756,16 @@ class PointsGrid(NamedTuple):
     """The other arguments of the call, the same for every task."""
 
     @property
+    def shown(self) -> str:
+        """The points as written for people: ``(1, 300), (2, 400)``."""
+        return ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in self.points)
+
+    @property
     def fact(self) -> str:
         """What ran and what was asked, in words."""
-        shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in self.points)
         return (
             f"every combination ran ({self.tasks} tasks), but the request gives "
-            f"{len(self.points)} points of {', '.join(self.names)}: {shown}"
+            f"{len(self.points)} points of {', '.join(self.names)}: {self.shown}"
         )
 
     @property
@@ -1068,9 +1072,8 @@ class Guard:
             return None
         message = None
         if grid := planned_grid(call, self.request):
-            shown = ", ".join("(" + ", ".join(map(_plain, p)) + ")" for p in grid.points)
             message = HELD_GRID.format(
-                tasks=grid.tasks, count=len(grid.points), points=shown, call=grid.call
+                tasks=grid.tasks, count=len(grid.points), points=grid.shown, call=grid.call
             )
         elif unasked := unasked_values(call.arguments, self.request):
             listed = "; ".join(f"{k}={', '.join(map(_plain, v))}" for k, v in unasked.items())
@@ -1309,8 +1312,7 @@ async def _converse(
     evidence = Evidence(request, [_as_float(n) for text in texts for n in numbers_in(text)])
     parameters = {t.name: list((t.input_schema or {}).get("properties", {})) for t in tools}
     done: set[str] = set()  # keys of calls that succeeded, so repeats are not run again
-    fan_out = [t.name for t in tools if "relation" in (t.input_schema or {}).get("properties", {})]
-    guard = Guard(request, fan_out)
+    guard = Guard(request, [t for t, names in parameters.items() if "relation" in names])
     last_failed = asked_for_answer = asked_for_call = False
     checked: str | None = None  # an answer that failed its check once; the model was asked again
     for turn in range(max_rounds):
